@@ -1,0 +1,70 @@
+// Options of the block cache (ARCHITECTURE.md, option table).
+//
+// Values "fixed at format" are std::optional: unset means "use what the
+// cache's superblock says, or the format default for a new cache". The
+// others carry their default in-class.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "common/parse.h"
+#include "common/status.h"
+
+namespace cachefs {
+
+enum class CacheMode { kWritethrough, kWriteback, kWritearound, kReadonly, kCow };
+enum class StoreKind { kFile, kPmem };
+
+Result<CacheMode> ParseCacheMode(const std::string& text);
+const char* CacheModeName(CacheMode mode);
+Result<StoreKind> ParseStoreKind(const std::string& text);
+const char* StoreKindName(StoreKind kind);
+
+struct CacheOptions {
+  // Cache directory (store, metadata, lock). Empty: /var/cache/cachefs/ plus
+  // the systemd-escaped canonical SOURCE path.
+  std::string cache_dir;
+  // Store data bytes, or a percentage of the cache filesystem. Fixed at
+  // format. Default: 10%.
+  std::optional<SizeOrPercent> cache_size;
+  // Power of two, 4 KiB to 4 MiB. Fixed at format.
+  std::optional<uint64_t> block_size;
+  // Store kind and location. Fixed at format. Default: file, DIR/store.
+  std::optional<StoreKind> store;
+  std::optional<std::string> store_path;
+  // Caching mode; persisted per cache. Default: writethrough.
+  std::optional<CacheMode> mode;
+  // Eviction policy name. Default: the scan-resistant one.
+  std::optional<std::string> policy;
+  // Background writeback threads; 0 picks the default.
+  unsigned writeback_threads = 0;
+  // Dirty watermarks in percent of the cache. Default: 60 / 40.
+  unsigned dirty_high = 60;
+  unsigned dirty_low = 40;
+  // Seconds a dirty block ages before it is written back. Default: 5.
+  double writeback_delay = 5;
+  // Writeback bytes in flight. Default: 64 MiB.
+  uint64_t migration_threshold = 64ull << 20;
+  // Milliseconds between periodic persists of store and metadata. Default: 1000.
+  uint64_t commit_interval_ms = 1000;
+  // Contiguous blocks before a stream bypasses the cache. Default: 512.
+  uint64_t sequential_threshold = 512;
+  // Prefetch on sequential streams; unset picks the measured default.
+  std::optional<uint64_t> readahead;
+  // Check the CRC of every hit. Default: on.
+  bool verify = true;
+  // Seconds of writeback after unmount before the daemon exits. Default: 60.
+  double flush_timeout = 60;
+
+  static constexpr uint64_t kMinBlockSize = 4096;
+  static constexpr uint64_t kMaxBlockSize = 4u << 20;
+
+  Status Validate() const;
+};
+
+// The names accepted by policy=.
+bool IsKnownPolicy(const std::string& name);
+
+}  // namespace cachefs

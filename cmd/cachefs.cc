@@ -1,0 +1,148 @@
+// cachefs: the daemon. Checks everything it can, mounts, detaches, serves.
+//
+// Start-up order (contract 3 and 7): parse and validate the options, open
+// SOURCE, check MOUNTPOINT and /dev/fuse, mount, and only then detach and
+// tell the waiting parent that the mount is up. Any failure before that is one
+// line on stderr and a non-zero exit of the command, with nothing mounted.
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <grp.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "cmd/cli.h"
+#include "common/log.h"
+#include "fs/filesystem.h"
+#include "fs/mount.h"
+
+namespace cachefs {
+namespace {
+
+constexpr int kExitUsage = 2;
+constexpr int kExitFailure = 1;
+
+// Each inode the kernel knows holds a descriptor: allow as many as we may.
+void RaiseFileLimit() {
+  rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+// Forks. The parent waits for the child to report the mount and exits with
+// 0, or with the child's status when it fails first. Returns the write end
+// of the report pipe in the child.
+int Detach() {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    std::perror("cachefs: pipe");
+    std::exit(kExitFailure);
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    std::perror("cachefs: fork");
+    std::exit(kExitFailure);
+  }
+  if (pid > 0) {
+    close(fds[1]);
+    char c;
+    ssize_t n;
+    do {
+      n = read(fds[0], &c, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n == 1) _exit(0);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    _exit(WIFEXITED(status) && WEXITSTATUS(status) != 0 ? WEXITSTATUS(status) : kExitFailure);
+  }
+  close(fds[0]);
+  setsid();
+  return fds[1];
+}
+
+// Tells the parent the mount is up and lets go of the terminal.
+void FinishDetach(int report_fd) {
+  char ok = 0;
+  (void)!write(report_fd, &ok, 1);
+  close(report_fd);
+  (void)!chdir("/");
+  int null = open("/dev/null", O_RDWR);
+  if (null >= 0) {
+    dup2(null, STDIN_FILENO);
+    dup2(null, STDOUT_FILENO);
+    dup2(null, STDERR_FILENO);
+    if (null > STDERR_FILENO) close(null);
+  }
+  LogToSyslog();
+}
+
+std::string Canonical(const std::string& path) {
+  char buf[PATH_MAX];
+  if (realpath(path.c_str(), buf) == nullptr) return path;
+  return buf;
+}
+
+int Serve(const DaemonConfig& cfg) {
+  if (geteuid() == 0) {
+    // Credentials are switched per request (fs/credentials.h); the daemon
+    // itself keeps no supplementary groups.
+    setgroups(0, nullptr);
+  }
+  umask(0);  // the kernel already applied the caller's umask
+  RaiseFileLimit();
+  std::string source = Canonical(cfg.source);
+  auto fs = Filesystem::Open(source, cfg.fs);
+  if (!fs.ok()) {
+    LogError(fs.status().message());
+    return kExitFailure;
+  }
+  Status s = CheckMountpoint(cfg.mountpoint, source, fs.value()->source_is_directory());
+  if (s.ok()) s = CheckDevFuse();
+  if (!s.ok()) {
+    LogError(s.message());
+    return kExitFailure;
+  }
+  int report_fd = cfg.foreground ? -1 : Detach();
+  auto mount = FuseMount::Mount(fs.value().get(), source, Canonical(cfg.mountpoint), cfg.debug);
+  if (!mount.ok()) {
+    LogError(mount.status().message());
+    return kExitFailure;
+  }
+  if (report_fd >= 0) FinishDetach(report_fd);
+  LogInfo("mounted " + source + " on " + Canonical(cfg.mountpoint));
+  s = mount.value()->Run();
+  mount.value().reset();
+  if (!s.ok()) {
+    LogError(s.message());
+    return kExitFailure;
+  }
+  LogInfo("unmounted " + Canonical(cfg.mountpoint));
+  return 0;
+}
+
+}  // namespace
+}  // namespace cachefs
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  auto parsed = cachefs::ParseDaemonArgs(args);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "cachefs: %s (see cachefs --help)\n", parsed.status().message().c_str());
+    return cachefs::kExitUsage;
+  }
+  if (parsed->exit_now) {
+    std::fputs(parsed->output.c_str(), stdout);
+    return 0;
+  }
+  cachefs::SetLogDebug(parsed->config.debug);
+  return cachefs::Serve(parsed->config);
+}

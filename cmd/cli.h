@@ -1,0 +1,41 @@
+// The daemon's command line: `cachefs SOURCE MOUNTPOINT [-o opt,...] [--opt ...]`.
+//
+// Every option of ARCHITECTURE.md has one name, usable both inside -o
+// (mount style, as fstab and mount(8) pass it) and as --name[=value]. This
+// file only maps flags onto FsOptions and CacheOptions; what a value means
+// and whether it is valid is theirs to say (Validate()).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "cache/options.h"
+#include "common/status.h"
+#include "fs/options.h"
+
+namespace cachefs {
+
+struct DaemonConfig {
+  std::string source;
+  std::string mountpoint;
+  bool foreground = false;  // -f: stay attached, log to stderr
+  bool debug = false;       // -d: debug logging and a FUSE request trace; implies -f
+  FsOptions fs;
+  CacheOptions cache;
+};
+
+struct ParseOutcome {
+  // Set when the command line asked for --help or --version: print `output`
+  // and exit with 0 without mounting.
+  bool exit_now = false;
+  std::string output;
+  DaemonConfig config;
+};
+
+// Parses `args` (without the program name). A bad option gives a one-line
+// Status naming it. The returned config has been validated.
+Result<ParseOutcome> ParseDaemonArgs(const std::vector<std::string>& args);
+
+extern const char kCachefsVersion[];
+
+}  // namespace cachefs

@@ -1,0 +1,633 @@
+#include "fs/filesystem.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "common/log.h"
+#include "fs/credentials.h"
+
+namespace cachefs {
+namespace {
+
+// An open file: the descriptor of the source file, opened for this handle.
+struct FileHandle {
+  explicit FileHandle(int f) : fd(f) {}
+  ~FileHandle() {
+    if (fd >= 0) close(fd);
+  }
+  int fd;
+};
+
+// An open directory being listed.
+struct DirHandle {
+  ~DirHandle() {
+    if (dp != nullptr) closedir(dp);
+  }
+  DIR* dp = nullptr;
+  off_t offset = 0;          // position of `entry` (telldir cookie of the next one)
+  struct dirent* entry = nullptr;  // read but not yet returned
+};
+
+Filesystem& Fs(fuse_req_t req) { return *static_cast<Filesystem*>(fuse_req_userdata(req)); }
+Inode* In(fuse_req_t req, fuse_ino_t ino) { return Fs(req).inodes().Get(ino); }
+FileHandle* Fh(fuse_file_info* fi) { return reinterpret_cast<FileHandle*>(fi->fh); }
+DirHandle* Dh(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
+
+// Replies with an error; `err` 0 (a call that failed without errno) becomes EIO.
+void ReplyErr(fuse_req_t req, int err) { fuse_reply_err(req, err == 0 ? EIO : err); }
+
+int StatInode(const Inode* inode, struct stat* st) {
+  int res = fstatat(inode->fd(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  return res == -1 ? errno : 0;
+}
+
+// Looks `name` up in `parent` and fills `e` (counting one lookup). Returns an errno.
+int DoLookup(fuse_req_t req, Inode* parent, const char* name, fuse_entry_param* e) {
+  Filesystem& fs = Fs(req);
+  std::memset(e, 0, sizeof(*e));
+  e->attr_timeout = fs.options().attr_timeout;
+  e->entry_timeout = fs.options().entry_timeout;
+  int fd = openat(parent->fd(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd == -1) return errno;
+  if (fstatat(fd, "", &e->attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == -1) {
+    int err = errno;
+    close(fd);
+    return err;
+  }
+  Inode* inode = fs.inodes().Acquire(fd, e->attr);
+  e->ino = fs.inodes().FuseIno(inode);
+  e->generation = inode->generation();
+  return 0;
+}
+
+// Replies to a create-type request (mknod, mkdir, symlink, link) after `res`.
+void ReplyMade(fuse_req_t req, Inode* parent, const char* name, int res, int err) {
+  if (res == -1) return ReplyErr(req, err);
+  fuse_entry_param e;
+  int lerr = DoLookup(req, parent, name, &e);
+  if (lerr != 0) return ReplyErr(req, lerr);
+  fuse_reply_entry(req, &e);
+}
+
+// --- lifecycle ------------------------------------------------------------
+
+void OpInit(void* userdata, fuse_conn_info* conn) {
+  auto* fs = static_cast<Filesystem*>(userdata);
+  (void)fs;
+  // Contract 9: the kernel's writeback cache stays off.
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  // Locks are left to the kernel (see filesystem.h).
+  conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+  // Drop the kernel's pages of a file whose mtime or size changed in SOURCE.
+  if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
+  if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  // The kernel applies the caller's umask to the modes it sends (the daemon
+  // runs with umask 0), so DONT_MASK stays off.
+  conn->want &= ~FUSE_CAP_DONT_MASK;
+  conn->max_write = 1u << 20;
+  conn->max_readahead = 1u << 20;
+}
+
+// --- names ----------------------------------------------------------------
+
+void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  fuse_entry_param e;
+  int err = DoLookup(req, In(req, parent), name, &e);
+  if (err == ENOENT) {
+    // A negative entry: the kernel may remember the absence for entry_timeout.
+    e.ino = 0;
+    e.entry_timeout = Fs(req).options().entry_timeout;
+    fuse_reply_entry(req, &e);
+    return;
+  }
+  if (err != 0) return ReplyErr(req, err);
+  fuse_reply_entry(req, &e);
+}
+
+void OpForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Fs(req).inodes().Forget(In(req, ino), nlookup);
+  fuse_reply_none(req);
+}
+
+void OpForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i) {
+    Fs(req).inodes().Forget(In(req, forgets[i].ino), forgets[i].nlookup);
+  }
+  fuse_reply_none(req);
+}
+
+// --- attributes -------------------------------------------------------------
+
+// The O_PATH handle names the same object as any open handle of it, so the
+// attributes are always read through the inode.
+void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
+  struct stat st;
+  int err = StatInode(In(req, ino), &st);
+  if (err != 0) return ReplyErr(req, err);
+  fuse_reply_attr(req, &st, Fs(req).options().attr_timeout);
+}
+
+// utimensat() on the object itself; symlinks cannot be reached through /proc.
+int SetTimes(const Inode* inode, const timespec tv[2]) {
+  if (inode->is_symlink()) {
+    if (utimensat(inode->fd(), "", tv, AT_EMPTY_PATH) == 0) return 0;
+    return errno == EINVAL ? EPERM : errno;
+  }
+  return utimensat(AT_FDCWD, inode->ProcPath().c_str(), tv, 0) == -1 ? errno : 0;
+}
+
+void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {
+  Inode* inode = In(req, ino);
+  int res = 0;
+  if (valid & FUSE_SET_ATTR_MODE) {
+    res = fchmodat(AT_FDCWD, inode->ProcPath().c_str(), attr->st_mode, 0);
+    if (res == -1) return ReplyErr(req, errno);
+  }
+  if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
+    gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+    res = fchownat(inode->fd(), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    if (res == -1) return ReplyErr(req, errno);
+  }
+  if (valid & FUSE_SET_ATTR_SIZE) {
+    // The kernel passes a handle only for ftruncate() of a regular file.
+    if (fi != nullptr) {
+      res = ftruncate(Fh(fi)->fd, attr->st_size);
+    } else {
+      int fd = open(inode->ProcPath().c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd == -1) return ReplyErr(req, errno);
+      res = ftruncate(fd, attr->st_size);
+      int err = errno;
+      close(fd);
+      errno = err;
+    }
+    if (res == -1) return ReplyErr(req, errno);
+  }
+  if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+    timespec tv[2];
+    tv[0].tv_sec = tv[1].tv_sec = 0;
+    tv[0].tv_nsec = tv[1].tv_nsec = UTIME_OMIT;
+    if (valid & FUSE_SET_ATTR_ATIME_NOW) {
+      tv[0].tv_nsec = UTIME_NOW;
+    } else if (valid & FUSE_SET_ATTR_ATIME) {
+      tv[0] = attr->st_atim;
+    }
+    if (valid & FUSE_SET_ATTR_MTIME_NOW) {
+      tv[1].tv_nsec = UTIME_NOW;
+    } else if (valid & FUSE_SET_ATTR_MTIME) {
+      tv[1] = attr->st_mtim;
+    }
+    int err = SetTimes(inode, tv);
+    if (err != 0) return ReplyErr(req, err);
+  }
+  OpGetattr(req, ino, fi);
+}
+
+void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
+  std::vector<char> buf(PATH_MAX + 1);
+  ssize_t n = readlinkat(In(req, ino)->fd(), "", buf.data(), buf.size());
+  if (n == -1) return ReplyErr(req, errno);
+  if (static_cast<size_t>(n) == buf.size()) return ReplyErr(req, ENAMETOOLONG);
+  buf[n] = '\0';
+  fuse_reply_readlink(req, buf.data());
+}
+
+// --- namespace ------------------------------------------------------------
+
+void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  Inode* dir = In(req, parent);
+  int res, err;
+  {
+    ScopedCallerCredentials creds(req);
+    if (!creds.status().ok()) return ReplyErr(req, ErrnoOf(creds.status()));
+    res = mknodat(dir->fd(), name, mode, rdev);
+    err = errno;
+  }
+  ReplyMade(req, dir, name, res, err);
+}
+
+void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  Inode* dir = In(req, parent);
+  int res, err;
+  {
+    ScopedCallerCredentials creds(req);
+    if (!creds.status().ok()) return ReplyErr(req, ErrnoOf(creds.status()));
+    res = mkdirat(dir->fd(), name, mode);
+    err = errno;
+  }
+  ReplyMade(req, dir, name, res, err);
+}
+
+void OpSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  Inode* dir = In(req, parent);
+  int res, err;
+  {
+    ScopedCallerCredentials creds(req);
+    if (!creds.status().ok()) return ReplyErr(req, ErrnoOf(creds.status()));
+    res = symlinkat(link, dir->fd(), name);
+    err = errno;
+  }
+  ReplyMade(req, dir, name, res, err);
+}
+
+void OpLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  Inode* inode = In(req, ino);
+  Inode* dir = In(req, newparent);
+  // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for anyone
+  // and resolves to the inode itself (even a symlink's).
+  int res = linkat(inode->fd(), "", dir->fd(), newname, AT_EMPTY_PATH);
+  if (res == -1 && errno == ENOENT) {
+    res = linkat(AT_FDCWD, inode->ProcPath().c_str(), dir->fd(), newname, AT_SYMLINK_FOLLOW);
+  }
+  ReplyMade(req, dir, newname, res, errno);
+}
+
+void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  int res = unlinkat(In(req, parent)->fd(), name, 0);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  int res = unlinkat(In(req, parent)->fd(), name, AT_REMOVEDIR);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned int flags) {
+  int res = renameat2(In(req, parent)->fd(), name, In(req, newparent)->fd(), newname, flags);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+// --- files ----------------------------------------------------------------
+
+// Flags for opening the source file on behalf of a FUSE open: O_NOFOLLOW is
+// meaningless through /proc, O_CREAT/O_EXCL were handled by the kernel or
+// create(), and O_DIRECT is dropped because FUSE requests carry no alignment
+// guarantee for the source (the kernel still bypasses its own page cache).
+int SourceOpenFlags(int flags) {
+  return (flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT)) | O_CLOEXEC;
+}
+
+void SetOpenReply(fuse_file_info* fi, int fd) {
+  fi->fh = reinterpret_cast<uint64_t>(new FileHandle(fd));
+  // Close-to-open coherence: the kernel drops its pages of the file at open.
+  fi->keep_cache = 0;
+  fi->direct_io = 0;
+}
+
+void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Inode* inode = In(req, ino);
+  int fd = open(inode->ProcPath().c_str(), SourceOpenFlags(fi->flags));
+  if (fd == -1) return ReplyErr(req, errno);
+  SetOpenReply(fi, fd);
+  if (fuse_reply_open(req, fi) == -ENOENT) {
+    // The opener was interrupted: nobody will release this handle.
+    delete Fh(fi);
+  }
+}
+
+void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi) {
+  Inode* dir = In(req, parent);
+  int fd, err;
+  {
+    ScopedCallerCredentials creds(req);
+    if (!creds.status().ok()) return ReplyErr(req, ErrnoOf(creds.status()));
+    int flags = (fi->flags & ~(O_NOFOLLOW | O_DIRECT | O_NOCTTY)) | O_CREAT | O_CLOEXEC;
+    fd = openat(dir->fd(), name, flags | O_NOFOLLOW, mode);
+    err = errno;
+  }
+  if (fd == -1) return ReplyErr(req, err);
+  fuse_entry_param e;
+  err = DoLookup(req, dir, name, &e);
+  if (err != 0) {
+    close(fd);
+    return ReplyErr(req, err);
+  }
+  SetOpenReply(fi, fd);
+  if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+    delete Fh(fi);
+    Fs(req).inodes().Forget(In(req, e.ino), 1);
+  }
+}
+
+// A one-buffer vector naming `size` bytes of `fd` at `pos` (FUSE_BUFVEC_INIT
+// is a C compound literal).
+fuse_bufvec FdBufvec(int fd, size_t size, off_t pos) {
+  fuse_bufvec v;
+  std::memset(&v, 0, sizeof(v));
+  v.count = 1;
+  v.buf[0].size = size;
+  v.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  v.buf[0].fd = fd;
+  v.buf[0].pos = pos;
+  return v;
+}
+
+void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
+  fuse_bufvec buf = FdBufvec(Fh(fi)->fd, size, off);
+  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
+                fuse_file_info* fi) {
+  fuse_bufvec out = FdBufvec(Fh(fi)->fd, fuse_buf_size(in), off);
+  ssize_t res = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
+  if (res < 0) return ReplyErr(req, static_cast<int>(-res));
+  fuse_reply_write(req, static_cast<size_t>(res));
+}
+
+void OpFlush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  // close() of a duplicate gives the source its close-time behaviour (NFS
+  // flushes and reports write errors here) without closing our handle.
+  int fd = dup(Fh(fi)->fd);
+  int res = fd == -1 ? -1 : close(fd);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+void OpRelease(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  delete Fh(fi);
+  fuse_reply_err(req, 0);
+}
+
+void OpFsync(fuse_req_t req, fuse_ino_t /*ino*/, int datasync, fuse_file_info* fi) {
+  int res = datasync ? fdatasync(Fh(fi)->fd) : fsync(Fh(fi)->fd);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t length,
+                 fuse_file_info* fi) {
+  int res = fallocate(Fh(fi)->fd, mode, offset, length);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+void OpLseek(fuse_req_t req, fuse_ino_t /*ino*/, off_t off, int whence, fuse_file_info* fi) {
+  off_t res = lseek(Fh(fi)->fd, off, whence);
+  if (res == -1) return ReplyErr(req, errno);
+  fuse_reply_lseek(req, res);
+}
+
+void OpCopyFileRange(fuse_req_t req, fuse_ino_t /*ino_in*/, off_t off_in, fuse_file_info* fi_in,
+                     fuse_ino_t /*ino_out*/, off_t off_out, fuse_file_info* fi_out, size_t len,
+                     int flags) {
+  loff_t in = off_in;
+  loff_t out = off_out;
+  ssize_t res = copy_file_range(Fh(fi_in)->fd, &in, Fh(fi_out)->fd, &out, len,
+                                static_cast<unsigned>(flags));
+  if (res == -1) return ReplyErr(req, errno);
+  fuse_reply_write(req, static_cast<size_t>(res));
+}
+
+// --- directories ------------------------------------------------------------
+
+void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  int fd = openat(In(req, ino)->fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd == -1) return ReplyErr(req, errno);
+  auto dh = std::make_unique<DirHandle>();
+  dh->dp = fdopendir(fd);
+  if (dh->dp == nullptr) {
+    int err = errno;
+    close(fd);
+    return ReplyErr(req, err);
+  }
+  fi->fh = reinterpret_cast<uint64_t>(dh.get());
+  fi->keep_cache = 0;
+  fi->cache_readdir = 0;
+  if (fuse_reply_open(req, fi) == 0) dh.release();
+}
+
+bool IsDotOrDotDot(const char* name) {
+  return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
+}
+
+void DoReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi,
+               bool plus) {
+  DirHandle* d = Dh(fi);
+  Inode* dir = In(req, ino);
+  std::vector<char> buf(size);
+  size_t used = 0;
+  int err = 0;
+  if (offset != d->offset) {
+    seekdir(d->dp, offset);
+    d->entry = nullptr;
+    d->offset = offset;
+  }
+  while (true) {
+    if (d->entry == nullptr) {
+      errno = 0;
+      d->entry = readdir(d->dp);
+      if (d->entry == nullptr) {
+        err = errno;  // 0 at the end of the directory
+        break;
+      }
+    }
+    off_t next = d->entry->d_off;
+    const char* name = d->entry->d_name;
+    size_t entsize;
+    if (plus) {
+      fuse_entry_param e;
+      bool counted = false;
+      if (IsDotOrDotDot(name)) {
+        std::memset(&e, 0, sizeof(e));
+        e.attr.st_ino = d->entry->d_ino;
+        e.attr.st_mode = static_cast<mode_t>(d->entry->d_type) << 12;
+      } else {
+        err = DoLookup(req, dir, name, &e);
+        if (err == ENOENT) {  // removed since readdir saw it
+          err = 0;
+          d->entry = nullptr;
+          d->offset = next;
+          continue;
+        }
+        if (err != 0) break;
+        counted = true;
+      }
+      entsize = fuse_add_direntry_plus(req, buf.data() + used, size - used, name, &e, next);
+      if (entsize > size - used) {
+        if (counted) Fs(req).inodes().Forget(In(req, e.ino), 1);
+        break;
+      }
+    } else {
+      struct stat st;
+      std::memset(&st, 0, sizeof(st));
+      st.st_ino = d->entry->d_ino;
+      st.st_mode = static_cast<mode_t>(d->entry->d_type) << 12;
+      entsize = fuse_add_direntry(req, buf.data() + used, size - used, name, &st, next);
+      if (entsize > size - used) break;
+    }
+    used += entsize;
+    d->entry = nullptr;
+    d->offset = next;
+  }
+  // An error after some entries were added is reported by the next call.
+  if (err != 0 && used == 0) return ReplyErr(req, err);
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  DoReaddir(req, ino, size, off, fi, false);
+}
+
+void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  DoReaddir(req, ino, size, off, fi, true);
+}
+
+void OpReleasedir(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  delete Dh(fi);
+  fuse_reply_err(req, 0);
+}
+
+void OpFsyncdir(fuse_req_t req, fuse_ino_t /*ino*/, int datasync, fuse_file_info* fi) {
+  int fd = dirfd(Dh(fi)->dp);
+  int res = datasync ? fdatasync(fd) : fsync(fd);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+// --- whole filesystem -----------------------------------------------------
+
+void OpStatfs(fuse_req_t req, fuse_ino_t ino) {
+  struct statvfs sv;
+  if (fstatvfs(In(req, ino)->fd(), &sv) == -1) return ReplyErr(req, errno);
+  fuse_reply_statfs(req, &sv);
+}
+
+void OpAccess(fuse_req_t req, fuse_ino_t ino, int mask) {
+  // Only sent without default_permissions. AT_EACCESS checks with this
+  // thread's filesystem ids, which are the caller's while `creds` lives.
+  int res, err;
+  {
+    ScopedCallerCredentials creds(req);
+    if (!creds.status().ok()) return ReplyErr(req, ErrnoOf(creds.status()));
+    res = faccessat(In(req, ino)->fd(), "", mask, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_EACCESS);
+    err = errno;
+  }
+  fuse_reply_err(req, res == -1 ? err : 0);
+}
+
+// --- extended attributes ----------------------------------------------------
+// There is no *xattr call on an O_PATH descriptor, so the object is named by
+// its /proc link. That magic link resolves to the inode itself and is not
+// followed any further, even for a symlink, so no call here can reach an
+// object outside SOURCE (the same holds for chmod and truncate above).
+
+void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                int flags) {
+  Inode* inode = In(req, ino);
+  int res = setxattr(inode->ProcPath().c_str(), name, value, size, flags);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  Inode* inode = In(req, ino);
+  std::vector<char> buf(size);
+  ssize_t n = getxattr(inode->ProcPath().c_str(), name, size ? buf.data() : nullptr, size);
+  if (n == -1) return ReplyErr(req, errno);
+  if (size == 0) return static_cast<void>(fuse_reply_xattr(req, static_cast<size_t>(n)));
+  fuse_reply_buf(req, buf.data(), static_cast<size_t>(n));
+}
+
+void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  Inode* inode = In(req, ino);
+  std::vector<char> buf(size);
+  ssize_t n = listxattr(inode->ProcPath().c_str(), size ? buf.data() : nullptr, size);
+  if (n == -1) return ReplyErr(req, errno);
+  if (size == 0) return static_cast<void>(fuse_reply_xattr(req, static_cast<size_t>(n)));
+  fuse_reply_buf(req, buf.data(), static_cast<size_t>(n));
+}
+
+void OpRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  Inode* inode = In(req, ino);
+  int res = removexattr(inode->ProcPath().c_str(), name);
+  fuse_reply_err(req, res == -1 ? errno : 0);
+}
+
+fuse_lowlevel_ops MakeOperations() {
+  fuse_lowlevel_ops ops;
+  std::memset(&ops, 0, sizeof(ops));
+  ops.init = OpInit;
+  ops.lookup = OpLookup;
+  ops.forget = OpForget;
+  ops.forget_multi = OpForgetMulti;
+  ops.getattr = OpGetattr;
+  ops.setattr = OpSetattr;
+  ops.readlink = OpReadlink;
+  ops.mknod = OpMknod;
+  ops.mkdir = OpMkdir;
+  ops.symlink = OpSymlink;
+  ops.link = OpLink;
+  ops.unlink = OpUnlink;
+  ops.rmdir = OpRmdir;
+  ops.rename = OpRename;
+  ops.open = OpOpen;
+  ops.create = OpCreate;
+  ops.read = OpRead;
+  ops.write_buf = OpWriteBuf;
+  ops.flush = OpFlush;
+  ops.release = OpRelease;
+  ops.fsync = OpFsync;
+  ops.fallocate = OpFallocate;
+  ops.lseek = OpLseek;
+  ops.copy_file_range = OpCopyFileRange;
+  ops.opendir = OpOpendir;
+  ops.readdir = OpReaddir;
+  ops.readdirplus = OpReaddirplus;
+  ops.releasedir = OpReleasedir;
+  ops.fsyncdir = OpFsyncdir;
+  ops.statfs = OpStatfs;
+  ops.access = OpAccess;
+  ops.setxattr = OpSetxattr;
+  ops.getxattr = OpGetxattr;
+  ops.listxattr = OpListxattr;
+  ops.removexattr = OpRemovexattr;
+  return ops;
+}
+
+}  // namespace
+
+const fuse_lowlevel_ops& Filesystem::Operations() {
+  static const fuse_lowlevel_ops ops = MakeOperations();
+  return ops;
+}
+
+Result<std::unique_ptr<Filesystem>> Filesystem::Open(const std::string& source,
+                                                     const FsOptions& opts) {
+  int fd = open(source.c_str(), O_PATH | O_CLOEXEC);
+  if (fd == -1) return Status::FromErrno(errno, "source '" + source + "'");
+  struct stat st;
+  if (fstat(fd, &st) == -1) {
+    int err = errno;
+    close(fd);
+    return Status::FromErrno(err, "source '" + source + "'");
+  }
+  if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+    close(fd);
+    return Status::Invalid("source '" + source + "' is neither a directory nor a regular file");
+  }
+  // Check that SOURCE can actually be read, so a bad source fails the mount
+  // rather than the first request.
+  int probe = open(("/proc/self/fd/" + std::to_string(fd)).c_str(),
+                   (S_ISDIR(st.st_mode) ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (probe == -1) {
+    int err = errno;
+    close(fd);
+    return Status::FromErrno(err, "source '" + source + "'");
+  }
+  close(probe);
+  auto table = std::make_unique<InodeTable>(fd, st);
+  return std::unique_ptr<Filesystem>(new Filesystem(std::move(table), opts));
+}
+
+}  // namespace cachefs

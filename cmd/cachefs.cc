@@ -5,12 +5,12 @@
 // tell the waiting parent that the mount is up. Any failure before that is one
 // line on stderr and a non-zero exit of the command, with nothing mounted.
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <grp.h>
 
 #include <cstdio>
 #include <cstdlib>

@@ -148,18 +148,18 @@ const OptionSpec* FindSpec(const std::string& name) {
 // database and not the filesystem: accepted and ignored.
 bool IsIgnoredMountOption(const std::string& key) {
   static const std::set<std::string> kIgnored = {
-      "defaults", "_netdev", "nofail", "noauto", "auto", "user", "users", "nouser",
-      "owner",    "group",   "comment", "default_permissions"};
+      "defaults", "_netdev", "nofail", "noauto", "auto",    "user",
+      "users",    "nouser",  "owner",  "group",  "comment", "default_permissions"};
   return kIgnored.count(key) > 0 || key.rfind("x-", 0) == 0;
 }
 
 // Generic mount flags the kernel applies to a FUSE mount: handed on as they are.
 bool IsKernelMountOption(const std::string& key) {
   static const std::set<std::string> kKernel = {
-      "suid",     "nosuid",     "dev",      "nodev",     "exec",        "noexec",
-      "async",    "sync",       "atime",    "noatime",   "diratime",    "nodiratime",
-      "lazytime", "nolazytime", "relatime", "norelatime", "strictatime", "nostrictatime",
-      "dirsync"};
+      "suid",       "nosuid",      "dev",           "nodev",      "exec",
+      "noexec",     "async",       "sync",          "atime",      "noatime",
+      "diratime",   "nodiratime",  "lazytime",      "nolazytime", "relatime",
+      "norelatime", "strictatime", "nostrictatime", "dirsync"};
   return kKernel.count(key) > 0;
 }
 
@@ -212,9 +212,10 @@ Result<ParseOutcome> ParseDaemonArgs(const std::vector<std::string>& args) {
   app.add_flag("-f,--foreground", c.foreground, "stay in the foreground, log to stderr");
   app.add_flag("-d,--debug", c.debug, "debug log and FUSE request trace (implies -f)");
   std::vector<std::string> mount_options;
-  app.add_option("-o", mount_options, "mount options, comma-separated: any option below, and "
-                                      "standard ones (defaults, rw, ro, _netdev, nofail, noauto, "
-                                      "user, users, x-*, nosuid, nodev, noexec, noatime, ...)")
+  app.add_option("-o", mount_options,
+                 "mount options, comma-separated: any option below, and "
+                 "standard ones (defaults, rw, ro, _netdev, nofail, noauto, "
+                 "user, users, x-*, nosuid, nodev, noexec, noatime, ...)")
       ->allow_extra_args(false)
       ->type_name("OPT[,OPT...]");
   Status long_status;  // the first error of a --long option

@@ -15,7 +15,8 @@ std::string Lower(std::string s) {
 }
 
 bool AllDigits(const std::string& s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c); });
+  return !s.empty() &&
+         std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c); });
 }
 
 }  // namespace
@@ -37,7 +38,8 @@ Result<uint64_t> ParseSize(const std::string& text) {
   while (digits < t.size() && std::isdigit(static_cast<unsigned char>(t[digits]))) ++digits;
   std::string number = t.substr(0, digits);
   std::string suffix = t.substr(digits);
-  if (number.empty()) return Status::Invalid("'" + text + "' is not a size (examples: 4096, 4K, 64M, 1G)");
+  if (number.empty())
+    return Status::Invalid("'" + text + "' is not a size (examples: 4096, 4K, 64M, 1G)");
   int shift = 0;
   if (!suffix.empty() && suffix != "b") {
     static const std::string kUnits = "kmgt";

@@ -16,8 +16,8 @@ Result<uint64_t> ParseSize(const std::string& text);
 // A size that may instead be a percentage of something measured later ("10%").
 struct SizeOrPercent {
   bool is_percent = false;
-  double percent = 0;   // 0 < percent <= 100 when is_percent
-  uint64_t bytes = 0;   // when !is_percent
+  double percent = 0;  // 0 < percent <= 100 when is_percent
+  uint64_t bytes = 0;  // when !is_percent
 };
 Result<SizeOrPercent> ParseSizeOrPercent(const std::string& text);
 

@@ -9,5 +9,6 @@
 
 #define GUARDED_BY(x) CACHEFS_THREAD_ANNOTATION(guarded_by(x))
 #define PT_GUARDED_BY(x) CACHEFS_THREAD_ANNOTATION(pt_guarded_by(x))
-#define EXCLUSIVE_LOCKS_REQUIRED(...) CACHEFS_THREAD_ANNOTATION(exclusive_locks_required(__VA_ARGS__))
+#define EXCLUSIVE_LOCKS_REQUIRED(...) \
+  CACHEFS_THREAD_ANNOTATION(exclusive_locks_required(__VA_ARGS__))
 #define LOCKS_EXCLUDED(...) CACHEFS_THREAD_ANNOTATION(locks_excluded(__VA_ARGS__))

@@ -33,7 +33,7 @@ struct DirHandle {
     if (dp != nullptr) closedir(dp);
   }
   DIR* dp = nullptr;
-  off_t offset = 0;          // position of `entry` (telldir cookie of the next one)
+  off_t offset = 0;                // position of `entry` (telldir cookie of the next one)
   struct dirent* entry = nullptr;  // read but not yet returned
 };
 
@@ -385,8 +385,8 @@ void OpCopyFileRange(fuse_req_t req, fuse_ino_t /*ino_in*/, off_t off_in, fuse_f
                      int flags) {
   loff_t in = off_in;
   loff_t out = off_out;
-  ssize_t res = copy_file_range(Fh(fi_in)->fd, &in, Fh(fi_out)->fd, &out, len,
-                                static_cast<unsigned>(flags));
+  ssize_t res =
+      copy_file_range(Fh(fi_in)->fd, &in, Fh(fi_out)->fd, &out, len, static_cast<unsigned>(flags));
   if (res == -1) return ReplyErr(req, errno);
   fuse_reply_write(req, static_cast<size_t>(res));
 }
@@ -403,10 +403,11 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     close(fd);
     return ReplyErr(req, err);
   }
-  fi->fh = reinterpret_cast<uint64_t>(dh.get());
+  DirHandle* raw = dh.release();
+  fi->fh = reinterpret_cast<uint64_t>(raw);
   fi->keep_cache = 0;
   fi->cache_readdir = 0;
-  if (fuse_reply_open(req, fi) == 0) dh.release();
+  if (fuse_reply_open(req, fi) == -ENOENT) delete raw;  // the opener was interrupted
 }
 
 bool IsDotOrDotDot(const char* name) {

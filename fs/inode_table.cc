@@ -41,8 +41,8 @@ Inode* InodeTable::Acquire(int fd, const struct stat& st) {
     it->second->nlookup_++;
     return it->second.get();
   }
-  auto inode = std::make_unique<Inode>(fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT,
-                                       next_generation_++);
+  auto inode =
+      std::make_unique<Inode>(fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT, next_generation_++);
   inode->nlookup_ = 1;
   Inode* raw = inode.get();
   inodes_.emplace(key, std::move(inode));

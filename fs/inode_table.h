@@ -34,10 +34,10 @@ class Inode {
   Inode(const Inode&) = delete;
   Inode& operator=(const Inode&) = delete;
 
-  int fd() const { return fd_; }            // O_PATH | O_NOFOLLOW
+  int fd() const { return fd_; }  // O_PATH | O_NOFOLLOW
   dev_t source_dev() const { return dev_; }
   ino_t source_ino() const { return ino_; }
-  mode_t type() const { return type_; }     // S_IFMT bits
+  mode_t type() const { return type_; }  // S_IFMT bits
   uint64_t generation() const { return generation_; }
   bool is_symlink() const { return S_ISLNK(type_); }
   // "/proc/self/fd/N": names this object for calls that have no *at() form

@@ -127,8 +127,8 @@ Status CheckMountpoint(const std::string& mountpoint, const std::string& canonic
   std::string canonical(resolved);
   for (const MountEntry& m : ReadMounts()) {
     if (m.mount_point == canonical) {
-      return Status::Error(EBUSY, what + " is already a mount point (" + m.fs_type +
-                                      "); unmount it first");
+      return Status::Error(
+          EBUSY, what + " is already a mount point (" + m.fs_type + "); unmount it first");
     }
   }
   if (source_is_directory && canonical != canonical_source &&
@@ -152,10 +152,11 @@ Result<std::unique_ptr<FuseMount>> FuseMount::Mount(Filesystem* fs, const std::s
   std::vector<std::string> argv_s = {"cachefs", "-o", o};
   if (debug) argv_s.push_back("-d");
   std::vector<char*> argv;
+  argv.reserve(argv_s.size());
   for (auto& a : argv_s) argv.push_back(a.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
-  fuse_session* se = fuse_session_new(&args, &Filesystem::Operations(),
-                                      sizeof(fuse_lowlevel_ops), fs);
+  fuse_session* se =
+      fuse_session_new(&args, &Filesystem::Operations(), sizeof(fuse_lowlevel_ops), fs);
   if (se == nullptr) return Status::Error(EINVAL, "cannot create the FUSE session");
   if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
     fuse_session_destroy(se);

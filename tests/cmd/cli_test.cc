@@ -32,8 +32,9 @@ TEST(Cli, MountStyleAndLongOptionsMeanTheSame) {
 }
 
 TEST(Cli, StandardMountOptionsAccepted) {
-  auto r = Parse({"/s", "/m", "-o", "defaults,rw,_netdev,nofail,noauto,user,users,x-systemd.automount",
-                  "-o", "nosuid,nodev,noatime,ro"});
+  auto r =
+      Parse({"/s", "/m", "-o", "defaults,rw,_netdev,nofail,noauto,user,users,x-systemd.automount",
+             "-o", "nosuid,nodev,noatime,ro"});
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_TRUE(r->config.fs.read_only);
   EXPECT_EQ(r->config.fs.kernel_options, (std::vector<std::string>{"nosuid", "nodev", "noatime"}));

@@ -18,8 +18,8 @@ TEST(ParseSize, AcceptsPowersOf1024) {
 }
 
 TEST(ParseSize, RejectsGarbageAndOverflow) {
-  for (const char* bad : {"", "K", "-1", "1.5G", "4X", "4KK", "12 M", "99999999999999999999",
-                          "20000000T"}) {
+  for (const char* bad :
+       {"", "K", "-1", "1.5G", "4X", "4KK", "12 M", "99999999999999999999", "20000000T"}) {
     EXPECT_FALSE(ParseSize(bad).ok()) << bad;
   }
 }

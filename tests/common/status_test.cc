@@ -21,9 +21,7 @@ TEST(Status, FromErrnoNamesTheObject) {
   EXPECT_EQ(s.Prefixed("mount").message(), "mount: source '/x': No such file or directory");
 }
 
-TEST(Status, ZeroErrnoBecomesEio) {
-  EXPECT_EQ(ErrnoOf(Status::FromErrno(0, "x")), EIO);
-}
+TEST(Status, ZeroErrnoBecomesEio) { EXPECT_EQ(ErrnoOf(Status::FromErrno(0, "x")), EIO); }
 
 TEST(Result, CarriesValueOrStatus) {
   Result<int> good(5);

@@ -1,10 +1,9 @@
 #include "fs/inode_table.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 namespace cachefs {
 namespace {

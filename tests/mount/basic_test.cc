@@ -1,8 +1,7 @@
 // The mount comes up, shows SOURCE, and goes away cleanly.
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include "tests/mount/mount_fixture.h"
 

@@ -1,13 +1,12 @@
 #include "tests/mount/mount_fixture.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <array>
 #include <chrono>
@@ -152,8 +151,8 @@ int MountedCachefs::Unmount() {
     mounted_ = false;
   }
   if (pid_ > 0) {
-    bool gone = WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; },
-                        std::chrono::seconds(10));
+    bool gone =
+        WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, std::chrono::seconds(10));
     if (!gone) {
       kill(pid_, SIGKILL);
       waitpid(pid_, &status, 0);

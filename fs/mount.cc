@@ -51,18 +51,27 @@ std::string EscapeOptionValue(const std::string& s) {
   return out;
 }
 
+// While set, libfuse's error messages are collected here instead of logged,
+// so that a failed mount is reported in one line. Only the starting thread
+// mounts, before any worker exists.
+std::string* g_captured_errors = nullptr;
+
 void FuseLogToOurs(enum fuse_log_level level, const char* fmt, va_list ap) {
   char buf[1024];
   vsnprintf(buf, sizeof(buf), fmt, ap);
   std::string msg(buf);
   while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  if (msg.rfind("fuse: ", 0) == 0) msg = msg.substr(6);
   if (msg.empty()) return;
-  if (level <= FUSE_LOG_ERR) {
+  if (level <= FUSE_LOG_ERR && g_captured_errors != nullptr) {
+    if (!g_captured_errors->empty()) *g_captured_errors += "; ";
+    *g_captured_errors += msg;
+  } else if (level <= FUSE_LOG_ERR) {
     LogError(msg);
   } else if (level <= FUSE_LOG_NOTICE) {
     LogInfo(msg);
   } else {
-    // libfuse's per-request trace (-d): always shown when asked for.
+    // libfuse's per-request trace (-d).
     Log(LogLevel::kDebug, msg);
   }
 }
@@ -94,9 +103,11 @@ Status CheckDevFuse() {
     if (err == ENOENT || err == ENODEV || err == ENXIO) {
       return Status::FromErrno(err, "cannot open /dev/fuse (load the fuse module: modprobe fuse)");
     }
-    if (geteuid() != 0 && (err == EACCES || err == EPERM)) {
-      // fusermount3 (setuid root) opens it for unprivileged users.
-      if (access("/usr/bin/fusermount3", X_OK) == 0) return Status::Ok();
+    if (err == EACCES || err == EPERM) {
+      // libfuse opens it itself before it would ever call fusermount3.
+      return Status::FromErrno(
+          err,
+          "cannot open /dev/fuse (it must be readable and writable by you, normally mode 0666)");
     }
     return Status::FromErrno(err, "cannot open /dev/fuse");
   }
@@ -155,12 +166,20 @@ Result<std::unique_ptr<FuseMount>> FuseMount::Mount(Filesystem* fs, const std::s
   argv.reserve(argv_s.size());
   for (auto& a : argv_s) argv.push_back(a.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  std::string errors;
+  g_captured_errors = &errors;
   fuse_session* se =
       fuse_session_new(&args, &Filesystem::Operations(), sizeof(fuse_lowlevel_ops), fs);
-  if (se == nullptr) return Status::Error(EINVAL, "cannot create the FUSE session");
-  if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
+  if (se == nullptr) {
+    g_captured_errors = nullptr;
+    return Status::Error(EINVAL, "cannot create the FUSE session: " + errors);
+  }
+  int res = fuse_session_mount(se, mountpoint.c_str());
+  g_captured_errors = nullptr;
+  if (res != 0) {
     fuse_session_destroy(se);
-    return Status::Error(EIO, "cannot mount on '" + mountpoint + "' (see the message above)");
+    return Status::Error(EIO, "cannot mount on '" + mountpoint +
+                                  "': " + (errors.empty() ? "unknown error" : errors));
   }
   if (fuse_set_signal_handlers(se) != 0) {
     fuse_session_unmount(se);

@@ -1,0 +1,177 @@
+#!/bin/bash
+# Data integrity through a cachefs mount, checked by fio's own verification:
+#   a) sequential 1M writes, read back and checked (crc32c);
+#   b) random 4k writes from two jobs on separate files, checked;
+#   c) unmount, mount the same SOURCE again, and verify everything again
+#      without writing (--verify_only): the data must have reached SOURCE;
+#   d) every file compared byte for byte (cmp) between the mount and SOURCE.
+# Usage: tests/mount/fio_verify.sh /path/to/cachefs
+# Prints one line per step and ends with "fio_verify: N passed, M failed";
+# exits non-zero if anything failed. Installs nothing: a missing tool fails.
+set -u
+
+prog=fio_verify
+cachefs=${1:-}
+if [[ -z $cachefs || ! -x $cachefs ]]; then
+  echo "$prog: usage: $0 /path/to/cachefs (got '${cachefs}', not an executable)" >&2
+  exit 1
+fi
+for tool in fio fusermount3 cmp; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    # Not a skip: a check that cannot run must not look like a pass.
+    echo "$prog: '$tool' is not installed (the project's setup script installs it); FAILED" >&2
+    exit 1
+  fi
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/cachefs-fio.XXXXXX") || exit 1
+src=$tmp/src
+mnt=$tmp/mnt
+log=$tmp/log
+mkdir "$src" "$mnt" "$log"
+daemon_pid=""
+
+is_mounted() {
+  awk -v m="$mnt" '$2 == m && $3 ~ /^fuse/ {found = 1} END {exit !found}' /proc/mounts
+}
+
+cleanup() {
+  if is_mounted; then
+    fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null
+  fi
+  if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
+    kill -TERM "$daemon_pid" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$daemon_pid" 2>/dev/null
+    wait "$daemon_pid" 2>/dev/null
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+passed=0
+failed=0
+step() {  # step NAME OK|FAIL [detail]
+  if [[ $2 == OK ]]; then
+    passed=$((passed + 1))
+    echo "$prog: $1: ok${3:+ ($3)}"
+  else
+    failed=$((failed + 1))
+    echo "$prog: $1: FAILED${3:+ ($3)}"
+  fi
+}
+finish() {
+  echo "$prog: $passed passed, $failed failed"
+  [[ $failed -eq 0 ]]
+  exit $?
+}
+
+# Starts `cachefs -f SOURCE MOUNTPOINT` in the background and waits (with a
+# deadline) for the mount to appear; fails if the daemon dies first.
+mount_cachefs() {
+  "$cachefs" -f "$src" "$mnt" </dev/null >>"$log/daemon" 2>&1 &
+  daemon_pid=$!
+  for _ in $(seq 200); do
+    is_mounted && return 0
+    kill -0 "$daemon_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "$prog: cachefs did not mount $mnt; its output:" >&2
+  cat "$log/daemon" >&2
+  return 1
+}
+
+# Unmounts and checks that the daemon exits cleanly (status 0).
+unmount_cachefs() {
+  fusermount3 -u "$mnt" || return 1
+  local status=0
+  wait "$daemon_pid" || status=$?
+  daemon_pid=""
+  if [[ $status -ne 0 ]]; then
+    echo "$prog: cachefs exited with status $status after unmount" >&2
+    return 1
+  fi
+  ! is_mounted
+}
+
+engine=psync
+if fio --enghelp 2>/dev/null | grep -qw libaio; then engine=libaio; fi
+
+# Common fio settings: fail on the first bad block, and fail on any I/O error.
+common=(--ioengine="$engine" --verify=crc32c --verify_fatal=1 --do_verify=1
+  --directory="$mnt" --group_reporting=1 --end_fsync=1 --verify_state_save=0)
+seq_job=(--name=seq --rw=write --bs=1M --size=64M)
+rand_job=(--name=rand --rw=randwrite --bs=4k --size=32M --iodepth=4 --numjobs=2
+  --randrepeat=1)
+
+# Runs fio with the given arguments, keeping its output; a non-zero status or
+# any job with err != 0 is a failure.
+run_fio() {
+  local out=$1
+  shift
+  # From $log: fio may drop files in its working directory.
+  if ! (cd "$log" && timeout 60 fio "$@") >"$log/$out" 2>&1; then
+    cat "$log/$out" >&2
+    return 1
+  fi
+  if grep -Eq 'err= *[1-9]|verify: bad|bad magic|crc32c: verify failed' "$log/$out"; then
+    cat "$log/$out" >&2
+    return 1
+  fi
+}
+
+if ! mount_cachefs; then
+  step "mount $src on $mnt" FAIL
+  finish
+fi
+
+# a) sequential write, then read back and check.
+if run_fio seq "${common[@]}" "${seq_job[@]}"; then
+  step "a) sequential write 64M bs=1M + crc32c verify" OK
+else
+  step "a) sequential write 64M bs=1M + crc32c verify" FAIL
+fi
+
+# b) random writes, two jobs on separate files, then check.
+if run_fio rand "${common[@]}" "${rand_job[@]}"; then
+  step "b) random write 2x32M bs=4k iodepth=4 $engine + crc32c verify" OK
+else
+  step "b) random write 2x32M bs=4k iodepth=4 $engine + crc32c verify" FAIL
+fi
+
+# c) a new daemon on the same SOURCE sees the same data: nothing of it lived
+# only in the old daemon or the old mount's page cache.
+if unmount_cachefs && mount_cachefs &&
+  run_fio seq_verify "${common[@]}" --verify_only "${seq_job[@]}" &&
+  run_fio rand_verify "${common[@]}" --verify_only "${rand_job[@]}"; then
+  step "c) unmount, remount, verify_only of both workloads" OK
+else
+  step "c) unmount, remount, verify_only of both workloads" FAIL
+fi
+
+# d) byte-for-byte: every file fio made, through the mount and in SOURCE.
+files=$(cd "$src" && find . -type f | sort)
+mnt_files=$(cd "$mnt" 2>/dev/null && find . -type f | sort)
+count=$(printf '%s\n' "$files" | grep -c .)
+cmp_ok=1
+if [[ $count -ne 3 ]]; then
+  echo "$prog: expected 3 files in SOURCE (seq + 2 rand), found $count:" $files >&2
+  cmp_ok=0
+fi
+if [[ $files != "$mnt_files" ]]; then
+  echo "$prog: the mount lists other files than SOURCE" >&2
+  cmp_ok=0
+fi
+for f in $files; do
+  if ! cmp "$mnt/$f" "$src/$f" >&2; then cmp_ok=0; fi
+done
+if [[ $cmp_ok -eq 1 ]]; then
+  step "d) cmp of $count files between mount and SOURCE" OK
+else
+  step "d) cmp of $count files between mount and SOURCE" FAIL
+fi
+
+if ! unmount_cachefs; then step "final unmount" FAIL; fi
+finish

@@ -97,7 +97,7 @@ int Serve(const DaemonConfig& cfg) {
     // itself keeps no supplementary groups.
     setgroups(0, nullptr);
   }
-  umask(0);  // the kernel already applied the caller's umask
+  umask(0);  // each request applies its caller's umask (fs/credentials.h)
   RaiseFileLimit();
   std::string source = Canonical(cfg.source);
   auto fs = Filesystem::Open(source, cfg.fs);

@@ -1,6 +1,8 @@
 #include "fs/credentials.h"
 
+#include <sched.h>
 #include <sys/fsuid.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -16,7 +18,18 @@ int ThreadSetFsgid(gid_t gid) { return syscall(SYS_setfsgid, gid); }
 
 }  // namespace
 
+bool ThreadHasPrivateUmask() {
+  // 0: not tried yet on this thread, 1: done, -1: failed.
+  thread_local int state = 0;
+  if (state == 0) state = unshare(CLONE_FS) == 0 ? 1 : -1;
+  return state == 1;
+}
+
 ScopedCallerCredentials::ScopedCallerCredentials(fuse_req_t req) {
+  if (ThreadHasPrivateUmask()) {
+    old_umask_ = umask(fuse_req_ctx(req)->umask);
+    umask_set_ = true;
+  }
   if (geteuid() != 0) return;
   const fuse_ctx* ctx = fuse_req_ctx(req);
   if (ctx->uid == 0 && ctx->gid == getegid()) return;
@@ -38,6 +51,7 @@ ScopedCallerCredentials::ScopedCallerCredentials(fuse_req_t req) {
 }
 
 ScopedCallerCredentials::~ScopedCallerCredentials() {
+  if (umask_set_) umask(old_umask_);
   if (!switched_) return;
   int saved = errno;
   ThreadSetFsuid(geteuid());

@@ -8,6 +8,10 @@
 // Nothing is changed when the daemon is not root (it could not) or when the
 // caller already matches the daemon.
 //
+// The caller's umask is applied too, on a thread-private umask
+// (ThreadHasPrivateUmask()), so that SOURCE applies either the umask or the
+// parent directory's default ACL, exactly as for a direct call.
+//
 // Thread-safety: per thread; construct and destroy on the same thread.
 #pragma once
 
@@ -17,6 +21,10 @@
 #include "common/status.h"
 
 namespace cachefs {
+
+// Gives the calling thread its own umask (unshare(CLONE_FS)) the first time it
+// is called on a thread; false if that is impossible.
+bool ThreadHasPrivateUmask();
 
 class ScopedCallerCredentials {
  public:
@@ -30,6 +38,8 @@ class ScopedCallerCredentials {
 
  private:
   bool switched_ = false;
+  bool umask_set_ = false;
+  mode_t old_umask_ = 0;
   Status status_;
 };
 

@@ -94,9 +94,17 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
   if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
-  // The kernel applies the caller's umask to the modes it sends (the daemon
-  // runs with umask 0), so DONT_MASK stays off.
-  conn->want &= ~FUSE_CAP_DONT_MASK;
+  // POSIX ACLs of SOURCE are enforced by the kernel (it reads them through
+  // getxattr). Then the umask must not be applied by the kernel but by SOURCE,
+  // which skips it under a default ACL: DONT_MASK, with the caller's umask set
+  // on the serving thread (ScopedCallerCredentials). Without a private
+  // per-thread umask, the kernel keeps applying it.
+  if ((conn->capable & FUSE_CAP_POSIX_ACL) && ThreadHasPrivateUmask()) {
+    conn->want |= FUSE_CAP_POSIX_ACL;
+    if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
+  } else {
+    conn->want &= ~FUSE_CAP_DONT_MASK;
+  }
   conn->max_write = 1u << 20;
   conn->max_readahead = 1u << 20;
 }

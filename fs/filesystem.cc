@@ -300,6 +300,13 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Inode* inode = In(req, ino);
   int fd = open(inode->ProcPath().c_str(), SourceOpenFlags(fi->flags));
   if (fd == -1) return ReplyErr(req, errno);
+  // Close-to-open (contract 5): keep_cache=0 drops the kernel's pages, and
+  // this drops its attributes, so a file grown in SOURCE is not cut at the
+  // size the kernel remembered. Offset -1 touches attributes only and takes
+  // no inode lock, so it is safe inside open.
+  if (Fs(req).session() != nullptr) {
+    fuse_lowlevel_notify_inval_inode(Fs(req).session(), ino, -1, 0);
+  }
   SetOpenReply(fi, fd);
   if (fuse_reply_open(req, fi) == -ENOENT) {
     // The opener was interrupted: nobody will release this handle.

@@ -39,12 +39,18 @@ class Filesystem {
   InodeTable& inodes() { return *inodes_; }
   bool source_is_directory() const { return S_ISDIR(inodes_->root()->type()); }
 
+  // The session serving this filesystem, for notifications to the kernel.
+  // Set once by FuseMount before the first request.
+  void set_session(fuse_session* se) { se_ = se; }
+  fuse_session* session() const { return se_; }
+
  private:
   Filesystem(std::unique_ptr<InodeTable> inodes, const FsOptions& opts)
       : inodes_(std::move(inodes)), opts_(opts) {}
 
   std::unique_ptr<InodeTable> inodes_;
   FsOptions opts_;
+  fuse_session* se_ = nullptr;
 };
 
 }  // namespace cachefs

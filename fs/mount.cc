@@ -174,6 +174,7 @@ Result<std::unique_ptr<FuseMount>> FuseMount::Mount(Filesystem* fs, const std::s
     g_captured_errors = nullptr;
     return Status::Error(EINVAL, "cannot create the FUSE session: " + errors);
   }
+  fs->set_session(se);
   int res = fuse_session_mount(se, mountpoint.c_str());
   g_captured_errors = nullptr;
   if (res != 0) {

@@ -105,8 +105,9 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   } else {
     conn->want &= ~FUSE_CAP_DONT_MASK;
   }
+  // 1 MiB writes (libfuse's buffer limit). The readahead window is what the
+  // kernel offers (the bdi default, 128 KiB): it can only be lowered here.
   conn->max_write = 1u << 20;
-  conn->max_readahead = 1u << 20;
 }
 
 // --- names ----------------------------------------------------------------

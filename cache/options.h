@@ -11,11 +11,9 @@
 
 #include "common/parse.h"
 #include "common/status.h"
+#include "meta/records.h"
 
 namespace cachefs {
-
-enum class CacheMode { kWritethrough, kWriteback, kWritearound, kReadonly, kCow };
-enum class StoreKind { kFile, kPmem };
 
 Result<CacheMode> ParseCacheMode(const std::string& text);
 const char* CacheModeName(CacheMode mode);

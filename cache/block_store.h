@@ -1,0 +1,101 @@
+// BlockStore: the fast device that holds cached blocks, as numbered slots.
+//
+// A store is a fixed array of `slot_count` slots of `block_size` bytes (a
+// power of two, 4 KiB to 4 MiB) laid out from offset 0 of a file or DAX
+// device: slot s occupies bytes [s * block_size, (s + 1) * block_size). The
+// store knows nothing of files or blocks; the metadata says which block is in
+// which slot (meta/).
+//
+// Durability: Write() makes data visible to later Reads at once (kill -9 of
+// the daemon keeps it: it is in the kernel or in the mapping) but only
+// Persist() makes every write completed before it survive power loss.
+// Ordering (contract 2) is the caller's: persist the store before syncing the
+// metadata that points at the new data.
+//
+// Non-virtual interface: the public methods check arguments and count; the
+// subclasses do raw IO. Thread-safety: all methods may be called concurrently;
+// concurrent writes to overlapping ranges of one slot are the caller's to
+// avoid.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "meta/records.h"
+
+namespace cachefs {
+
+struct StoreConfig {
+  StoreKind kind = StoreKind::kFile;
+  // The store file or DAX device. A missing file is created (and sized) when
+  // `create` is passed to OpenBlockStore.
+  std::string path;
+  // Slot size; REQUIRES a power of two from 4 KiB to 4 MiB.
+  uint32_t block_size = 0;
+  // Number of slots; the store is slot_count * block_size bytes.
+  uint64_t slot_count = 0;
+  // FileStore only: open with O_DIRECT (block-aligned IO only). Default: off.
+  bool direct_io = false;
+
+  Status Validate() const;
+};
+
+struct StoreCounters {
+  std::atomic<uint64_t> reads{0};
+  std::atomic<uint64_t> read_bytes{0};
+  std::atomic<uint64_t> writes{0};
+  std::atomic<uint64_t> write_bytes{0};
+  std::atomic<uint64_t> persists{0};
+  std::atomic<uint64_t> errors{0};
+};
+
+class BlockStore {
+ public:
+  virtual ~BlockStore() = default;
+  BlockStore(const BlockStore&) = delete;
+  BlockStore& operator=(const BlockStore&) = delete;
+
+  uint32_t block_size() const { return block_size_; }
+  uint64_t slot_count() const { return slot_count_; }
+  const StoreCounters& counters() const { return counters_; }
+  virtual const char* kind() const = 0;  // "file" or "pmem"
+
+  // Reads `len` bytes at `offset` inside `slot`. Fails with EINVAL when the
+  // range leaves the slot or the store, EIO when the device fails.
+  Status Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf);
+  // Writes `len` bytes at `offset` inside `slot`; visible at once, durable
+  // after the next Persist(). Same failures as Read, plus ENOSPC from the device.
+  Status Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf);
+  // Makes every Write that completed before the call durable.
+  Status Persist();
+  // Tells the device that `slot` holds nothing worth keeping (hole punch or
+  // nothing); its content is undefined afterwards.
+  Status Discard(uint64_t slot);
+
+ protected:
+  BlockStore(uint32_t block_size, uint64_t slot_count)
+      : block_size_(block_size), slot_count_(slot_count) {}
+  // Byte offset of `offset` inside `slot` from the start of the store.
+  uint64_t StoreOffset(uint64_t slot, uint32_t offset) const { return slot * block_size_ + offset; }
+
+  virtual Status DoRead(uint64_t pos, uint32_t len, void* buf) = 0;
+  virtual Status DoWrite(uint64_t pos, uint32_t len, const void* buf) = 0;
+  virtual Status DoPersist() = 0;
+  virtual Status DoDiscard(uint64_t pos, uint64_t len) = 0;
+
+ private:
+  Status CheckRange(uint64_t slot, uint32_t offset, uint32_t len) const;
+  const uint32_t block_size_;
+  const uint64_t slot_count_;
+  StoreCounters counters_;
+};
+
+// Opens (or with `create`, creates and sizes) the store `cfg` describes.
+// Fails when the file is missing and !create, when it is smaller than the
+// configured size, or when the device cannot be mapped (pmem).
+Result<std::unique_ptr<BlockStore>> OpenBlockStore(const StoreConfig& cfg, bool create);
+
+}  // namespace cachefs

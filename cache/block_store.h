@@ -12,18 +12,30 @@
 // Ordering (contract 2) is the caller's: persist the store before syncing the
 // metadata that points at the new data.
 //
+// A failed Persist() is sticky: every later Persist() fails with the same
+// Status. The kernel reports a writeback error once and may already have
+// dropped the pages, so a later success would claim durability for data that
+// is gone (the PostgreSQL "fsyncgate" lesson).
+//
+// Implementations: FileStore (cache/file_store.h, pread/pwrite on a file or
+// block device) and PmemStore (cache/pmem_store.h, a libpmem2 mapping).
+//
 // Non-virtual interface: the public methods check arguments and count; the
 // subclasses do raw IO. Thread-safety: all methods may be called concurrently;
 // concurrent writes to overlapping ranges of one slot are the caller's to
-// avoid.
+// avoid. Persist() calls are serialised: one that starts while another runs
+// waits for it, so each returns only once everything written before it is
+// durable.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "common/status.h"
+#include "common/thread_annotations.h"
 #include "meta/records.h"
 
 namespace cachefs {
@@ -37,18 +49,31 @@ struct StoreConfig {
   uint32_t block_size = 0;
   // Number of slots; the store is slot_count * block_size bytes.
   uint64_t slot_count = 0;
-  // FileStore only: open with O_DIRECT (block-aligned IO only). Default: off.
+  // FileStore only: open with O_DIRECT, bypassing the page cache. Every Read
+  // and Write must then use an offset, a length and a buffer address that are
+  // multiples of 4 KiB (kDirectIoAlignment); others fail with EINVAL.
+  // Default: off.
   bool direct_io = false;
 
+  // EINVAL with one line when a field is out of range (see each field), the
+  // size overflows, or direct_io is asked of a pmem store.
   Status Validate() const;
+  uint64_t size_bytes() const { return slot_count * block_size; }
 };
 
+// Alignment of offsets, lengths and buffers with StoreConfig::direct_io.
+inline constexpr uint32_t kDirectIoAlignment = 4096;
+
+// Successful calls and their bytes; `errors` counts calls that passed the
+// argument checks and then failed in the device (a rejected range is the
+// caller's bug and is not counted).
 struct StoreCounters {
   std::atomic<uint64_t> reads{0};
   std::atomic<uint64_t> read_bytes{0};
   std::atomic<uint64_t> writes{0};
   std::atomic<uint64_t> write_bytes{0};
   std::atomic<uint64_t> persists{0};
+  std::atomic<uint64_t> discards{0};
   std::atomic<uint64_t> errors{0};
 };
 
@@ -69,7 +94,8 @@ class BlockStore {
   // Writes `len` bytes at `offset` inside `slot`; visible at once, durable
   // after the next Persist(). Same failures as Read, plus ENOSPC from the device.
   Status Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf);
-  // Makes every Write that completed before the call durable.
+  // Makes every Write that completed before the call durable. Fails with the
+  // device's error (EIO), and from then on always (see above).
   Status Persist();
   // Tells the device that `slot` holds nothing worth keeping (hole punch or
   // nothing); its content is undefined afterwards.
@@ -91,11 +117,17 @@ class BlockStore {
   const uint32_t block_size_;
   const uint64_t slot_count_;
   StoreCounters counters_;
+  // Serialises Persist() and keeps its first failure.
+  std::mutex persist_mu_;
+  Status persist_error_ GUARDED_BY(persist_mu_);
 };
 
 // Opens (or with `create`, creates and sizes) the store `cfg` describes.
-// Fails when the file is missing and !create, when it is smaller than the
-// configured size, or when the device cannot be mapped (pmem).
+// A new file gets mode 0600 and all its blocks allocated up front, so a full
+// device fails here (ENOSPC, nothing left behind) rather than on a later
+// write. Fails when cfg is invalid (EINVAL), the file is missing and !create
+// (ENOENT), it is smaller than the configured size (EINVAL), or the device
+// cannot be mapped (pmem).
 Result<std::unique_ptr<BlockStore>> OpenBlockStore(const StoreConfig& cfg, bool create);
 
 }  // namespace cachefs

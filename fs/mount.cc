@@ -150,7 +150,8 @@ Status CheckMountpoint(const std::string& mountpoint, const std::string& canonic
 }
 
 Result<std::unique_ptr<FuseMount>> FuseMount::Mount(Filesystem* fs, const std::string& source,
-                                                    const std::string& mountpoint, bool debug) {
+                                                    const std::string& mountpoint, bool debug,
+                                                    const fuse_lowlevel_ops* ops) {
   fuse_set_log_func(FuseLogToOurs);
   const FsOptions& opts = fs->options();
   // The kernel checks permissions against the attributes we report, always:
@@ -168,8 +169,8 @@ Result<std::unique_ptr<FuseMount>> FuseMount::Mount(Filesystem* fs, const std::s
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   std::string errors;
   g_captured_errors = &errors;
-  fuse_session* se =
-      fuse_session_new(&args, &Filesystem::Operations(), sizeof(fuse_lowlevel_ops), fs);
+  if (ops == nullptr) ops = &Filesystem::Operations();
+  fuse_session* se = fuse_session_new(&args, ops, sizeof(fuse_lowlevel_ops), fs);
   if (se == nullptr) {
     g_captured_errors = nullptr;
     return Status::Error(EINVAL, "cannot create the FUSE session: " + errors);

@@ -34,9 +34,12 @@ std::vector<MountEntry> ReadMounts();
 class FuseMount {
  public:
   // Creates the session and mounts `fs` on `mountpoint`. Nothing is left
-  // mounted when it fails.
+  // mounted when it fails. `ops` (default: Filesystem::Operations()) is the
+  // operation table to serve with, copied by libfuse; a tool may pass a table
+  // whose entries wrap Filesystem's (bench/slowfs). Userdata is always `fs`.
   static Result<std::unique_ptr<FuseMount>> Mount(Filesystem* fs, const std::string& source,
-                                                  const std::string& mountpoint, bool debug);
+                                                  const std::string& mountpoint, bool debug,
+                                                  const fuse_lowlevel_ops* ops = nullptr);
   // Unmounts (if still mounted) and destroys the session.
   ~FuseMount();
   FuseMount(const FuseMount&) = delete;

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/engine.h"
 #include "cmd/cli.h"
 #include "common/log.h"
 #include "fs/filesystem.h"
@@ -112,6 +113,19 @@ int Serve(const DaemonConfig& cfg) {
     return kExitFailure;
   }
   int report_fd = cfg.foreground ? -1 : Detach();
+  // The cache is opened and recovered before the mount (contract 3), in the
+  // process that will serve: RocksDB's threads do not survive a fork.
+  EngineConfig ec;
+  ec.options = cfg.cache;
+  ec.source = source;
+  ec.source_is_file = !fs.value()->source_is_directory();
+  ec.reformat = cfg.reformat;
+  auto engine = Engine::Open(ec);
+  if (!engine.ok()) {
+    LogError(engine.status().message());
+    return kExitFailure;
+  }
+  fs.value()->set_engine(engine.value().get());
   auto mount = FuseMount::Mount(fs.value().get(), source, Canonical(cfg.mountpoint), cfg.debug);
   if (!mount.ok()) {
     LogError(mount.status().message());
@@ -125,6 +139,8 @@ int Serve(const DaemonConfig& cfg) {
     LogError(s.message());
     return kExitFailure;
   }
+  fs.value()->set_engine(nullptr);
+  engine.value().reset();  // clean shutdown of the cache
   LogInfo("unmounted " + Canonical(cfg.mountpoint));
   return 0;
 }

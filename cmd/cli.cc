@@ -211,6 +211,8 @@ Result<ParseOutcome> ParseDaemonArgs(const std::vector<std::string>& args) {
   app.add_option("mountpoint", c.mountpoint, "where the cached view appears")->required();
   app.add_flag("-f,--foreground", c.foreground, "stay in the foreground, log to stderr");
   app.add_flag("-d,--debug", c.debug, "debug log and FUSE request trace (implies -f)");
+  app.add_flag("--reformat", c.reformat,
+               "throw away what the cache directory holds and format it anew");
   std::vector<std::string> mount_options;
   app.add_option("-o", mount_options,
                  "mount options, comma-separated: any option below, and "
@@ -235,7 +237,8 @@ Result<ParseOutcome> ParseDaemonArgs(const std::vector<std::string>& args) {
                if (long_status.ok()) long_status = s;
              },
              spec.help)
-          ->type_name("VALUE");
+          ->type_name("VALUE")
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     } else {
       app.add_flag_callback(
           flags,

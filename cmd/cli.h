@@ -20,6 +20,7 @@ struct DaemonConfig {
   std::string mountpoint;
   bool foreground = false;  // -f: stay attached, log to stderr
   bool debug = false;       // -d: debug logging and a FUSE request trace; implies -f
+  bool reformat = false;    // --reformat: throw the cache away and format it anew
   FsOptions fs;
   CacheOptions cache;
 };

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "common/log.h"
@@ -25,6 +26,7 @@ struct FileHandle {
     if (fd >= 0) close(fd);
   }
   int fd;
+  std::shared_ptr<CachedFile> cached;  // null: served straight from SOURCE
 };
 
 // An open directory being listed.
@@ -44,6 +46,68 @@ DirHandle* Dh(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh);
 
 // Replies with an error; `err` 0 (a call that failed without errno) becomes EIO.
 void ReplyErr(fuse_req_t req, int err) { fuse_reply_err(req, err == 0 ? EIO : err); }
+
+// --- the block cache ---------------------------------------------------------
+
+// The path of `inode` relative to SOURCE ("" for SOURCE itself), from the
+// kernel's name for its descriptor; nullopt when it has none (deleted) or it
+// lies elsewhere.
+std::optional<std::string> RelPath(const Filesystem& fs, const Inode* inode) {
+  char buf[PATH_MAX + 1];
+  ssize_t n = readlink(inode->ProcPath().c_str(), buf, PATH_MAX);
+  if (n <= 0) return std::nullopt;
+  std::string path(buf, static_cast<size_t>(n));
+  const std::string& src = fs.source();
+  if (path == src) return std::string();
+  if (path.size() <= src.size() + 1 || path.compare(0, src.size(), src) != 0 ||
+      path[src.size()] != '/' ||
+      path.compare(path.size() - std::strlen(" (deleted)"), std::string::npos, " (deleted)") == 0) {
+    return std::nullopt;
+  }
+  return path.substr(src.size() + 1);
+}
+
+std::optional<std::string> RelPath(const Filesystem& fs, const Inode* parent, const char* name) {
+  auto dir = RelPath(fs, parent);
+  if (!dir) return std::nullopt;
+  return dir->empty() ? std::string(name) : *dir + "/" + name;
+}
+
+void CacheWarning(const char* what, const Status& s) {
+  LogWarning(std::string(what) + ": " + s.message() + " (served from SOURCE)");
+}
+
+// Binds the regular file `inode`, opened as `fd`, to its cache state.
+std::shared_ptr<CachedFile> BindCache(Filesystem& fs, Inode* inode, int fd) {
+  Engine* engine = fs.engine();
+  if (engine == nullptr || !S_ISREG(inode->type())) return nullptr;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return nullptr;
+  if (auto cached = inode->cached()) {
+    auto changed = engine->Revalidate(*cached, st);
+    if (!changed.ok()) CacheWarning("revalidate", changed.status());
+    return cached;
+  }
+  auto path = RelPath(fs, inode);
+  if (!path) return nullptr;
+  auto cached = engine->OpenFile(*path, st);
+  if (!cached.ok()) {
+    CacheWarning("open", cached.status());
+    return nullptr;
+  }
+  inode->set_cached(cached.value());
+  return cached.value();
+}
+
+// After SOURCE's data changed through the mount in [off, off + len).
+void CacheAfterWrite(Filesystem& fs, const std::shared_ptr<CachedFile>& cached, int fd,
+                     uint64_t off, uint64_t len) {
+  if (!cached || fs.engine() == nullptr) return;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return;
+  Status s = fs.engine()->AfterWrite(*cached, off, len, st);
+  if (!s.ok()) CacheWarning("write", s);
+}
 
 int StatInode(const Inode* inode, struct stat* st) {
   int res = fstatat(inode->fd(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
@@ -144,8 +208,15 @@ void OpForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 // attributes are always read through the inode.
 void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   struct stat st;
-  int err = StatInode(In(req, ino), &st);
+  Inode* inode = In(req, ino);
+  int err = StatInode(inode, &st);
   if (err != 0) return ReplyErr(req, err);
+  // attr_timeout freshness (contract 5): a file changed in SOURCE loses its
+  // cached blocks (the kernel drops its pages itself: AUTO_INVAL_DATA).
+  if (auto cached = inode->cached(); cached && Fs(req).engine() != nullptr) {
+    auto changed = Fs(req).engine()->Revalidate(*cached, st);
+    if (!changed.ok()) CacheWarning("revalidate", changed.status());
+  }
   fuse_reply_attr(req, &st, Fs(req).options().attr_timeout);
 }
 
@@ -161,6 +232,13 @@ int SetTimes(const Inode* inode, const timespec tv[2]) {
 void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fuse_file_info* fi) {
   Inode* inode = In(req, ino);
   int res = 0;
+  // Our own attribute changes move the ctime (and utimens the mtime): the
+  // cache adopts them instead of taking them for an outside change.
+  Engine* engine = Fs(req).engine();
+  std::shared_ptr<CachedFile> cached =
+      engine == nullptr ? nullptr : (fi != nullptr ? Fh(fi)->cached : inode->cached());
+  struct stat before;
+  bool adopt = cached && (valid & ~FUSE_SET_ATTR_SIZE) != 0 && StatInode(inode, &before) == 0;
   if (valid & FUSE_SET_ATTR_MODE) {
     res = fchmodat(AT_FDCWD, inode->ProcPath().c_str(), attr->st_mode, 0);
     if (res == -1) return ReplyErr(req, errno);
@@ -184,6 +262,12 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fus
       errno = err;
     }
     if (res == -1) return ReplyErr(req, errno);
+    struct stat st;
+    if (cached && StatInode(inode, &st) == 0) {
+      Status s = engine->AfterTruncate(*cached, st);
+      if (!s.ok()) CacheWarning("truncate", s);
+      before = st;
+    }
   }
   if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
     timespec tv[2];
@@ -201,6 +285,11 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fus
     }
     int err = SetTimes(inode, tv);
     if (err != 0) return ReplyErr(req, err);
+  }
+  struct stat after;
+  if (adopt && StatInode(inode, &after) == 0) {
+    Status s = engine->Adopt(*cached, before, after);
+    if (!s.ok()) CacheWarning("setattr", s);
   }
   OpGetattr(req, ino, fi);
 }
@@ -257,16 +346,45 @@ void OpLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* ne
   Inode* dir = In(req, newparent);
   // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for anyone
   // and resolves to the inode itself (even a symlink's).
+  struct stat before;
+  auto cached = inode->cached();
+  bool adopt = cached && Fs(req).engine() != nullptr && StatInode(inode, &before) == 0;
   int res = linkat(inode->fd(), "", dir->fd(), newname, AT_EMPTY_PATH);
   if (res == -1 && errno == ENOENT) {
     res = linkat(AT_FDCWD, inode->ProcPath().c_str(), dir->fd(), newname, AT_SYMLINK_FOLLOW);
   }
-  ReplyMade(req, dir, newname, res, errno);
+  int err = errno;
+  Filesystem& fs = Fs(req);
+  if (res == 0 && fs.engine() != nullptr && S_ISREG(inode->type())) {
+    auto from = RelPath(fs, inode);
+    auto to = RelPath(fs, dir, newname);
+    if (from && to) {
+      Status s = fs.engine()->Link(*from, *to);
+      if (!s.ok()) CacheWarning("link", s);
+    }
+    struct stat after;
+    if (adopt && StatInode(inode, &after) == 0) {
+      Status s = fs.engine()->Adopt(*cached, before, after);
+      if (!s.ok()) CacheWarning("link", s);
+    }
+  }
+  ReplyMade(req, dir, newname, res, err);
 }
 
 void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  int res = unlinkat(In(req, parent)->fd(), name, 0);
-  fuse_reply_err(req, res == -1 ? errno : 0);
+  Filesystem& fs = Fs(req);
+  Inode* dir = In(req, parent);
+  struct stat st;
+  bool cached = fs.engine() != nullptr && fstatat(dir->fd(), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                S_ISREG(st.st_mode);
+  std::optional<std::string> path = cached ? RelPath(fs, dir, name) : std::nullopt;
+  int res = unlinkat(dir->fd(), name, 0);
+  int err = errno;
+  if (res == 0 && path) {
+    Status s = fs.engine()->Unlink(*path, st.st_nlink <= 1);
+    if (!s.ok()) CacheWarning("unlink", s);
+  }
+  fuse_reply_err(req, res == -1 ? err : 0);
 }
 
 void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -276,8 +394,32 @@ void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
 
 void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
               const char* newname, unsigned int flags) {
-  int res = renameat2(In(req, parent)->fd(), name, In(req, newparent)->fd(), newname, flags);
-  fuse_reply_err(req, res == -1 ? errno : 0);
+  Filesystem& fs = Fs(req);
+  Inode* from_dir = In(req, parent);
+  Inode* to_dir = In(req, newparent);
+  std::optional<std::string> from, to;
+  struct stat st;
+  bool is_dir = false;
+  if (fs.engine() != nullptr && fstatat(from_dir->fd(), name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    is_dir = S_ISDIR(st.st_mode);
+    from = RelPath(fs, from_dir, name);
+    to = RelPath(fs, to_dir, newname);
+  }
+  int res = renameat2(from_dir->fd(), name, to_dir->fd(), newname, flags);
+  int err = errno;
+  struct stat after;
+  if (res == 0 && from && to) {
+    Status s;
+    if (flags & RENAME_EXCHANGE) {
+      // Two files trade names: simplest correct answer, forget both.
+      s = fs.engine()->Unlink(*from, true);
+      if (s.ok()) s = fs.engine()->Unlink(*to, true);
+    } else if (fstatat(to_dir->fd(), newname, &after, AT_SYMLINK_NOFOLLOW) == 0) {
+      s = fs.engine()->Rename(*from, *to, is_dir, st, after);
+    }
+    if (!s.ok()) CacheWarning("rename", s);
+  }
+  fuse_reply_err(req, res == -1 ? err : 0);
 }
 
 // --- files ----------------------------------------------------------------
@@ -290,8 +432,10 @@ int SourceOpenFlags(int flags) {
   return (flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT)) | O_CLOEXEC;
 }
 
-void SetOpenReply(fuse_file_info* fi, int fd) {
-  fi->fh = reinterpret_cast<uint64_t>(new FileHandle(fd));
+void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached) {
+  auto* fh = new FileHandle(fd);
+  fh->cached = std::move(cached);
+  fi->fh = reinterpret_cast<uint64_t>(fh);
   // Close-to-open coherence: the kernel drops its pages of the file at open.
   fi->keep_cache = 0;
   fi->direct_io = 0;
@@ -308,7 +452,7 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (Fs(req).session() != nullptr) {
     fuse_lowlevel_notify_inval_inode(Fs(req).session(), ino, -1, 0);
   }
-  SetOpenReply(fi, fd);
+  SetOpenReply(fi, fd, BindCache(Fs(req), inode, fd));
   if (fuse_reply_open(req, fi) == -ENOENT) {
     // The opener was interrupted: nobody will release this handle.
     delete Fh(fi);
@@ -333,7 +477,7 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
     close(fd);
     return ReplyErr(req, err);
   }
-  SetOpenReply(fi, fd);
+  SetOpenReply(fi, fd, BindCache(Fs(req), In(req, e.ino), fd));
   if (fuse_reply_create(req, &e, fi) == -ENOENT) {
     delete Fh(fi);
     Fs(req).inodes().Forget(In(req, e.ino), 1);
@@ -354,7 +498,19 @@ fuse_bufvec FdBufvec(int fd, size_t size, off_t pos) {
 }
 
 void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
-  fuse_bufvec buf = FdBufvec(Fh(fi)->fd, size, off);
+  FileHandle* fh = Fh(fi);
+  if (fh->cached && Fs(req).engine() != nullptr) {
+    // Hits are checked against their CRC in memory (contract 6), so cached
+    // reads are copied, not spliced.
+    thread_local std::vector<char> buf;
+    if (buf.size() < size) buf.resize(size);
+    auto n =
+        Fs(req).engine()->Read(*fh->cached, fh->fd, static_cast<uint64_t>(off), size, buf.data());
+    if (!n.ok()) return ReplyErr(req, ErrnoOf(n.status()));
+    fuse_reply_buf(req, buf.data(), n.value());
+    return;
+  }
+  fuse_bufvec buf = FdBufvec(fh->fd, size, off);
   fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
@@ -363,6 +519,8 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
   fuse_bufvec out = FdBufvec(Fh(fi)->fd, fuse_buf_size(in), off);
   ssize_t res = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
   if (res < 0) return ReplyErr(req, static_cast<int>(-res));
+  CacheAfterWrite(Fs(req), Fh(fi)->cached, Fh(fi)->fd, static_cast<uint64_t>(off),
+                  static_cast<uint64_t>(res));
   fuse_reply_write(req, static_cast<size_t>(res));
 }
 
@@ -375,7 +533,12 @@ void OpFlush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
 }
 
 void OpRelease(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
-  delete Fh(fi);
+  FileHandle* fh = Fh(fi);
+  if (fh->cached && Fs(req).engine() != nullptr) {
+    Status s = Fs(req).engine()->CloseFile(*fh->cached);
+    if (!s.ok()) CacheWarning("close", s);
+  }
+  delete fh;
   fuse_reply_err(req, 0);
 }
 
@@ -387,7 +550,12 @@ void OpFsync(fuse_req_t req, fuse_ino_t /*ino*/, int datasync, fuse_file_info* f
 void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
   int res = fallocate(Fh(fi)->fd, mode, offset, length);
-  fuse_reply_err(req, res == -1 ? errno : 0);
+  int err = errno;
+  if (res == 0) {
+    CacheAfterWrite(Fs(req), Fh(fi)->cached, Fh(fi)->fd, static_cast<uint64_t>(offset),
+                    static_cast<uint64_t>(length));
+  }
+  fuse_reply_err(req, res == -1 ? err : 0);
 }
 
 void OpLseek(fuse_req_t req, fuse_ino_t /*ino*/, off_t off, int whence, fuse_file_info* fi) {
@@ -404,6 +572,8 @@ void OpCopyFileRange(fuse_req_t req, fuse_ino_t /*ino_in*/, off_t off_in, fuse_f
   ssize_t res =
       copy_file_range(Fh(fi_in)->fd, &in, Fh(fi_out)->fd, &out, len, static_cast<unsigned>(flags));
   if (res == -1) return ReplyErr(req, errno);
+  CacheAfterWrite(Fs(req), Fh(fi_out)->cached, Fh(fi_out)->fd, static_cast<uint64_t>(off_out),
+                  static_cast<uint64_t>(res));
   fuse_reply_write(req, static_cast<size_t>(res));
 }
 
@@ -644,7 +814,7 @@ Result<std::unique_ptr<Filesystem>> Filesystem::Open(const std::string& source,
   }
   close(probe);
   auto table = std::make_unique<InodeTable>(fd, st);
-  return std::unique_ptr<Filesystem>(new Filesystem(std::move(table), opts));
+  return std::unique_ptr<Filesystem>(new Filesystem(std::move(table), opts, source));
 }
 
 }  // namespace cachefs

@@ -4,8 +4,13 @@
 // *at() calls relative to O_PATH handles (see InodeTable), so the results and
 // error codes are those of the source filesystem and nothing outside SOURCE
 // can be reached: source-side symlinks are never followed. Objects are created
-// with the caller's credentials (ScopedCallerCredentials). File data goes
-// straight to SOURCE for now; the block cache plugs in below read/write.
+// with the caller's credentials (ScopedCallerCredentials).
+//
+// With an Engine (set_engine), regular files are read through the block
+// cache; writes, truncates, fallocate and copy_file_range go to SOURCE and
+// then tell the engine, and renames, links and unlinks keep its paths current.
+// A file the engine cannot take (an error, a deleted file) is served straight
+// from SOURCE.
 //
 // POSIX and flock locks are left to the kernel (FUSE does them locally when
 // the filesystem does not implement them): they are exact among users of the
@@ -20,6 +25,7 @@
 #include <memory>
 #include <string>
 
+#include "cache/engine.h"
 #include "common/status.h"
 #include "fs/inode_table.h"
 #include "fs/options.h"
@@ -36,6 +42,11 @@ class Filesystem {
   static const fuse_lowlevel_ops& Operations();
 
   const FsOptions& options() const { return opts_; }
+  // The canonical SOURCE path Open() was given.
+  const std::string& source() const { return source_; }
+  // The block cache; null for a plain passthrough. Set before mounting.
+  void set_engine(Engine* engine) { engine_ = engine; }
+  Engine* engine() const { return engine_; }
   InodeTable& inodes() { return *inodes_; }
   bool source_is_directory() const { return S_ISDIR(inodes_->root()->type()); }
 
@@ -45,11 +56,13 @@ class Filesystem {
   fuse_session* session() const { return se_; }
 
  private:
-  Filesystem(std::unique_ptr<InodeTable> inodes, const FsOptions& opts)
-      : inodes_(std::move(inodes)), opts_(opts) {}
+  Filesystem(std::unique_ptr<InodeTable> inodes, const FsOptions& opts, std::string source)
+      : inodes_(std::move(inodes)), opts_(opts), source_(std::move(source)) {}
 
   std::unique_ptr<InodeTable> inodes_;
   FsOptions opts_;
+  std::string source_;
+  Engine* engine_ = nullptr;
   fuse_session* se_ = nullptr;
 };
 

@@ -12,6 +12,16 @@ Inode::~Inode() {
 
 std::string Inode::ProcPath() const { return "/proc/self/fd/" + std::to_string(fd_); }
 
+std::shared_ptr<CachedFile> Inode::cached() const {
+  std::lock_guard<std::mutex> lock(cached_mu_);
+  return cached_;
+}
+
+void Inode::set_cached(std::shared_ptr<CachedFile> cached) {
+  std::lock_guard<std::mutex> lock(cached_mu_);
+  cached_ = std::move(cached);
+}
+
 InodeTable::InodeTable(int root_fd, const struct stat& root_st)
     : root_(std::make_unique<Inode>(root_fd, root_st.st_dev, root_st.st_ino,
                                     root_st.st_mode & S_IFMT, 0)) {}

@@ -26,6 +26,8 @@
 
 namespace cachefs {
 
+class CachedFile;  // cache/engine.h
+
 class Inode {
  public:
   Inode(int fd, dev_t dev, ino_t ino, mode_t type, uint64_t generation)
@@ -44,6 +46,11 @@ class Inode {
   // or need a real open (the link resolves to this inode, not a path).
   std::string ProcPath() const;
 
+  // The cache state of a regular file, bound at its first open; null while
+  // unbound or uncached.
+  std::shared_ptr<CachedFile> cached() const;
+  void set_cached(std::shared_ptr<CachedFile> cached);
+
  private:
   friend class InodeTable;
   const int fd_;
@@ -52,6 +59,8 @@ class Inode {
   const mode_t type_;
   const uint64_t generation_;
   uint64_t nlookup_ = 0;  // guarded by InodeTable::mu_
+  mutable std::mutex cached_mu_;
+  std::shared_ptr<CachedFile> cached_ GUARDED_BY(cached_mu_);
 };
 
 class InodeTable {

@@ -6,7 +6,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:?usage: tidy_check.sh BUILD_DIR}
 command -v clang-tidy >/dev/null || { echo "tidy_check: clang-tidy is not installed" >&2; exit 1; }
 cd "$top"
-mapfile -t files < <(find common cache meta fs cmd -name '*.cc' 2>/dev/null | sort)
+mapfile -t files < <(find common cache meta fs cmd bench -name '*.cc' 2>/dev/null | sort)
 fail=0
 for f in "${files[@]}"; do
   clang-tidy -p "$build" --quiet "$f" 2>/dev/null | grep -E "(error|warning):" && fail=1

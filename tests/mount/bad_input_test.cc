@@ -71,6 +71,13 @@ ProcResult RunArgv(const std::vector<std::string>& argv, milliseconds limit = se
     return r;
   }
   std::vector<std::string> args = argv;
+  // Right after the binary, so that the test's own arguments come later and
+  // win (a repeated option takes its last value).
+  auto bin = std::find(args.begin(), args.end(), CachefsBinary());
+  if (bin != args.end()) {
+    std::vector<std::string> extra = TestCacheArgs();
+    args.insert(bin + 1, extra.begin(), extra.end());
+  }
   std::vector<char*> cargs;
   for (std::string& a : args) cargs.push_back(a.data());
   cargs.push_back(nullptr);

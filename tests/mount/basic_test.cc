@@ -41,7 +41,9 @@ TEST(BasicMount, ImageFileOnRegularFileMountpoint) {
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7 + 3);
   WriteFile(img, data);
   WriteFile(mnt, "");
-  CommandResult r = RunCommand("'" + CachefsBinary() + "' '" + img + "' '" + mnt + "'");
+  std::string cmd = "'" + CachefsBinary() + "' '" + img + "' '" + mnt + "'";
+  for (const std::string& a : TestCacheArgs()) cmd += " '" + a + "'";
+  CommandResult r = RunCommand(cmd);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(IsMountPoint(mnt));
   EXPECT_EQ(ReadFile(mnt), data);

@@ -71,7 +71,7 @@ finish() {
 # Starts `cachefs -f SOURCE MOUNTPOINT` in the background and waits (with a
 # deadline) for the mount to appear; fails if the daemon dies first.
 mount_cachefs() {
-  "$cachefs" -f "$src" "$mnt" </dev/null >>"$log/daemon" 2>&1 &
+  "$cachefs" -f "$src" "$mnt" --cache="$tmp/cache" --cache_size=256M </dev/null >>"$log/daemon" 2>&1 &
   daemon_pid=$!
   for _ in $(seq 200); do
     is_mounted && return 0

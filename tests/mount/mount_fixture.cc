@@ -44,6 +44,13 @@ std::string CachefsBinary() {
   return b != nullptr ? b : CACHEFS_BIN_DEFAULT;
 }
 
+std::vector<std::string> TestCacheArgs() {
+  static int counter = 0;
+  std::string dir =
+      TmpRoot() + "/cachefs-cache-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+  return {"--cache=" + dir, "--cache_size=64M"};
+}
+
 std::string MakeTempDir(const std::string& tag) {
   std::string templ = TmpRoot() + "/cachefs-" + tag + "-XXXXXX";
   std::vector<char> buf(templ.begin(), templ.end());
@@ -113,7 +120,9 @@ std::unique_ptr<MountedCachefs> MountedCachefs::Start(const std::vector<std::str
   m->base_ = MakeTempDir("mount");
   if (m->base_.empty()) return nullptr;
   for (const char* d : {"/src", "/mnt", "/ref"}) mkdir((m->base_ + d).c_str(), 0755);
-  std::vector<std::string> argv_s = {CachefsBinary(), "-f", m->src(), m->mnt()};
+  std::vector<std::string> argv_s = {
+      CachefsBinary(),   "-f", m->src(), m->mnt(), "--cache=" + m->base_ + "/cache",
+      "--cache_size=64M"};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());

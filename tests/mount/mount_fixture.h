@@ -46,6 +46,10 @@ class MountedCachefs {
 
 // The path of the cachefs binary under test.
 std::string CachefsBinary();
+// Cache options every test mount gets unless it passes its own: a cache
+// directory of its own under $TMPDIR and a small store, so tests never use
+// /var/cache or 10% of the disk.
+std::vector<std::string> TestCacheArgs();
 // A fresh empty directory under $TMPDIR; removed by the caller (RemoveTree).
 std::string MakeTempDir(const std::string& tag);
 void RemoveTree(const std::string& path);

@@ -1,0 +1,35 @@
+// Backing: the slow store, as the engine sees it.
+//
+// Every read or write of SOURCE file data by the cache goes through this
+// seam, so tests can count accesses and inject faults (a hang, EIO) without
+// a slow filesystem. Files are named by descriptors the FUSE layer opened
+// (relative to SOURCE, see fs/).
+//
+// Thread-safety: implementations must allow concurrent calls.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/status.h"
+
+namespace cachefs {
+
+class Backing {
+ public:
+  virtual ~Backing() = default;
+  // Reads up to `len` bytes at `off`; fewer only at end of file. Retries short
+  // reads and EINTR.
+  virtual Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) = 0;
+  // Writes all `len` bytes at `off`.
+  virtual Status Write(int fd, uint64_t off, size_t len, const void* buf) = 0;
+  virtual Status Sync(int fd) = 0;
+  virtual Status Stat(int fd, struct stat* st) = 0;
+};
+
+// The real slow store: pread, pwrite, fdatasync, fstat.
+Backing* RealBacking();
+
+}  // namespace cachefs

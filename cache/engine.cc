@@ -1,0 +1,825 @@
+#include "cache/engine.h"
+
+#include <sys/random.h>
+#include <sys/statvfs.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+
+#include "common/crc32c.h"
+#include "common/log.h"
+
+namespace cachefs {
+namespace {
+
+constexpr uint64_t kNoEnd = std::numeric_limits<uint64_t>::max();
+constexpr long kFuseSuperMagic = 0x65735546;
+
+Fingerprint FingerprintOf(const struct stat& st) {
+  Fingerprint fp;
+  fp.size = static_cast<uint64_t>(st.st_size);
+  fp.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  fp.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+  return fp;
+}
+
+// A buffer aligned for O_DIRECT stores.
+struct AlignedBuffer {
+  explicit AlignedBuffer(size_t n)
+      : data(static_cast<char*>(std::aligned_alloc(kSubBlockSize, RoundUp(n)))) {}
+  ~AlignedBuffer() { std::free(data); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  static size_t RoundUp(size_t n) {
+    return (n + kSubBlockSize - 1) / kSubBlockSize * kSubBlockSize;
+  }
+  char* data;
+};
+
+std::string SizeText(uint64_t bytes) {
+  static const char* kUnits[] = {"", "K", "M", "G", "T"};
+  int u = 0;
+  while (u < 4 && bytes >= 1024 && bytes % 1024 == 0) {
+    bytes /= 1024;
+    ++u;
+  }
+  return std::to_string(bytes) + kUnits[u];
+}
+
+Status Fixed(const std::string& dir, const std::string& what, const std::string& given,
+             const std::string& has) {
+  return Status::Invalid(what + "=" + given + " differs from cache '" + dir + "' (" + has +
+                         ", fixed at format; --reformat starts over)");
+}
+
+}  // namespace
+
+struct Engine::Fetch {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Status status;
+  uint64_t epoch = 0;
+  size_t bytes = 0;  // bytes of the block read from SOURCE
+  std::shared_ptr<AlignedBuffer> data;
+};
+
+Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
+  std::unique_ptr<Engine> e(new Engine());
+  e->config_ = config;
+  e->backing_ = config.backing != nullptr ? config.backing : RealBacking();
+  const CacheOptions& o = config.options;
+  e->dir_ = o.cache_dir.empty() ? DefaultCacheDir(config.source) : o.cache_dir;
+  const std::string& dir = e->dir_;
+
+  auto lock = CacheDirLock::Acquire(dir);
+  if (!lock.ok()) return lock.status();
+  e->lock_ = std::move(lock.value());
+
+  if (config.reformat) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir + "/meta", ec);
+    std::filesystem::remove(dir + "/store", ec);
+  }
+  auto meta = OpenRocksMetaStore(dir + "/meta", true);
+  if (!meta.ok()) return meta.status();
+  e->meta_ = std::move(meta.value());
+  auto existing = e->meta_->GetSuperblock();
+  if (!existing.ok()) return existing.status().Prefixed("cache '" + dir + "'");
+
+  Superblock& sb = e->sb_;
+  bool formatting = !existing.value().has_value();
+  uint64_t block_size = o.block_size.value_or(EngineConfig::kDefaultBlockSize);
+  // The slot count the options ask for (percent of the cache filesystem).
+  auto wanted_slots = [&](uint64_t bs) -> Result<uint64_t> {
+    SizeOrPercent size =
+        o.cache_size.value_or(SizeOrPercent{true, EngineConfig::kDefaultCachePercent, 0});
+    uint64_t bytes = size.bytes;
+    if (size.is_percent) {
+      struct statvfs sv;
+      if (statvfs(dir.c_str(), &sv) != 0) return Status::FromErrno(errno, "cache '" + dir + "'");
+      bytes = static_cast<uint64_t>(static_cast<double>(sv.f_blocks) * sv.f_frsize * size.percent /
+                                    100.0);
+    }
+    uint64_t slots = bytes / bs;
+    if (slots == 0) return Status::Invalid("cache_size must hold at least one block");
+    if (slots >= UINT32_MAX) return Status::Invalid("cache_size holds too many blocks");
+    return slots;
+  };
+
+  if (formatting) {
+    auto slots = wanted_slots(block_size);
+    if (!slots.ok()) return slots.status();
+    sb.block_size = static_cast<uint32_t>(block_size);
+    sb.slot_count = slots.value();
+    sb.store_kind = o.store.value_or(StoreKind::kFile);
+    sb.store_path = o.store_path.value_or(dir + "/store");
+    sb.source = config.source;
+    sb.source_is_file = config.source_is_file;
+    sb.mode = o.mode.value_or(CacheMode::kWritethrough);
+    sb.created_unix_ns =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count());
+    char id[16];
+    if (getrandom(id, sizeof(id), 0) != sizeof(id)) std::memset(id, 0, sizeof(id));
+    sb.cache_id.assign(id, sizeof(id));
+  } else {
+    sb = *existing.value();
+    if (sb.source != config.source) {
+      return Status::Invalid("cache '" + dir + "' belongs to SOURCE '" + sb.source + "', not '" +
+                             config.source + "' (--reformat starts over)");
+    }
+    if (sb.source_is_file != config.source_is_file) {
+      return Status::Invalid("cache '" + dir + "' was made for a " +
+                             (sb.source_is_file ? "file" : "directory") +
+                             " SOURCE (--reformat starts over)");
+    }
+    if (o.block_size && *o.block_size != sb.block_size) {
+      return Fixed(dir, "block_size", SizeText(*o.block_size), SizeText(sb.block_size));
+    }
+    if (o.cache_size) {
+      auto slots = wanted_slots(sb.block_size);
+      if (!slots.ok()) return slots.status();
+      if (slots.value() != sb.slot_count) {
+        return Fixed(dir, "cache_size",
+                     o.cache_size->is_percent ? std::to_string(o.cache_size->percent) + "%"
+                                              : SizeText(o.cache_size->bytes),
+                     SizeText(sb.slot_count * sb.block_size));
+      }
+    }
+    if (o.store && *o.store != sb.store_kind) {
+      return Fixed(dir, "store", StoreKindName(*o.store), StoreKindName(sb.store_kind));
+    }
+    if (o.store_path && *o.store_path != sb.store_path) {
+      return Fixed(dir, "store_path", *o.store_path, sb.store_path);
+    }
+    if (o.mode) sb.mode = *o.mode;
+  }
+  if (sb.mode == CacheMode::kWriteback || sb.mode == CacheMode::kCow) {
+    return Status::Invalid(std::string("mode=") + CacheModeName(sb.mode) +
+                           " is not available yet (writethrough, writearound, readonly are)");
+  }
+
+  StoreConfig sc;
+  sc.kind = sb.store_kind;
+  sc.path = sb.store_path;
+  sc.block_size = sb.block_size;
+  sc.slot_count = sb.slot_count;
+  auto store = OpenBlockStore(sc, formatting);
+  if (!store.ok()) {
+    return formatting ? store.status()
+                      : store.status().Prefixed("cache '" + dir + "' (--reformat starts over)");
+  }
+  e->store_ = std::move(store.value());
+
+  // The store exists before the superblock that names it is written.
+  MetaBatch batch;
+  batch.Put(sb);
+  Status s = e->meta_->Commit(batch, true);
+  if (!s.ok()) return s;
+  s = e->Recover();
+  if (!s.ok()) return s;
+
+  struct statfs sfs;
+  e->compare_ino_ = !(statfs(config.source.c_str(), &sfs) == 0 && sfs.f_type == kFuseSuperMagic);
+  e->persist_thread_ = std::thread([raw = e.get()] { raw->PersistLoop(); });
+  return e;
+}
+
+Status Engine::Recover() {
+  uint32_t slots = static_cast<uint32_t>(sb_.slot_count);
+  std::lock_guard<std::mutex> lock(mu_);
+  index_ = std::make_unique<BlockIndex>(slots);
+  auto policy = MakePolicy(config_.options.policy.value_or("smq"), slots);
+  if (!policy.ok()) return policy.status();
+  policy_ = std::move(policy.value());
+  readers_.assign(slots, 0);
+  free_when_unread_.assign(slots, false);
+  MetaBatch drop;
+  uint32_t sub_blocks = sb_.block_size / kSubBlockSize;
+  Status s = meta_->ScanAllBlocks([&](const BlockRecord& r) {
+    if (r.slot >= slots || index_->InUse(static_cast<uint32_t>(r.slot)) ||
+        r.sub_blocks() != sub_blocks) {
+      drop.RemoveBlock(r.file_id, r.index);
+      return true;
+    }
+    uint32_t slot = static_cast<uint32_t>(r.slot);
+    index_->Insert({r.file_id, r.index}, slot);
+    policy_->Track(slot);
+    next_generation_ = std::max(next_generation_, r.generation + 1);
+    return true;
+  });
+  if (!s.ok()) return s.Prefixed("cache '" + dir_ + "' recovery");
+  for (uint32_t slot = slots; slot-- > 0;) {
+    if (!index_->InUse(slot)) free_slots_.push_back(slot);
+  }
+  auto max_id = meta_->MaxFileId();
+  if (!max_id.ok()) return max_id.status();
+  next_file_id_ = max_id.value() + 1;
+  auto state = meta_->GetMountState();
+  if (!state.ok()) return state.status();
+  MountState ms = state.value().value_or(MountState{});
+  if (!ms.clean_shutdown && ms.mount_count > 0) {
+    LogInfo("cache '" + dir_ + "' was not shut down cleanly; recovered " +
+            std::to_string(index_->size()) + " blocks from the metadata");
+  }
+  ms.clean_shutdown = false;
+  ms.mount_count++;
+  drop.Put(ms);
+  return meta_->Commit(drop, true);
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(persist_mu_);
+    stopping_ = true;
+  }
+  persist_cv_.notify_all();
+  if (persist_thread_.joinable()) persist_thread_.join();
+  if (!meta_ || !store_) return;
+  std::vector<std::shared_ptr<CachedFile>> live;
+  {
+    std::lock_guard<std::mutex> lock(files_mu_);
+    for (auto& [id, weak] : open_files_) {
+      if (auto f = weak.lock()) live.push_back(f);
+    }
+  }
+  for (auto& f : live) {
+    Status s = CloseFile(*f);
+    if (!s.ok()) LogWarning("cache '" + dir_ + "': " + s.message());
+  }
+  Status s = Persist();
+  if (s.ok()) {
+    auto state = meta_->GetMountState();
+    MountState ms = state.ok() ? state.value().value_or(MountState{}) : MountState{};
+    ms.clean_shutdown = true;
+    ms.policy = policy_ ? policy_->name() : "";
+    MetaBatch batch;
+    batch.Put(ms);
+    s = meta_->Commit(batch, true);
+  }
+  if (!s.ok()) LogError("cache '" + dir_ + "': clean shutdown failed: " + s.message());
+}
+
+void Engine::PersistLoop() {
+  auto interval = std::chrono::milliseconds(config_.options.commit_interval_ms);
+  std::unique_lock<std::mutex> lock(persist_mu_);
+  while (!stopping_) {
+    persist_cv_.wait_for(lock, interval, [this] { return stopping_; });
+    if (stopping_) break;
+    lock.unlock();
+    Status s = Persist();
+    if (!s.ok()) LogWarning("periodic persist failed: " + s.message());
+    lock.lock();
+  }
+}
+
+Status Engine::Persist() {
+  Status s = store_->Persist();
+  if (!s.ok()) return s;
+  return meta_->SyncWal();
+}
+
+// --- files ------------------------------------------------------------------
+
+Status Engine::WriteFileRecord(CachedFile& file) {
+  if (file.detached_) return Status::Ok();
+  auto existing = meta_->GetFile(file.file_id_);
+  if (!existing.ok()) return existing.status();
+  if (!existing.value()) return Status::Ok();  // removed meanwhile
+  FileRecord rec = *existing.value();
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    if (!file.record_stale_) return Status::Ok();
+    rec.source_ino = file.source_ino_;
+    rec.fingerprint = file.fingerprint_;
+    rec.size = file.fingerprint_.size;
+    rec.mtime_ns = file.fingerprint_.mtime_ns;
+    rec.ctime_ns = file.fingerprint_.ctime_ns;
+    file.record_stale_ = false;
+  }
+  MetaBatch batch;
+  batch.Put(rec);
+  return meta_->Commit(batch, false);
+}
+
+Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
+                                                     const struct stat& st) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  Fingerprint now = FingerprintOf(st);
+  auto id = meta_->LookupPath(path);
+  if (!id.ok()) return id.status();
+  if (id.value()) {
+    uint64_t file_id = *id.value();
+    auto it = open_files_.find(file_id);
+    if (it != open_files_.end()) {
+      if (auto live = it->second.lock()) {
+        bool same = !compare_ino_ || live->source_ino_ == static_cast<uint64_t>(st.st_ino);
+        if (same && !live->detached_) {
+          auto changed = Revalidate(*live, st);
+          if (!changed.ok()) return changed.status();
+          return live;
+        }
+        live->detached_ = true;  // another file now has this name
+      }
+    }
+    auto rec = meta_->GetFile(file_id);
+    if (!rec.ok()) return rec.status();
+    auto file = std::shared_ptr<CachedFile>(new CachedFile(file_id));
+    file->source_ino_ = static_cast<uint64_t>(st.st_ino);
+    file->fingerprint_ = now;
+    if (!rec.value()) {
+      // A name without its record (a crash between two batches): start afresh.
+      FileRecord fresh;
+      fresh.file_id = file_id;
+      fresh.path = path;
+      MetaBatch batch;
+      batch.Put(fresh);
+      Status s = meta_->Commit(batch, false);
+      if (!s.ok()) return s;
+    }
+    bool matches = rec.value() && rec.value()->fingerprint == now &&
+                   (!compare_ino_ || rec.value()->source_ino == file->source_ino_);
+    if (!matches) {
+      file->epoch_++;
+      Status s = DropBlocks(file_id, 0, kNoEnd);
+      if (!s.ok()) return s;
+      counters_.invalidations++;
+      file->record_stale_ = true;
+      s = WriteFileRecord(*file);
+      if (!s.ok()) return s;
+    }
+    open_files_[file_id] = file;
+    return file;
+  }
+  uint64_t file_id = next_file_id_++;
+  auto file = std::shared_ptr<CachedFile>(new CachedFile(file_id));
+  file->source_ino_ = static_cast<uint64_t>(st.st_ino);
+  file->fingerprint_ = now;
+  FileRecord rec;
+  rec.file_id = file_id;
+  rec.path = path;
+  rec.source_ino = file->source_ino_;
+  rec.fingerprint = now;
+  rec.size = now.size;
+  rec.mtime_ns = now.mtime_ns;
+  rec.ctime_ns = now.ctime_ns;
+  MetaBatch batch;
+  batch.Put(rec);
+  batch.Put(path, file_id);
+  Status s = meta_->Commit(batch, false);
+  if (!s.ok()) return s;
+  open_files_[file_id] = file;
+  return file;
+}
+
+Result<bool> Engine::Revalidate(CachedFile& file, const struct stat& st) {
+  Fingerprint now = FingerprintOf(st);
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    bool same_ino = !compare_ino_ || file.source_ino_ == static_cast<uint64_t>(st.st_ino);
+    if (file.fingerprint_ == now && same_ino) return false;
+    file.fingerprint_ = now;
+    file.source_ino_ = static_cast<uint64_t>(st.st_ino);
+    file.record_stale_ = true;
+    file.epoch_++;
+  }
+  counters_.invalidations++;
+  Status s = DropBlocks(file.file_id_, 0, kNoEnd);
+  if (!s.ok()) return s;
+  return true;
+}
+
+Status Engine::CloseFile(CachedFile& file) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  return WriteFileRecord(file);
+}
+
+Status Engine::AfterWrite(CachedFile& file, uint64_t off, uint64_t len, const struct stat& st) {
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    file.fingerprint_ = FingerprintOf(st);
+    file.record_stale_ = true;
+    file.epoch_++;
+  }
+  if (len == 0) return Status::Ok();
+  uint64_t bs = sb_.block_size;
+  uint64_t end = off + len < off ? kNoEnd : (off + len + bs - 1) / bs;
+  return DropBlocks(file.file_id_, off / bs, end);
+}
+
+Status Engine::AfterTruncate(CachedFile& file, const struct stat& st) {
+  uint64_t old_size;
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    old_size = file.fingerprint_.size;
+    file.fingerprint_ = FingerprintOf(st);
+    file.record_stale_ = true;
+    file.epoch_++;
+  }
+  uint64_t cut = std::min(old_size, static_cast<uint64_t>(st.st_size));
+  return DropBlocks(file.file_id_, cut / sb_.block_size, kNoEnd);
+}
+
+Status Engine::Adopt(CachedFile& file, const struct stat& before, const struct stat& after) {
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    if (file.fingerprint_ == FingerprintOf(before)) {
+      file.fingerprint_ = FingerprintOf(after);
+      file.record_stale_ = true;
+      return Status::Ok();
+    }
+  }
+  auto changed = Revalidate(file, after);
+  return changed.ok() ? Status::Ok() : changed.status();
+}
+
+Status Engine::Rename(const std::string& from, const std::string& to, bool is_dir,
+                      const struct stat& before, const struct stat& after) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  MetaBatch batch;
+  std::vector<uint64_t> replaced;
+  const Fingerprint fp_before = FingerprintOf(before);
+  const Fingerprint fp_after = FingerprintOf(after);
+  auto move_one = [&](const std::string& old_path, const std::string& new_path, uint64_t id) {
+    batch.RemovePath(old_path);
+    batch.Put(new_path, id);
+    auto rec = meta_->GetFile(id);
+    if (rec.ok() && rec.value()) {
+      FileRecord r = *rec.value();
+      r.path = new_path;
+      // The rename changed the file's ctime: our own change, not an outside one.
+      if (!is_dir && r.fingerprint == fp_before) {
+        r.fingerprint = fp_after;
+        r.size = fp_after.size;
+        r.mtime_ns = fp_after.mtime_ns;
+        r.ctime_ns = fp_after.ctime_ns;
+      }
+      batch.Put(r);
+    }
+    auto it = open_files_.find(id);
+    if (!is_dir && it != open_files_.end()) {
+      if (auto live = it->second.lock()) {
+        std::lock_guard<std::mutex> file_lock(live->mu_);
+        if (live->fingerprint_ == fp_before) live->fingerprint_ = fp_after;
+      }
+    }
+  };
+  if (!is_dir) {
+    auto target = meta_->LookupPath(to);
+    if (!target.ok()) return target.status();
+    auto source = meta_->LookupPath(from);
+    if (!source.ok()) return source.status();
+    if (target.value() && target.value() != source.value()) replaced.push_back(*target.value());
+    if (source.value()) {
+      move_one(from, to, *source.value());
+    } else if (target.value()) {
+      batch.RemovePath(to);
+    }
+  } else {
+    std::vector<std::pair<std::string, uint64_t>> below;
+    Status s = meta_->ScanPaths(from + "/", [&](const std::string& p, uint64_t id) {
+      below.emplace_back(p, id);
+      return true;
+    });
+    if (!s.ok()) return s;
+    for (const auto& [p, id] : below) move_one(p, to + p.substr(from.size()), id);
+  }
+  for (uint64_t id : replaced) {
+    auto it = open_files_.find(id);
+    if (it != open_files_.end()) {
+      if (auto live = it->second.lock()) live->detached_ = true;
+    }
+    Status s = DropBlocks(id, 0, kNoEnd);
+    if (!s.ok()) return s;
+    batch.RemoveFile(id);
+  }
+  return meta_->Commit(batch, false);
+}
+
+Status Engine::Unlink(const std::string& path, bool last_link) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  auto id = meta_->LookupPath(path);
+  if (!id.ok() || !id.value()) return id.status();
+  MetaBatch batch;
+  batch.RemovePath(path);
+  if (last_link) {
+    uint64_t file_id = *id.value();
+    auto it = open_files_.find(file_id);
+    if (it != open_files_.end()) {
+      if (auto live = it->second.lock()) live->detached_ = true;
+    }
+    Status s = DropBlocks(file_id, 0, kNoEnd);
+    if (!s.ok()) return s;
+    batch.RemoveFile(file_id);
+  }
+  return meta_->Commit(batch, false);
+}
+
+Status Engine::Link(const std::string& existing, const std::string& new_path) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  auto id = meta_->LookupPath(existing);
+  if (!id.ok() || !id.value()) return id.status();
+  MetaBatch batch;
+  batch.Put(new_path, *id.value());
+  return meta_->Commit(batch, false);
+}
+
+// --- blocks -------------------------------------------------------------------
+
+void Engine::FreeSlot(uint32_t slot) { free_slots_.push_back(slot); }
+
+void Engine::ReleaseReader(uint32_t slot) {
+  if (--readers_[slot] == 0 && free_when_unread_[slot]) {
+    free_when_unread_[slot] = false;
+    FreeSlot(slot);
+  }
+}
+
+std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch) {
+  if (!free_slots_.empty()) {
+    uint32_t slot = free_slots_.back();
+    free_slots_.pop_back();
+    return slot;
+  }
+  for (int tries = 0; tries < 64; ++tries) {
+    auto victim = policy_->Victim();
+    if (!victim) return std::nullopt;
+    uint32_t v = *victim;
+    if (readers_[v] > 0) {
+      policy_->Touch(v);  // being read: try the next one
+      continue;
+    }
+    BlockKey owner = index_->Owner(v);
+    index_->Erase(v);
+    policy_->Remove(v);
+    batch.RemoveBlock(owner.file_id, owner.index);
+    counters_.evictions++;
+    return v;
+  }
+  return std::nullopt;
+}
+
+Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index) {
+  std::vector<uint64_t> doomed;
+  Status s = meta_->ScanBlocks(file_id, [&](const BlockRecord& r) {
+    if (r.index >= to_index) return false;
+    if (r.index >= from_index) doomed.push_back(r.index);
+    return true;
+  });
+  if (!s.ok()) return s;
+  if (doomed.empty()) return Status::Ok();
+  MetaBatch batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t index : doomed) {
+      batch.RemoveBlock(file_id, index);
+      auto slot = index_->Find({file_id, index});
+      if (!slot) continue;
+      index_->Erase(*slot);
+      policy_->Remove(*slot);
+      if (readers_[*slot] > 0) {
+        free_when_unread_[*slot] = true;
+      } else {
+        FreeSlot(*slot);
+      }
+    }
+  }
+  return meta_->Commit(batch, false);
+}
+
+Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end,
+                            char* out) {
+  BlockKey key{file.file_id_, index};
+  uint32_t slot;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto found = index_->Find(key);
+    if (!found) return false;
+    slot = *found;
+    readers_[slot]++;
+  }
+  uint32_t first = begin / kSubBlockSize;
+  uint32_t last = (end + kSubBlockSize - 1) / kSubBlockSize;  // exclusive
+  bool usable = false;
+  bool corrupt = false;
+  auto rec = meta_->GetBlock(key.file_id, index);
+  if (rec.ok() && rec.value() && rec.value()->slot == slot) {
+    const BlockRecord& r = *rec.value();
+    usable = true;
+    for (uint32_t i = first; i < last && usable; ++i) usable = r.IsValid(i);
+    if (usable) {
+      uint32_t off = first * kSubBlockSize;
+      uint32_t len = (last - first) * kSubBlockSize;
+      AlignedBuffer tmp(len);
+      Status s = store_->Read(slot, off, len, tmp.data);
+      if (!s.ok()) {
+        LogWarning("cache store read failed, reading SOURCE instead: " + s.message());
+        usable = false;
+      } else if (config_.options.verify) {
+        for (uint32_t i = first; i < last; ++i) {
+          const char* sub = tmp.data + static_cast<size_t>(i - first) * kSubBlockSize;
+          if (SubBlockCrc(key.file_id, index, r.generation, sub, kSubBlockSize) != r.crc[i]) {
+            corrupt = true;
+            usable = false;
+            break;
+          }
+        }
+      }
+      if (usable) std::memcpy(out, tmp.data + (begin - off), end - begin);
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (usable) {
+    if (index_->Find(key) == slot) policy_->Touch(slot);
+    ReleaseReader(slot);
+    counters_.read_hits++;
+    counters_.bytes_from_cache += end - begin;
+    return true;
+  }
+  if (corrupt) {
+    counters_.crc_errors++;
+    LogWarning("CRC mismatch in cached block " + std::to_string(index) + " of file " +
+               std::to_string(file.file_id_) + ": dropped and fetched again from SOURCE");
+  }
+  // Not servable as it is (corrupt, or not holding the range): drop it so
+  // the miss path fetches it anew.
+  if (index_->Find(key) == slot) {
+    index_->Erase(slot);
+    policy_->Remove(slot);
+    free_when_unread_[slot] = true;
+  }
+  ReleaseReader(slot);
+  return false;
+}
+
+Result<size_t> Engine::Read(CachedFile& file, int fd, uint64_t off, size_t len, char* buf) {
+  if (file.detached_) return backing_->Read(fd, off, len, buf);
+  uint64_t size;
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    size = file.fingerprint_.size;
+  }
+  if (off >= size || len == 0) return size_t{0};
+  len = static_cast<size_t>(std::min<uint64_t>(len, size - off));
+  uint64_t bs = sb_.block_size;
+  size_t done = 0;
+  while (done < len) {
+    uint64_t pos = off + done;
+    uint64_t index = pos / bs;
+    uint32_t begin = static_cast<uint32_t>(pos % bs);
+    uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
+    Status s = ReadBlock(file, fd, index, begin, end, size, buf + done);
+    if (s.code() == ENODATA) break;  // SOURCE is shorter than we knew: end of file
+    if (!s.ok()) return s;
+    done += end - begin;
+  }
+  return done;
+}
+
+Status Engine::ReadBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
+                         uint64_t /*file_size*/, char* out) {
+  BlockKey key{file.file_id_, index};
+  uint64_t bs = sb_.block_size;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto hit = TryHit(file, index, begin, end, out);
+    if (!hit.ok()) return hit.status();
+    if (hit.value()) return Status::Ok();
+
+    std::shared_ptr<Fetch> fetch;
+    bool leader = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (index_->Find(key)) continue;  // installed meanwhile
+      auto it = fetches_.find({key.file_id, key.index});
+      if (it != fetches_.end()) {
+        fetch = it->second;
+      } else {
+        fetch = std::make_shared<Fetch>();
+        fetch->epoch = file.epoch_.load();
+        fetches_[{key.file_id, key.index}] = fetch;
+        leader = true;
+      }
+    }
+    if (!leader) {
+      counters_.fetch_waits++;
+      std::unique_lock<std::mutex> lock(fetch->mu);
+      fetch->cv.wait(lock, [&] { return fetch->done; });
+      if (!fetch->status.ok()) return fetch->status;
+      if (fetch->epoch != file.epoch_.load()) continue;  // stale: try again
+      if (fetch->bytes < end) return Status::Error(ENODATA, "short");
+      std::memcpy(out, fetch->data->data + begin, end - begin);
+      return Status::Ok();
+    }
+
+    // The leader reads the whole block (clipped at end of file) from SOURCE.
+    fetch->data = std::make_shared<AlignedBuffer>(bs);
+    auto n = backing_->Read(fd, index * bs, bs, fetch->data->data);
+    Status status = n.ok() ? Status::Ok() : n.status();
+    size_t bytes = n.ok() ? n.value() : 0;
+    if (status.ok() && bytes > 0) {
+      counters_.read_misses++;
+      counters_.bytes_from_source += bytes;
+      uint32_t subs = static_cast<uint32_t>((bytes + kSubBlockSize - 1) / kSubBlockSize);
+      std::memset(fetch->data->data + bytes, 0, static_cast<size_t>(subs) * kSubBlockSize - bytes);
+      BlockRecord rec = BlockRecord::Empty(key.file_id, index, sb_.block_size);
+      MetaBatch batch;
+      std::optional<uint32_t> slot;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        slot = AllocateSlot(batch);
+        rec.generation = next_generation_++;
+      }
+      if (slot) {
+        for (uint32_t i = 0; i < subs; ++i) {
+          rec.SetValid(i, true);
+          rec.crc[i] = SubBlockCrc(key.file_id, index, rec.generation,
+                                   fetch->data->data + static_cast<size_t>(i) * kSubBlockSize,
+                                   kSubBlockSize);
+        }
+        rec.slot = *slot;
+        // Data first, then the record that points at it.
+        Status ws = store_->Write(*slot, 0, subs * kSubBlockSize, fetch->data->data);
+        bool committed = false;
+        if (ws.ok()) {
+          batch.Put(rec);
+          ws = meta_->Commit(batch, false);
+          committed = ws.ok();
+        } else if (!batch.empty()) {
+          meta_->Commit(batch, false);  // the eviction stands
+        }
+        bool installed = false;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (committed && file.epoch_.load() == fetch->epoch && !index_->Find(key)) {
+            index_->Insert(key, *slot);
+            policy_->Track(*slot);
+            installed = true;
+          } else {
+            FreeSlot(*slot);
+          }
+        }
+        if (!ws.ok()) LogWarning("caching a block failed (served from SOURCE): " + ws.message());
+        if (committed && !installed) {
+          MetaBatch undo;
+          undo.RemoveBlock(key.file_id, index);
+          meta_->Commit(undo, false);
+        }
+      } else if (!batch.empty()) {
+        meta_->Commit(batch, false);
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      fetches_.erase({key.file_id, key.index});
+    }
+    {
+      std::lock_guard<std::mutex> lock(fetch->mu);
+      fetch->status = status;
+      fetch->bytes = bytes;
+      fetch->done = true;
+    }
+    fetch->cv.notify_all();
+    if (!status.ok()) return status;
+    if (bytes < end) {
+      if (bytes > begin) std::memcpy(out, fetch->data->data + begin, bytes - begin);
+      return Status::Error(ENODATA, "short");
+    }
+    std::memcpy(out, fetch->data->data + begin, end - begin);
+    return Status::Ok();
+  }
+  // Three rounds lost to invalidations: serve straight from SOURCE.
+  auto n = backing_->Read(fd, index * bs + begin, end - begin, out);
+  if (!n.ok()) return n.status();
+  if (n.value() < end - begin) return Status::Error(ENODATA, "short");
+  return Status::Ok();
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s;
+  s.read_hits = counters_.read_hits;
+  s.read_misses = counters_.read_misses;
+  s.fetch_waits = counters_.fetch_waits;
+  s.bytes_from_cache = counters_.bytes_from_cache;
+  s.bytes_from_source = counters_.bytes_from_source;
+  s.crc_errors = counters_.crc_errors;
+  s.evictions = counters_.evictions;
+  s.invalidations = counters_.invalidations;
+  s.slots = sb_.slot_count;
+  s.block_size = sb_.block_size;
+  std::lock_guard<std::mutex> lock(mu_);
+  s.blocks_cached = index_->size();
+  s.index_memory = index_->MemoryUsed() + policy_->MemoryUsed() +
+                   readers_.capacity() * sizeof(uint16_t) + free_slots_.capacity() * 4 +
+                   free_when_unread_.capacity() / 8;
+  return s;
+}
+
+}  // namespace cachefs

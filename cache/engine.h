@@ -1,0 +1,219 @@
+// Engine: the block cache between the FUSE layer and SOURCE.
+//
+// Files are split into blocks of the cache's block_size; a cached block lives
+// in one slot of the BlockStore, and the MetaStore records which block is in
+// which slot, which 4 KiB sub-blocks of it hold data, and their CRCs. The
+// engine keeps an in-memory index of the map (BlockIndex) and the eviction
+// state (Policy), both rebuilt from the metadata at open, so a cache is warm
+// again after an unmount, a crash or a remount of the slow store.
+//
+// Reads (contract 6): a hit is read into memory and every sub-block checked
+// against its CRC (verify=on) before it is served; a mismatch drops the block
+// and refetches it. A miss reads the whole block from SOURCE (clipped at end
+// of file) once: concurrent readers of one block wait for that one fetch.
+// The data is written to a free slot (or the policy's victim) and then the
+// block record committed, so a record never points at data not yet written.
+//
+// Writes (read caching only, for now): the FUSE layer writes SOURCE and then
+// tells the engine, which drops the cached blocks the write touched and
+// refreshes the file's fingerprint; a fetch that raced with the write is not
+// installed (per-file epoch).
+//
+// Coherence (contract 5): a file is matched by its path relative to SOURCE,
+// its inode number and its fingerprint (size, mtime, ctime). When SOURCE shows
+// another fingerprint than the one recorded (at open, or at getattr), the
+// file's cached blocks are dropped.
+//
+// Thread-safety: all public methods may be called concurrently. One mutex
+// guards the index, the policy and the free list; IO to SOURCE, the store and
+// the metadata happens outside it.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/backing.h"
+#include "cache/block_index.h"
+#include "cache/block_store.h"
+#include "cache/cache_dir.h"
+#include "cache/options.h"
+#include "cache/policy.h"
+#include "common/status.h"
+#include "common/thread_annotations.h"
+#include "meta/meta_store.h"
+
+namespace cachefs {
+
+struct EngineConfig {
+  CacheOptions options;
+  std::string source;  // canonical SOURCE path
+  bool source_is_file = false;
+  // Throw away whatever cache DIR holds and format it anew.
+  bool reformat = false;
+  // The slow store; RealBacking() unless a test injects another.
+  Backing* backing = nullptr;
+
+  // Defaults of options fixed at format (ARCHITECTURE.md option table).
+  static constexpr uint64_t kDefaultBlockSize = 64 * 1024;
+  static constexpr double kDefaultCachePercent = 10;
+};
+
+// Counters of one mount (cachefsctl stats will show them).
+struct EngineStats {
+  uint64_t read_hits = 0;    // blocks served from the cache
+  uint64_t read_misses = 0;  // blocks fetched from SOURCE
+  uint64_t fetch_waits = 0;  // readers that waited for another's fetch
+  uint64_t bytes_from_cache = 0;
+  uint64_t bytes_from_source = 0;
+  uint64_t crc_errors = 0;
+  uint64_t evictions = 0;
+  uint64_t invalidations = 0;  // files whose blocks were dropped for a new fingerprint
+  uint64_t blocks_cached = 0;
+  uint64_t slots = 0;
+  uint32_t block_size = 0;
+  size_t index_memory = 0;  // bytes of RAM for the index and the policy
+};
+
+// The cache state of one source file while the FUSE layer knows it. Shared by
+// every handle and name (hard link) of the file.
+class CachedFile {
+ public:
+  uint64_t file_id() const { return file_id_; }
+
+ private:
+  friend class Engine;
+  explicit CachedFile(uint64_t id) : file_id_(id) {}
+  const uint64_t file_id_;
+  // Set when the file lost its last name or another file took its name: it
+  // is then read straight from SOURCE, uncached.
+  std::atomic<bool> detached_{false};
+  std::mutex mu_;
+  Fingerprint fingerprint_;    // guarded by mu_: SOURCE as last seen or changed by us
+  uint64_t source_ino_ = 0;    // guarded by mu_
+  bool record_stale_ = false;  // guarded by mu_: fingerprint not yet in the metadata
+  // Bumped by every change that makes in-flight fetches of this file stale.
+  std::atomic<uint64_t> epoch_{0};
+};
+
+class Engine {
+ public:
+  // Opens (or formats) the cache directory, checks that it belongs to SOURCE
+  // and agrees with the options fixed at format, opens the store and rebuilds
+  // the index from the metadata. Fails with a one-line Status (a cache made
+  // for another SOURCE, block size or store; a cache in use by another mount;
+  // a missing store file; a full device).
+  static Result<std::unique_ptr<Engine>> Open(const EngineConfig& config);
+  // Clean shutdown: persists the store and the metadata and records a clean unmount.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const Superblock& superblock() const { return sb_; }
+  const std::string& cache_dir() const { return dir_; }
+  uint32_t block_size() const { return sb_.block_size; }
+
+  // Binds the source file at `path` (relative to SOURCE; "" for an image
+  // SOURCE), whose current attributes are `st`, to its cache state, making a
+  // record for a new file. Blocks cached under another fingerprint or inode
+  // are dropped.
+  Result<std::shared_ptr<CachedFile>> OpenFile(const std::string& path, const struct stat& st);
+  // Compares SOURCE's attributes `st` with the file's fingerprint and drops the
+  // cached blocks if they differ. Returns whether they differed.
+  Result<bool> Revalidate(CachedFile& file, const struct stat& st);
+  // Writes the file's fingerprint to the metadata if it changed (last close).
+  Status CloseFile(CachedFile& file);
+
+  // Reads up to `len` bytes at `off` of `file` (SOURCE descriptor `fd`),
+  // from the cache where it can; short only at end of file.
+  Result<size_t> Read(CachedFile& file, int fd, uint64_t off, size_t len, char* buf);
+  // After SOURCE was changed through the mount in [off, off+len) (a write,
+  // fallocate, copy_file_range) or cut at `st.st_size` (truncate): drops the
+  // cached blocks touched and adopts `st` as the fingerprint.
+  Status AfterWrite(CachedFile& file, uint64_t off, uint64_t len, const struct stat& st);
+  Status AfterTruncate(CachedFile& file, const struct stat& st);
+
+  // cachefs itself changed SOURCE's attributes (chmod, chown, utimens, link):
+  // if the file still looked like `before`, `after` becomes its fingerprint
+  // and the cache stays; otherwise it changed outside too and is dropped.
+  Status Adopt(CachedFile& file, const struct stat& before, const struct stat& after);
+
+  // Namespace changes made through the mount, so paths stay current (contract 4).
+  // `is_dir` renames every path below `from` too; for a file, `before` and
+  // `after` are its attributes around the rename (which changes its ctime).
+  Status Rename(const std::string& from, const std::string& to, bool is_dir,
+                const struct stat& before, const struct stat& after);
+  // A name was removed; `last_link` when the file has no name left.
+  Status Unlink(const std::string& path, bool last_link);
+  Status Link(const std::string& existing, const std::string& new_path);
+
+  // Persists the store, then syncs the metadata (contract 2 order).
+  Status Persist();
+
+  EngineStats stats() const;
+
+ private:
+  struct Fetch;  // one in-flight fetch of a block
+  Engine() = default;
+
+  Status Recover();
+  Status ReadBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
+                   uint64_t file_size, char* out);
+  // Tries the cache; true when `out` was filled from it.
+  Result<bool> TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out);
+  // Drops every cached block of `file_id` with index >= `from_index`.
+  Status DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index);
+  // Finds a slot for a new block, evicting if needed; adds the evicted block's
+  // removal to `batch`. REQUIRES mu_ held.
+  std::optional<uint32_t> AllocateSlot(MetaBatch& batch) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseReader(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeSlot(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PersistLoop();
+  // Writes the file's fingerprint into its record if it changed.
+  Status WriteFileRecord(CachedFile& file) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
+
+  EngineConfig config_;
+  Backing* backing_ = nullptr;
+  std::string dir_;
+  Superblock sb_;
+  std::unique_ptr<CacheDirLock> lock_;
+  std::unique_ptr<MetaStore> meta_;
+  std::unique_ptr<BlockStore> store_;
+
+  mutable std::mutex mu_;
+  std::unique_ptr<BlockIndex> index_ GUARDED_BY(mu_);
+  std::unique_ptr<Policy> policy_ GUARDED_BY(mu_);
+  std::vector<uint32_t> free_slots_ GUARDED_BY(mu_);
+  std::vector<uint16_t> readers_ GUARDED_BY(mu_);       // readers of each slot in progress
+  std::vector<bool> free_when_unread_ GUARDED_BY(mu_);  // dropped while being read
+  std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Fetch>> fetches_ GUARDED_BY(mu_);
+  uint64_t next_generation_ GUARDED_BY(mu_) = 1;
+
+  bool compare_ino_ = true;    // false for FUSE sources, whose inode numbers are made up
+  std::mutex files_mu_;        // serialises file record changes and path changes
+  uint64_t next_file_id_ = 1;  // guarded by files_mu_
+  std::unordered_map<uint64_t, std::weak_ptr<CachedFile>> open_files_;  // guarded by files_mu_
+
+  struct Counters {
+    std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, bytes_from_cache{0},
+        bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0};
+  };
+  mutable Counters counters_;
+
+  std::mutex persist_mu_;
+  std::condition_variable persist_cv_;
+  bool stopping_ = false;  // guarded by persist_mu_
+  std::thread persist_thread_;
+};
+
+}  // namespace cachefs

@@ -1,0 +1,455 @@
+// The engine against a real cache directory (RocksDB + store file) and a
+// counting test Backing, so every test can see exactly when SOURCE is read.
+#include "cache/engine.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+#include <vector>
+
+namespace cachefs {
+namespace {
+
+// Counts reads of SOURCE; can be slowed down or made to fail.
+class CountingBacking final : public Backing {
+ public:
+  Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override {
+    reads++;
+    if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    if (fail) return Status::Error(EIO, "injected read failure");
+    return RealBacking()->Read(fd, off, len, buf);
+  }
+  Status Write(int fd, uint64_t off, size_t len, const void* buf) override {
+    return RealBacking()->Write(fd, off, len, buf);
+  }
+  Status Sync(int fd) override { return RealBacking()->Sync(fd); }
+  Status Stat(int fd, struct stat* st) override { return RealBacking()->Stat(fd, st); }
+
+  std::atomic<int> reads{0};
+  std::atomic<int> delay_ms{0};
+  std::atomic<bool> fail{false};
+};
+
+constexpr uint32_t kBlock = 64 * 1024;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char t[] = "/tmp/cachefs-engine-XXXXXX";
+    base_ = mkdtemp(t);
+    source_ = base_ + "/src";
+    std::filesystem::create_directories(source_);
+  }
+  void TearDown() override {
+    for (int fd : fds_) close(fd);
+    std::filesystem::remove_all(base_);
+  }
+
+  EngineConfig Config(uint64_t cache_bytes = 16 * kBlock) {
+    EngineConfig c;
+    c.options.cache_dir = base_ + "/cache";
+    c.options.cache_size = SizeOrPercent{false, 0, cache_bytes};
+    c.options.block_size = kBlock;
+    c.source = source_;
+    c.backing = &backing_;
+    return c;
+  }
+
+  std::unique_ptr<Engine> OpenEngine(const EngineConfig& c) {
+    auto e = Engine::Open(c);
+    EXPECT_TRUE(e.ok()) << e.status().message();
+    return e.ok() ? std::move(e.value()) : nullptr;
+  }
+
+  // Writes `data` to SOURCE/name and opens it read-only.
+  int MakeFile(const std::string& name, const std::string& data) {
+    std::ofstream(source_ + "/" + name, std::ios::binary) << data;
+    return OpenSource(name);
+  }
+  int OpenSource(const std::string& name) {
+    int fd = open((source_ + "/" + name).c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0);
+    fds_.push_back(fd);
+    return fd;
+  }
+  static struct stat Stat(int fd) {
+    struct stat st;
+    fstat(fd, &st);
+    return st;
+  }
+  static std::string Pattern(size_t n, uint32_t seed) {
+    std::string s(n, '\0');
+    std::mt19937 rng(seed);
+    for (auto& c : s) c = static_cast<char>(rng());
+    return s;
+  }
+  static std::string ReadAll(Engine& e, CachedFile& f, int fd, uint64_t off, size_t len) {
+    std::string out(len, '\0');
+    auto n = e.Read(f, fd, off, len, out.data());
+    EXPECT_TRUE(n.ok()) << n.status().message();
+    out.resize(n.ok() ? n.value() : 0);
+    return out;
+  }
+
+  std::string base_, source_;
+  CountingBacking backing_;
+  std::vector<int> fds_;
+};
+
+TEST_F(EngineTest, MissThenHitAndPartialLastBlock) {
+  auto e = OpenEngine(Config());
+  ASSERT_NE(e, nullptr);
+  std::string data = Pattern(3 * kBlock + 1000, 1);
+  int fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(backing_.reads, 4);  // three whole blocks and the partial last one
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, kBlock - 10, 30), data.substr(kBlock - 10, 30));
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, data.size() - 7, 100), data.substr(data.size() - 7));
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, data.size(), 100), "");
+  EXPECT_EQ(backing_.reads, 4);
+  EngineStats s = e->stats();
+  EXPECT_EQ(s.read_misses, 4u);
+  EXPECT_GE(s.read_hits, 6u);
+  EXPECT_EQ(s.blocks_cached, 4u);
+}
+
+TEST_F(EngineTest, WarmAfterCleanRestart) {
+  std::string data = Pattern(2 * kBlock, 2);
+  int fd = MakeFile("f", data);
+  {
+    auto e = OpenEngine(Config());
+    ASSERT_NE(e, nullptr);
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  }
+  int before = backing_.reads;
+  auto e = OpenEngine(Config());
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->stats().blocks_cached, 2u);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(backing_.reads, before);
+}
+
+// kill -9 right after the reads: what was committed (WAL written before the
+// read returned) gives a warm cache at the next open.
+TEST_F(EngineTest, WarmAfterKill) {
+  std::string data = Pattern(4 * kBlock, 3);
+  int fd = MakeFile("f", data);
+  EngineConfig c = Config();
+  pid_t pid = fork();
+  if (pid == 0) {
+    auto e = Engine::Open(c);
+    if (!e.ok()) _exit(2);
+    auto f = e.value()->OpenFile("f", Stat(fd));
+    if (!f.ok()) _exit(3);
+    std::string out(data.size(), '\0');
+    auto n = e.value()->Read(*f.value(), fd, 0, data.size(), out.data());
+    _exit(n.ok() && out == data ? 0 : 4);  // no destructor: as good as a crash
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  int before = backing_.reads;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(backing_.reads, before);
+}
+
+TEST_F(EngineTest, ChangedFingerprintDropsBlocks) {
+  auto e = OpenEngine(Config());
+  ASSERT_NE(e, nullptr);
+  std::string v1 = Pattern(kBlock, 4);
+  int fd = MakeFile("f", v1);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, v1.size()), v1);
+  // Changed directly in SOURCE: same size, new content and mtime.
+  std::string v2 = Pattern(kBlock, 5);
+  std::ofstream(source_ + "/f", std::ios::binary) << v2;
+  struct timespec ts[2] = {{0, UTIME_NOW}, {12345, 0}};
+  utimensat(AT_FDCWD, (source_ + "/f").c_str(), ts, 0);
+  auto changed = e->Revalidate(*f.value(), Stat(fd));
+  ASSERT_TRUE(changed.ok());
+  EXPECT_TRUE(changed.value());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, v2.size()), v2);
+  EXPECT_EQ(e->stats().invalidations, 1u);
+  auto again = e->Revalidate(*f.value(), Stat(fd));
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again.value());
+}
+
+TEST_F(EngineTest, ChangeWhileUnmountedIsSeenAtOpen) {
+  std::string v1 = Pattern(kBlock, 6);
+  int fd = MakeFile("f", v1);
+  {
+    auto e = OpenEngine(Config());
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, v1.size()), v1);
+  }
+  std::string v2 = Pattern(kBlock + 5, 7);  // grown
+  std::ofstream(source_ + "/f", std::ios::binary) << v2;
+  auto e = OpenEngine(Config());
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, v2.size()), v2);
+}
+
+TEST_F(EngineTest, AfterWriteDropsOnlyTouchedBlocks) {
+  auto e = OpenEngine(Config());
+  std::string data = Pattern(4 * kBlock, 8);
+  int fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  int wfd = open((source_ + "/f").c_str(), O_WRONLY);
+  ASSERT_EQ(pwrite(wfd, "XY", 2, kBlock + 5), 2);
+  close(wfd);
+  data.replace(kBlock + 5, 2, "XY");
+  ASSERT_TRUE(e->AfterWrite(*f.value(), kBlock + 5, 2, Stat(fd)).ok());
+  int before = backing_.reads;
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(backing_.reads, before + 1);  // only block 1 again
+}
+
+TEST_F(EngineTest, TruncateThenGrowReadsZeros) {
+  auto e = OpenEngine(Config());
+  std::string data = Pattern(2 * kBlock, 9);
+  int fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  ASSERT_EQ(truncate((source_ + "/f").c_str(), 100), 0);
+  ASSERT_TRUE(e->AfterTruncate(*f.value(), Stat(fd)).ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data.substr(0, 100));
+  ASSERT_EQ(truncate((source_ + "/f").c_str(), kBlock), 0);
+  ASSERT_TRUE(e->AfterTruncate(*f.value(), Stat(fd)).ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, kBlock),
+            data.substr(0, 100) + std::string(kBlock - 100, '\0'));
+}
+
+TEST_F(EngineTest, EvictionKeepsTheCap) {
+  auto e = OpenEngine(Config(4 * kBlock));
+  std::string data = Pattern(10 * kBlock, 10);
+  int fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  }
+  EngineStats s = e->stats();
+  EXPECT_LE(s.blocks_cached, 4u);
+  EXPECT_GE(s.evictions, 16u);
+  // The last four blocks read are the ones kept (LRU).
+  int before = backing_.reads;
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 6 * kBlock, 4 * kBlock), data.substr(6 * kBlock));
+  EXPECT_EQ(backing_.reads, before);
+}
+
+TEST_F(EngineTest, CorruptionIsRefetchedAndCounted) {
+  EngineConfig c = Config();
+  std::string data = Pattern(kBlock, 11);
+  int fd = MakeFile("f", data);
+  {
+    auto e = OpenEngine(c);
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  }
+  // Flip one byte of every slot's first page in the store file.
+  std::string store = c.options.cache_dir + "/store";
+  int sfd = open(store.c_str(), O_RDWR);
+  ASSERT_GE(sfd, 0);
+  for (uint64_t slot = 0; slot < 16; ++slot) {
+    char b;
+    ASSERT_EQ(pread(sfd, &b, 1, slot * kBlock + 100), 1);
+    b ^= 0x40;
+    ASSERT_EQ(pwrite(sfd, &b, 1, slot * kBlock + 100), 1);
+  }
+  fsync(sfd);
+  close(sfd);
+  auto e = OpenEngine(c);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  int before = backing_.reads;
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(e->stats().crc_errors, 1u);
+  EXPECT_EQ(backing_.reads, before + 1);
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);  // now a clean hit
+  EXPECT_EQ(backing_.reads, before + 1);
+}
+
+TEST_F(EngineTest, ConcurrentMissesShareOneFetch) {
+  auto e = OpenEngine(Config());
+  std::string data = Pattern(kBlock, 12);
+  int fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  backing_.delay_ms = 200;
+  std::vector<std::thread> threads;
+  std::atomic<int> good{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      if (ReadAll(*e, *f.value(), fd, i * 1000, 1000) == data.substr(i * 1000, 1000)) good++;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good, 8);
+  EXPECT_EQ(backing_.reads, 1);
+  EXPECT_EQ(e->stats().read_misses, 1u);
+}
+
+TEST_F(EngineTest, ReadErrorOfSourceIsReported) {
+  auto e = OpenEngine(Config());
+  int fd = MakeFile("f", Pattern(kBlock, 13));
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  backing_.fail = true;
+  std::string out(100, '\0');
+  auto n = e->Read(*f.value(), fd, 0, 100, out.data());
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), EIO);
+  EXPECT_EQ(e->stats().blocks_cached, 0u);
+}
+
+TEST_F(EngineTest, RenameKeepsTheCacheUnlinkDropsIt) {
+  auto e = OpenEngine(Config());
+  std::string data = Pattern(kBlock, 14);
+  int fd = MakeFile("a", data);
+  auto f = e->OpenFile("a", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  f.value().reset();
+  struct stat st_before = Stat(fd);
+  std::filesystem::rename(source_ + "/a", source_ + "/b");
+  ASSERT_TRUE(e->Rename("a", "b", false, st_before, Stat(fd)).ok());
+  auto g = e->OpenFile("b", Stat(fd));
+  ASSERT_TRUE(g.ok());
+  int before = backing_.reads;
+  EXPECT_EQ(ReadAll(*e, *g.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(backing_.reads, before);
+  g.value().reset();
+  std::filesystem::remove(source_ + "/b");
+  ASSERT_TRUE(e->Unlink("b", true).ok());
+  EXPECT_EQ(e->stats().blocks_cached, 0u);
+}
+
+TEST_F(EngineTest, DirectoryRenameMovesEveryPath) {
+  std::filesystem::create_directories(source_ + "/d/sub");
+  std::string data = Pattern(kBlock, 15);
+  int fd = MakeFile("d/sub/f", data);
+  {
+    auto e = OpenEngine(Config());
+    auto f = e->OpenFile("d/sub/f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+    f.value().reset();
+    struct stat dir_before;
+    stat((source_ + "/d").c_str(), &dir_before);
+    std::filesystem::rename(source_ + "/d", source_ + "/e");
+    struct stat dir_after;
+    stat((source_ + "/e").c_str(), &dir_after);
+    ASSERT_TRUE(e->Rename("d", "e", true, dir_before, dir_after).ok());
+  }
+  auto e = OpenEngine(Config());
+  auto f = e->OpenFile("e/sub/f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  int before = backing_.reads;
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(backing_.reads, before);
+}
+
+TEST_F(EngineTest, OwnAttributeChangesKeepTheCache) {
+  auto e = OpenEngine(Config());
+  std::string data = Pattern(kBlock, 16);
+  int fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  struct stat before = Stat(fd);
+  ASSERT_EQ(chmod((source_ + "/f").c_str(), 0600), 0);
+  ASSERT_TRUE(e->Adopt(*f.value(), before, Stat(fd)).ok());
+  auto changed = e->Revalidate(*f.value(), Stat(fd));
+  ASSERT_TRUE(changed.ok());
+  EXPECT_FALSE(changed.value());
+  int reads = backing_.reads;
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(backing_.reads, reads);
+  // An attribute change on top of an outside change still drops the cache.
+  std::ofstream(source_ + "/f", std::ios::binary | std::ios::app) << "more";
+  before = Stat(fd);
+  ASSERT_EQ(chmod((source_ + "/f").c_str(), 0644), 0);
+  ASSERT_TRUE(e->Adopt(*f.value(), before, Stat(fd)).ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size() + 4), data + "more");
+}
+
+TEST_F(EngineTest, BadReopenIsRefusedInOneLine) {
+  { ASSERT_NE(OpenEngine(Config()), nullptr); }
+  EngineConfig other = Config();
+  other.source = base_ + "/elsewhere";
+  auto r = Engine::Open(other);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("belongs to SOURCE"), std::string::npos);
+  EngineConfig bs = Config();
+  bs.options.block_size = 2 * kBlock;
+  r = Engine::Open(bs);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("block_size"), std::string::npos);
+  EngineConfig size = Config(32 * kBlock);
+  r = Engine::Open(size);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("cache_size"), std::string::npos);
+  // Omitting fixed options takes the superblock's.
+  EngineConfig bare = Config();
+  bare.options.block_size.reset();
+  bare.options.cache_size.reset();
+  auto ok = Engine::Open(bare);
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_EQ(ok.value()->block_size(), kBlock);
+  // A second open of the same directory while the first holds it.
+  auto second = Engine::Open(Config());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), EBUSY);
+  EXPECT_NE(second.status().message().find("in use"), std::string::npos);
+  ok.value().reset();
+  EngineConfig reformat = bs;
+  reformat.reformat = true;
+  auto fresh = Engine::Open(reformat);
+  ASSERT_TRUE(fresh.ok()) << fresh.status().message();
+  EXPECT_EQ(fresh.value()->block_size(), 2 * kBlock);
+}
+
+TEST_F(EngineTest, MemoryPerBlockIsBounded) {
+  // RAM of the index, the policy and the slot bookkeeping per slot; it is
+  // linear in the slot count, so 64 Ki slots of 4 KiB (a 256 MiB store) tell.
+  EngineConfig c = Config();
+  c.options.block_size = 4096;
+  c.options.cache_size = SizeOrPercent{false, 0, (1ull << 16) * 4096};
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  double per_block = static_cast<double>(e->stats().index_memory) / (1u << 16);
+  RecordProperty("bytes_per_block", std::to_string(per_block));
+  EXPECT_LT(per_block, 64.0);
+}
+
+}  // namespace
+}  // namespace cachefs

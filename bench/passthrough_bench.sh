@@ -196,7 +196,9 @@ sync
 
 # --- mounts --------------------------------------------------------------------
 
-cachefs_cmd=("$cachefs_bin" -f "$src" "$mnt_cachefs")
+# The cache lives in the work directory, sized to hold the whole test file,
+# so the figures include the block cache (the store is on the same disk).
+cachefs_cmd=("$cachefs_bin" -f "$src" "$mnt_cachefs" "--cache=$work/cache" "--cache_size=$size")
 ptll_cmd=("$work/bin/passthrough_ll" -f -o "source=$src" "$mnt_ptll")
 
 log "mounting cachefs: ${cachefs_cmd[*]}"

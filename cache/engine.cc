@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "cache/timeout_backing.h"
 #include "common/crc32c.h"
 #include "common/log.h"
 
@@ -19,6 +20,8 @@ namespace cachefs {
 namespace {
 
 constexpr uint64_t kNoEnd = std::numeric_limits<uint64_t>::max();
+// Reads of SOURCE in flight at most (each a thread while it runs).
+constexpr unsigned kSourceReadWorkers = 64;
 constexpr long kFuseSuperMagic = 0x65735546;
 
 Fingerprint FingerprintOf(const struct stat& st) {
@@ -75,6 +78,11 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   e->config_ = config;
   e->backing_ = config.backing != nullptr ? config.backing : RealBacking();
   const CacheOptions& o = config.options;
+  if (o.source_timeout > 0) {
+    auto ms = std::chrono::milliseconds(static_cast<int64_t>(o.source_timeout * 1000));
+    e->timeout_backing_ = std::make_unique<TimeoutBacking>(e->backing_, ms, kSourceReadWorkers);
+    e->backing_ = e->timeout_backing_.get();
+  }
   e->dir_ = o.cache_dir.empty() ? DefaultCacheDir(config.source) : o.cache_dir;
   const std::string& dir = e->dir_;
 

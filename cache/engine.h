@@ -183,6 +183,7 @@ class Engine {
   Status WriteFileRecord(CachedFile& file) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
 
   EngineConfig config_;
+  std::unique_ptr<Backing> timeout_backing_;  // wraps the slow store when source_timeout > 0
   Backing* backing_ = nullptr;
   std::string dir_;
   Superblock sb_;

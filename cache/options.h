@@ -55,6 +55,9 @@ struct CacheOptions {
   bool verify = true;
   // Seconds of writeback after unmount before the daemon exits. Default: 60.
   double flush_timeout = 60;
+  // Seconds a read of SOURCE may take before it fails with EIO instead of
+  // hanging the reader; 0 waits forever. Default: 60.
+  double source_timeout = 60;
 
   static constexpr uint64_t kMinBlockSize = 4096;
   static constexpr uint64_t kMaxBlockSize = 4u << 20;

@@ -118,6 +118,10 @@ const std::vector<OptionSpec>& Specs() {
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSeconds(v), [&](double s) { c.cache.flush_timeout = s; });
        }},
+      {"source_timeout", "seconds a read of SOURCE may hang before EIO; 0: forever [60]", true,
+       [](DaemonConfig& c, const std::string& v) {
+         return Assign(ParseSeconds(v), [&](double s) { c.cache.source_timeout = s; });
+       }},
       {"allow_other", "let other users in (permissions enforced)", false,
        [](DaemonConfig& c, const std::string&) {
          c.fs.allow_other = true;

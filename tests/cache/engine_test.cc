@@ -331,6 +331,24 @@ TEST_F(EngineTest, ReadErrorOfSourceIsReported) {
   EXPECT_EQ(e->stats().blocks_cached, 0u);
 }
 
+TEST_F(EngineTest, HungSourceReadFailsAfterTheTimeout) {
+  EngineConfig c = Config();
+  c.options.source_timeout = 0.1;
+  auto e = OpenEngine(c);
+  std::string data = Pattern(kBlock, 17);
+  int fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  backing_.delay_ms = 600;
+  std::string out(100, '\0');
+  auto n = e->Read(*f.value(), fd, 0, 100, out.data());
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), EIO);
+  backing_.delay_ms = 0;
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // the stuck read ends
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+}
+
 TEST_F(EngineTest, RenameKeepsTheCacheUnlinkDropsIt) {
   auto e = OpenEngine(Config());
   std::string data = Pattern(kBlock, 14);

@@ -1,0 +1,43 @@
+// TimeoutBacking: a Backing whose reads give up after a deadline.
+//
+// A read of a hung slow store (an NFS server gone, a stalled link) would block
+// a FUSE worker, and with enough of them the whole mount, forever. Reads are
+// therefore run by a small pool of worker threads while the caller waits up
+// to `timeout`; past it the caller gets EIO ("timed out") and the worker is
+// left to finish (or hang) on its own, its result thrown away. When every
+// worker is stuck, new reads wait for a free one up to the same deadline. A
+// stuck worker holds a reference to the open file description, never a
+// pointer into the caller's memory.
+//
+// Writes, syncs and stats pass straight to the inner Backing.
+//
+// Thread-safety: all methods may be called concurrently.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include "cache/backing.h"
+
+namespace cachefs {
+
+class TimeoutBacking final : public Backing {
+ public:
+  // REQUIRES: timeout > 0, max_workers > 0; `inner` outlives this object and
+  // every worker (RealBacking() does).
+  TimeoutBacking(Backing* inner, std::chrono::milliseconds timeout, unsigned max_workers);
+  ~TimeoutBacking() override;
+  TimeoutBacking(const TimeoutBacking&) = delete;
+  TimeoutBacking& operator=(const TimeoutBacking&) = delete;
+
+  Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override;
+  Status Write(int fd, uint64_t off, size_t len, const void* buf) override;
+  Status Sync(int fd) override;
+  Status Stat(int fd, struct stat* st) override;
+
+ private:
+  struct Shared;  // outlives this object while workers run
+  std::shared_ptr<Shared> shared_;
+};
+
+}  // namespace cachefs

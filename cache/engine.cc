@@ -658,11 +658,16 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
                std::to_string(file.file_id_) + ": dropped and fetched again from SOURCE");
   }
   // Not servable as it is (corrupt, or not holding the range): drop it so
-  // the miss path fetches it anew.
+  // the miss path fetches it anew. The record goes in the same critical
+  // section, so it cannot remove a newer record of a fetch that follows.
   if (index_->Find(key) == slot) {
     index_->Erase(slot);
     policy_->Remove(slot);
     free_when_unread_[slot] = true;
+    MetaBatch drop;
+    drop.RemoveBlock(key.file_id, index);
+    Status s = meta_->Commit(drop, false);
+    if (!s.ok()) LogWarning("dropping a cached block failed: " + s.message());
   }
   ReleaseReader(slot);
   return false;

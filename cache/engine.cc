@@ -297,7 +297,7 @@ Status Engine::Persist() {
 
 // --- files ------------------------------------------------------------------
 
-Status Engine::WriteFileRecord(CachedFile& file) {
+Status Engine::FileRecordInto(CachedFile& file, MetaBatch& batch) {
   if (file.detached_) return Status::Ok();
   auto existing = meta_->GetFile(file.file_id_);
   if (!existing.ok()) return existing.status();
@@ -313,8 +313,14 @@ Status Engine::WriteFileRecord(CachedFile& file) {
     rec.ctime_ns = file.fingerprint_.ctime_ns;
     file.record_stale_ = false;
   }
-  MetaBatch batch;
   batch.Put(rec);
+  return Status::Ok();
+}
+
+Status Engine::WriteFileRecord(CachedFile& file) {
+  MetaBatch batch;
+  Status s = FileRecordInto(file, batch);
+  if (!s.ok() || batch.empty()) return s;
   return meta_->Commit(batch, false);
 }
 
@@ -410,17 +416,32 @@ Status Engine::CloseFile(CachedFile& file) {
   return WriteFileRecord(file);
 }
 
-Status Engine::AfterWrite(CachedFile& file, uint64_t off, uint64_t len, const struct stat& st) {
+// Our own changes of SOURCE (contract 5): the new fingerprint and the blocks
+// the change made stale go to the metadata in one batch, so a crash right
+// after cannot make the next mount take our change for an outside one.
+Status Engine::CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t from_index,
+                               uint64_t to_index) {
+  std::lock_guard<std::mutex> lock(files_mu_);
   {
-    std::lock_guard<std::mutex> lock(file.mu_);
+    std::lock_guard<std::mutex> file_lock(file.mu_);
     file.fingerprint_ = FingerprintOf(st);
+    file.source_ino_ = static_cast<uint64_t>(st.st_ino);
     file.record_stale_ = true;
     file.epoch_++;
   }
-  if (len == 0) return Status::Ok();
+  MetaBatch batch;
+  Status s = from_index < to_index ? DropBlocksInto(file.file_id_, from_index, to_index, batch)
+                                   : Status::Ok();
+  if (!s.ok()) return s;
+  s = FileRecordInto(file, batch);
+  if (!s.ok() || batch.empty()) return s;
+  return meta_->Commit(batch, false);
+}
+
+Status Engine::AfterWrite(CachedFile& file, uint64_t off, uint64_t len, const struct stat& st) {
   uint64_t bs = sb_.block_size;
   uint64_t end = off + len < off ? kNoEnd : (off + len + bs - 1) / bs;
-  return DropBlocks(file.file_id_, off / bs, end);
+  return CommitOwnChange(file, st, off / bs, len == 0 ? 0 : end);
 }
 
 Status Engine::AfterTruncate(CachedFile& file, const struct stat& st) {
@@ -428,23 +449,18 @@ Status Engine::AfterTruncate(CachedFile& file, const struct stat& st) {
   {
     std::lock_guard<std::mutex> lock(file.mu_);
     old_size = file.fingerprint_.size;
-    file.fingerprint_ = FingerprintOf(st);
-    file.record_stale_ = true;
-    file.epoch_++;
   }
   uint64_t cut = std::min(old_size, static_cast<uint64_t>(st.st_size));
-  return DropBlocks(file.file_id_, cut / sb_.block_size, kNoEnd);
+  return CommitOwnChange(file, st, cut / sb_.block_size, kNoEnd);
 }
 
 Status Engine::Adopt(CachedFile& file, const struct stat& before, const struct stat& after) {
+  bool unchanged;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
-    if (file.fingerprint_ == FingerprintOf(before)) {
-      file.fingerprint_ = FingerprintOf(after);
-      file.record_stale_ = true;
-      return Status::Ok();
-    }
+    unchanged = file.fingerprint_ == FingerprintOf(before);
   }
+  if (unchanged) return CommitOwnChange(file, after, 0, 0);
   auto changed = Revalidate(file, after);
   return changed.ok() ? Status::Ok() : changed.status();
 }
@@ -575,7 +591,8 @@ std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch) {
   return std::nullopt;
 }
 
-Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index) {
+Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index,
+                              MetaBatch& batch) {
   std::vector<uint64_t> doomed;
   Status s = meta_->ScanBlocks(file_id, [&](const BlockRecord& r) {
     if (r.index >= to_index) return false;
@@ -583,23 +600,26 @@ Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_ind
     return true;
   });
   if (!s.ok()) return s;
-  if (doomed.empty()) return Status::Ok();
-  MetaBatch batch;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (uint64_t index : doomed) {
-      batch.RemoveBlock(file_id, index);
-      auto slot = index_->Find({file_id, index});
-      if (!slot) continue;
-      index_->Erase(*slot);
-      policy_->Remove(*slot);
-      if (readers_[*slot] > 0) {
-        free_when_unread_[*slot] = true;
-      } else {
-        FreeSlot(*slot);
-      }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (uint64_t index : doomed) {
+    batch.RemoveBlock(file_id, index);
+    auto slot = index_->Find({file_id, index});
+    if (!slot) continue;
+    index_->Erase(*slot);
+    policy_->Remove(*slot);
+    if (readers_[*slot] > 0) {
+      free_when_unread_[*slot] = true;
+    } else {
+      FreeSlot(*slot);
     }
   }
+  return Status::Ok();
+}
+
+Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index) {
+  MetaBatch batch;
+  Status s = DropBlocksInto(file_id, from_index, to_index, batch);
+  if (!s.ok() || batch.empty()) return s;
   return meta_->Commit(batch, false);
 }
 

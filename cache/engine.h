@@ -171,15 +171,23 @@ class Engine {
                    uint64_t file_size, char* out);
   // Tries the cache; true when `out` was filled from it.
   Result<bool> TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out);
-  // Drops every cached block of `file_id` with index >= `from_index`.
+  // Drops the cached blocks of `file_id` with from_index <= index < to_index
+  // from the index at once and from the metadata with `batch`
+  // (DropBlocksInto) or with a commit of its own (DropBlocks).
+  Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch);
   Status DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index);
+  // A change cachefs made to SOURCE: adopt `st`, drop blocks [from, to), one batch.
+  Status CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t from_index,
+                         uint64_t to_index) LOCKS_EXCLUDED(files_mu_);
   // Finds a slot for a new block, evicting if needed; adds the evicted block's
   // removal to `batch`. REQUIRES mu_ held.
   std::optional<uint32_t> AllocateSlot(MetaBatch& batch) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseReader(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlot(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PersistLoop();
-  // Writes the file's fingerprint into its record if it changed.
+  // Puts the file's record with its current fingerprint into `batch` (or
+  // commits it: WriteFileRecord) if the fingerprint changed since.
+  Status FileRecordInto(CachedFile& file, MetaBatch& batch) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   Status WriteFileRecord(CachedFile& file) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
 
   EngineConfig config_;

@@ -6,6 +6,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <array>
@@ -120,36 +121,59 @@ std::unique_ptr<MountedCachefs> MountedCachefs::Start(const std::vector<std::str
   m->base_ = MakeTempDir("mount");
   if (m->base_.empty()) return nullptr;
   for (const char* d : {"/src", "/mnt", "/ref"}) mkdir((m->base_ + d).c_str(), 0755);
+  m->src_ = m->base_ + "/src";
+  m->mnt_ = m->base_ + "/mnt";
   std::vector<std::string> argv_s = {
       CachefsBinary(),   "-f", m->src(), m->mnt(), "--cache=" + m->base_ + "/cache",
       "--cache_size=64M"};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
+  if (!m->Spawn(argv_s, "")) return nullptr;
+  return m;
+}
+
+std::unique_ptr<MountedCachefs> MountedCachefs::StartAt(const std::string& source,
+                                                        const std::string& mnt,
+                                                        const std::vector<std::string>& args,
+                                                        const std::string& log) {
+  std::unique_ptr<MountedCachefs> m(new MountedCachefs());
+  m->src_ = source;
+  m->mnt_ = mnt;
+  std::vector<std::string> argv_s = {CachefsBinary(), "-f", source, mnt};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  if (!m->Spawn(argv_s, log)) return nullptr;
+  return m;
+}
+
+bool MountedCachefs::Spawn(std::vector<std::string> argv_s, const std::string& log) {
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = fork();
   if (pid == 0) {
+    if (!log.empty()) {
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd >= 0) dup2(fd, STDERR_FILENO);  // dup2 clears O_CLOEXEC on the copy
+    }
     execv(argv[0], argv.data());
     _exit(127);
   }
-  m->pid_ = pid;
-  std::string mnt = m->mnt();
+  pid_ = pid;
   bool up = WaitFor(
       [&] {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
-          m->pid_ = -1;
+          pid_ = -1;
           return true;  // died: stop waiting
         }
-        return IsMountPoint(mnt);
+        return IsMountPoint(mnt_);
       },
       std::chrono::seconds(10));
-  if (!up || m->pid_ < 0) {
-    ADD_FAILURE() << "cachefs did not mount " << mnt;
-    return nullptr;
+  if (!up || pid_ < 0) {
+    ADD_FAILURE() << "cachefs did not mount " << mnt_;
+    return false;
   }
-  m->mounted_ = true;
-  return m;
+  mounted_ = true;
+  return true;
 }
 
 int MountedCachefs::Unmount() {
@@ -175,6 +199,126 @@ int MountedCachefs::Unmount() {
 MountedCachefs::~MountedCachefs() {
   Unmount();
   if (!base_.empty()) RemoveTree(base_);
+}
+
+std::string SlowfsBinary() {
+  const char* b = std::getenv("SLOWFS_BIN");
+  return b != nullptr ? b : SLOWFS_BIN_DEFAULT;
+}
+
+std::unique_ptr<MountedSlowfs> MountedSlowfs::Start(const std::vector<std::string>& args) {
+  std::unique_ptr<MountedSlowfs> m(new MountedSlowfs());
+  m->base_ = MakeTempDir("slowfs");
+  if (m->base_.empty()) return nullptr;
+  m->src_ = m->base_ + "/src";
+  m->mnt_ = m->base_ + "/mnt";
+  mkdir(m->src_.c_str(), 0755);
+  mkdir(m->mnt_.c_str(), 0755);
+  if (!m->Spawn(args)) return nullptr;  // the destructor cleans up
+  return m;
+}
+
+std::unique_ptr<MountedSlowfs> MountedSlowfs::StartAt(const std::string& src,
+                                                      const std::string& mnt,
+                                                      const std::vector<std::string>& args) {
+  std::unique_ptr<MountedSlowfs> m(new MountedSlowfs());
+  m->src_ = src;
+  m->mnt_ = mnt;
+  if (!m->Spawn(args)) return nullptr;
+  return m;
+}
+
+bool MountedSlowfs::Spawn(const std::vector<std::string>& args) {
+  std::vector<std::string> argv_s = {SlowfsBinary(), "-f", src_, mnt_};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  argv.reserve(argv_s.size() + 1);
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  pid_ = pid;
+  WaitFor(
+      [&] {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+          pid_ = -1;
+          return true;  // died: stop waiting
+        }
+        return IsMountPoint(mnt_);
+      },
+      std::chrono::seconds(10));
+  if (pid_ < 0 || !IsMountPoint(mnt_)) {
+    ADD_FAILURE() << "slowfs did not mount " << mnt_;
+    return false;
+  }
+  mounted_ = true;
+  return true;
+}
+
+MountedSlowfs::~MountedSlowfs() {
+  Unmount();
+  if (!base_.empty()) RemoveTree(base_);
+}
+
+int MountedSlowfs::Unmount() {
+  int status = -1;
+  if (mounted_ || (pid_ > 0 && IsMountPoint(mnt_))) {
+    std::string cmd = "fusermount3 -u -z '" + mnt_ + "' 2>/dev/null";
+    if (std::system(cmd.c_str()) != 0) umount2(mnt_.c_str(), MNT_DETACH);
+    mounted_ = false;
+  }
+  if (pid_ > 0) {
+    bool gone =
+        WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, std::chrono::seconds(10));
+    if (!gone) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+      ADD_FAILURE() << "slowfs did not exit after unmount";
+    }
+    pid_ = -1;
+  }
+  return status;
+}
+
+const std::vector<std::string> kSlowfsStatNames = {"reads",   "read_bytes", "writes", "write_bytes",
+                                                   "lookups", "getattrs",   "opens",  "fsyncs"};
+
+std::string SlowfsStatsLine(const std::string& mnt) {
+  char buf[512];
+  ssize_t n = getxattr(mnt.c_str(), "user.slowfs.stats", buf, sizeof(buf));
+  EXPECT_GT(n, 0) << "getxattr user.slowfs.stats of " << mnt << ": " << std::strerror(errno);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+}
+
+SlowfsStats ReadSlowfsStats(const std::string& mnt) {
+  std::string line = SlowfsStatsLine(mnt);
+  SlowfsStats stats;
+  std::istringstream in(line);
+  std::vector<std::string> names;
+  std::string field;
+  while (in >> field) {
+    size_t eq = field.find('=');
+    EXPECT_NE(eq, std::string::npos) << field;
+    if (eq == std::string::npos) continue;
+    names.push_back(field.substr(0, eq));
+    stats[names.back()] = std::stoull(field.substr(eq + 1));
+  }
+  EXPECT_EQ(names, kSlowfsStatNames) << line;
+  return stats;
+}
+
+SlowfsStats SlowfsDelta(const SlowfsStats& before, const SlowfsStats& after) {
+  SlowfsStats d;
+  for (const std::string& name : kSlowfsStatNames) {
+    auto b = before.find(name);
+    auto a = after.find(name);
+    d[name] = (a == after.end() ? 0 : a->second) - (b == before.end() ? 0 : b->second);
+  }
+  return d;
 }
 
 }  // namespace cachefs::testing

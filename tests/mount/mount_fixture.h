@@ -14,7 +14,9 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,23 +28,82 @@ class MountedCachefs {
   // Mounts base/src on base/mnt with `args` added to the command line.
   // Fails the current test (and returns nullptr) if the mount does not come up.
   static std::unique_ptr<MountedCachefs> Start(const std::vector<std::string>& args = {});
+  // Mounts the existing `source` on the existing `mnt` with exactly `args`
+  // after them (no cache options are added: pass --cache=...). The daemon's
+  // stderr is appended to `log` unless it is empty. Neither directory is
+  // removed at the end (base() is empty); ref() is meaningless. Fails the
+  // current test (and returns nullptr) if the mount does not come up.
+  static std::unique_ptr<MountedCachefs> StartAt(const std::string& source, const std::string& mnt,
+                                                 const std::vector<std::string>& args,
+                                                 const std::string& log = "");
   ~MountedCachefs();
 
   const std::string& base() const { return base_; }
-  std::string src() const { return base_ + "/src"; }
-  std::string mnt() const { return base_ + "/mnt"; }
+  const std::string& src() const { return src_; }
+  const std::string& mnt() const { return mnt_; }
   std::string ref() const { return base_ + "/ref"; }
   pid_t daemon_pid() const { return pid_; }
 
   // Unmounts now and waits for the daemon; returns its exit status (as waitpid).
+  // Also clears the stale mount of a daemon that was killed.
   int Unmount();
 
  private:
   MountedCachefs() = default;
+  // Runs `argv` (stderr to `log` if set) and waits for mnt_ to be mounted.
+  bool Spawn(std::vector<std::string> argv, const std::string& log);
   std::string base_;
+  std::string src_;
+  std::string mnt_;
   pid_t pid_ = -1;
   bool mounted_ = false;
 };
+
+// bench/slowfs, the slow store that counts what reaches it, as a child
+// process (`slowfs -f SOURCE MOUNTPOINT ARGS`). The destructor unmounts it,
+// waits for it and removes the tree it made (as MountedCachefs does).
+class MountedSlowfs {
+ public:
+  // Over base/src on base/mnt, both fresh. Fails the current test (and
+  // returns nullptr) if the mount does not come up.
+  static std::unique_ptr<MountedSlowfs> Start(const std::vector<std::string>& args = {});
+  // Over the existing `src` on the existing `mnt`, which are left in place.
+  static std::unique_ptr<MountedSlowfs> StartAt(const std::string& src, const std::string& mnt,
+                                                const std::vector<std::string>& args = {});
+  ~MountedSlowfs();
+  MountedSlowfs(const MountedSlowfs&) = delete;
+  MountedSlowfs& operator=(const MountedSlowfs&) = delete;
+
+  const std::string& src() const { return src_; }
+  const std::string& mnt() const { return mnt_; }
+
+  // Unmounts now and waits for slowfs; returns its exit status (as waitpid).
+  int Unmount();
+
+ private:
+  MountedSlowfs() = default;
+  bool Spawn(const std::vector<std::string>& args);
+  std::string base_;  // owned tree, or empty
+  std::string src_;
+  std::string mnt_;
+  pid_t pid_ = -1;
+  bool mounted_ = false;
+};
+
+// The path of the slowfs binary.
+std::string SlowfsBinary();
+// slowfs's counters (`user.slowfs.stats` of its mount root), by name.
+using SlowfsStats = std::map<std::string, uint64_t>;
+// The counter names, in the order of the stats line.
+extern const std::vector<std::string> kSlowfsStatNames;
+// The stats line of the slowfs mounted on `mnt` ("" and a test failure if
+// there is none).
+std::string SlowfsStatsLine(const std::string& mnt);
+// The counters of the slowfs mounted on `mnt`; fails the test unless the
+// line has exactly the documented fields, in order.
+SlowfsStats ReadSlowfsStats(const std::string& mnt);
+// after - before, per counter.
+SlowfsStats SlowfsDelta(const SlowfsStats& before, const SlowfsStats& after);
 
 // The path of the cachefs binary under test.
 std::string CachefsBinary();

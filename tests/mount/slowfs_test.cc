@@ -5,8 +5,6 @@
 // kernel sends no revalidation requests of its own between two readings.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -15,12 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <map>
-#include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,144 +28,10 @@ using std::chrono::milliseconds;
 
 constexpr char kStats[] = "user.slowfs.stats";
 constexpr char kReset[] = "user.slowfs.reset";
-const std::vector<std::string> kStatNames = {"reads",   "read_bytes", "writes", "write_bytes",
-                                             "lookups", "getattrs",   "opens",  "fsyncs"};
 // Counter tests: the kernel caches attributes and names for the whole test.
 const std::vector<std::string> kQuietKernel = {"-o", "attr_timeout=3600,entry_timeout=3600"};
 
-std::string SlowfsBinary() {
-  const char* b = std::getenv("SLOWFS_BIN");
-  return b != nullptr ? b : SLOWFS_BIN_DEFAULT;
-}
-
-bool WaitFor(const std::function<bool()>& cond, milliseconds limit) {
-  auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return cond();
-}
-
-// `slowfs -f base/src base/mnt ARGS` as a child; the destructor unmounts it,
-// waits for it and removes the tree (as MountedCachefs does).
-class MountedSlowfs {
- public:
-  static std::unique_ptr<MountedSlowfs> Start(const std::vector<std::string>& args = {}) {
-    std::unique_ptr<MountedSlowfs> m(new MountedSlowfs());
-    m->base_ = MakeTempDir("slowfs");
-    if (m->base_.empty()) return nullptr;
-    mkdir(m->src().c_str(), 0755);
-    mkdir(m->mnt().c_str(), 0755);
-    std::vector<std::string> argv_s = {SlowfsBinary(), "-f", m->src(), m->mnt()};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    argv.reserve(argv_s.size() + 1);
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = fork();
-    if (pid == 0) {
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    m->pid_ = pid;
-    std::string mnt = m->mnt();
-    WaitFor(
-        [&] {
-          int st;
-          if (waitpid(pid, &st, WNOHANG) == pid) {
-            m->pid_ = -1;
-            return true;  // died: stop waiting
-          }
-          return IsMountPoint(mnt);
-        },
-        std::chrono::seconds(10));
-    if (m->pid_ < 0 || !IsMountPoint(mnt)) {
-      ADD_FAILURE() << "slowfs did not mount " << mnt;
-      return nullptr;  // the destructor cleans up
-    }
-    m->mounted_ = true;
-    return m;
-  }
-
-  ~MountedSlowfs() {
-    Unmount();
-    if (!base_.empty()) RemoveTree(base_);
-  }
-  MountedSlowfs(const MountedSlowfs&) = delete;
-  MountedSlowfs& operator=(const MountedSlowfs&) = delete;
-
-  std::string src() const { return base_ + "/src"; }
-  std::string mnt() const { return base_ + "/mnt"; }
-
-  // Unmounts now and waits for slowfs; returns its exit status (as waitpid).
-  int Unmount() {
-    int status = -1;
-    if (mounted_ || (pid_ > 0 && IsMountPoint(mnt()))) {
-      std::string cmd = "fusermount3 -u -z '" + mnt() + "' 2>/dev/null";
-      if (std::system(cmd.c_str()) != 0) umount2(mnt().c_str(), MNT_DETACH);
-      mounted_ = false;
-    }
-    if (pid_ > 0) {
-      bool gone = WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; },
-                          std::chrono::seconds(10));
-      if (!gone) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        ADD_FAILURE() << "slowfs did not exit after unmount";
-      }
-      pid_ = -1;
-    }
-    return status;
-  }
-
- private:
-  MountedSlowfs() = default;
-  std::string base_;
-  pid_t pid_ = -1;
-  bool mounted_ = false;
-};
-
-using Stats = std::map<std::string, uint64_t>;
-
-// The stats line of the slowfs mounted on `mnt` ("" and a test failure if
-// there is none).
-std::string StatsLine(const std::string& mnt) {
-  char buf[512];
-  ssize_t n = getxattr(mnt.c_str(), kStats, buf, sizeof(buf));
-  EXPECT_GT(n, 0) << "getxattr " << kStats << ": " << std::strerror(errno);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
-}
-
-// The counters of the slowfs mounted on `mnt`; fails the test unless the
-// line has exactly the documented fields, in order.
-Stats ReadStats(const std::string& mnt) {
-  std::string line = StatsLine(mnt);
-  Stats stats;
-  std::istringstream in(line);
-  std::vector<std::string> names;
-  std::string field;
-  while (in >> field) {
-    size_t eq = field.find('=');
-    EXPECT_NE(eq, std::string::npos) << field;
-    if (eq == std::string::npos) continue;
-    names.push_back(field.substr(0, eq));
-    stats[names.back()] = std::stoull(field.substr(eq + 1));
-  }
-  EXPECT_EQ(names, kStatNames) << line;
-  return stats;
-}
-
-// after - before, per counter.
-Stats Delta(const Stats& before, const Stats& after) {
-  Stats d;
-  for (const std::string& name : kStatNames) {
-    auto b = before.find(name);
-    auto a = after.find(name);
-    d[name] = (a == after.end() ? 0 : a->second) - (b == before.end() ? 0 : b->second);
-  }
-  return d;
-}
+using Stats = SlowfsStats;
 
 std::string Pattern(size_t size, int seed) {
   std::string data(size, '\0');
@@ -209,7 +68,7 @@ TEST(SlowfsStats, ReadOfOneMiBCountsOneMiB) {
   ASSERT_NE(m, nullptr);
   const std::string data = Pattern(1 << 20, 5);
   WriteFile(m->src() + "/big", data);
-  Stats before = ReadStats(m->mnt());
+  Stats before = ReadSlowfsStats(m->mnt());
   int fd = OpenUncached(m->mnt() + "/big");
   ASSERT_GE(fd, 0);
   std::string got(data.size(), '\0');
@@ -221,7 +80,7 @@ TEST(SlowfsStats, ReadOfOneMiBCountsOneMiB) {
   }
   close(fd);
   EXPECT_TRUE(got == data);
-  Stats d = Delta(before, ReadStats(m->mnt()));
+  Stats d = SlowfsDelta(before, ReadSlowfsStats(m->mnt()));
   EXPECT_GE(d["reads"], 1u);
   EXPECT_GE(d["read_bytes"], 1u << 20);
   EXPECT_LE(d["read_bytes"], (1u << 20) + (128u << 10));  // a stray readahead at most
@@ -237,10 +96,10 @@ TEST(SlowfsStats, WritesAndFsyncsAreCounted) {
   int fd = open((m->mnt() + "/new").c_str(), O_CREAT | O_WRONLY, 0644);
   ASSERT_GE(fd, 0) << std::strerror(errno);
   const std::string data = Pattern(256 << 10, 9);
-  Stats before = ReadStats(m->mnt());
+  Stats before = ReadSlowfsStats(m->mnt());
   EXPECT_EQ(pwrite(fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
   EXPECT_EQ(fsync(fd), 0);
-  Stats d = Delta(before, ReadStats(m->mnt()));
+  Stats d = SlowfsDelta(before, ReadSlowfsStats(m->mnt()));
   close(fd);
   EXPECT_GE(d["writes"], 1u);
   EXPECT_EQ(d["write_bytes"], data.size());
@@ -256,19 +115,19 @@ TEST(SlowfsStats, ResetZeroesEveryCounter) {
   EXPECT_EQ(ReadFile(m->mnt() + "/f").size(), 64u << 10);
   struct stat st;
   ASSERT_EQ(stat(m->mnt().c_str(), &st), 0);  // root attributes cached from now on
-  Stats s = ReadStats(m->mnt());
+  Stats s = ReadSlowfsStats(m->mnt());
   EXPECT_GT(s["reads"], 0u);
   EXPECT_GT(s["read_bytes"], 0u);
   EXPECT_GT(s["lookups"], 0u);
   EXPECT_GT(s["opens"], 0u);
   ASSERT_EQ(setxattr(m->mnt().c_str(), kReset, "1", 1, 0), 0) << std::strerror(errno);
-  for (const auto& [name, value] : ReadStats(m->mnt())) EXPECT_EQ(value, 0u) << name;
+  for (const auto& [name, value] : ReadSlowfsStats(m->mnt())) EXPECT_EQ(value, 0u) << name;
   // The documented command line gives the same single line. (Its stat of
   // the root may cost a getattr: the setxattr changed the root's ctime.)
   CommandResult r =
       RunCommand("getfattr --absolute-names --only-values -n user.slowfs.stats '" + m->mnt() + "'");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(r.output, StatsLine(m->mnt()));
+  EXPECT_EQ(r.output, SlowfsStatsLine(m->mnt()));
   EXPECT_EQ(r.output.rfind("reads=0 read_bytes=0 writes=0 write_bytes=0 lookups=0 getattrs=", 0),
             0u)
       << r.output;
@@ -311,7 +170,7 @@ TEST(SlowfsDelay, LatencyDelaysASingleRead) {
   WriteFile(m->src() + "/small", data);
   int fd = OpenUncached(m->mnt() + "/small");
   ASSERT_GE(fd, 0);
-  Stats before = ReadStats(m->mnt());
+  Stats before = ReadSlowfsStats(m->mnt());
   std::string got(4096, '\0');
   auto start = Clock::now();
   ssize_t n = pread(fd, got.data(), got.size(), 0);
@@ -321,7 +180,7 @@ TEST(SlowfsDelay, LatencyDelaysASingleRead) {
   EXPECT_TRUE(got == data);
   EXPECT_GE(elapsed, milliseconds(20));
   // ...and the time went to the one read request, nothing else.
-  Stats d = Delta(before, ReadStats(m->mnt()));
+  Stats d = SlowfsDelta(before, ReadSlowfsStats(m->mnt()));
   EXPECT_EQ(d["reads"], 1u);
   EXPECT_EQ(d["getattrs"], 0u);
   EXPECT_EQ(d["lookups"], 0u);
@@ -342,7 +201,7 @@ TEST(SlowfsDelay, BandwidthIsOneSharedLink) {
   int fb = OpenUncached(m->mnt() + "/b");
   ASSERT_GE(fa, 0);
   ASSERT_GE(fb, 0);
-  Stats before = ReadStats(m->mnt());
+  Stats before = ReadSlowfsStats(m->mnt());
   std::string got_a(a.size(), '\0');
   std::string got_b(b.size(), '\0');
   ssize_t na = 0;
@@ -359,7 +218,7 @@ TEST(SlowfsDelay, BandwidthIsOneSharedLink) {
   EXPECT_EQ(nb, static_cast<ssize_t>(b.size()));
   EXPECT_TRUE(got_a == a);
   EXPECT_TRUE(got_b == b);
-  EXPECT_EQ(Delta(before, ReadStats(m->mnt()))["read_bytes"], 256u << 10);
+  EXPECT_EQ(SlowfsDelta(before, ReadSlowfsStats(m->mnt()))["read_bytes"], 256u << 10);
   EXPECT_GE(elapsed, milliseconds(250));
 }
 

@@ -1,0 +1,595 @@
+// The block cache seen from outside: cachefs mounted over slowfs, whose
+// counters say how many bytes reached the slow store, so that every test can
+// tell whether data came from the cache or from SOURCE.
+//
+// Layout of each test (under its own temporary directory `base`):
+//   base/slow      the slow store's data, a plain directory
+//   base/slowmnt   slowfs over base/slow: SOURCE of cachefs
+//   base/mnt       cachefs over base/slowmnt
+//   base/cache     the cache directory (64M of 64K blocks unless a test says)
+//   base/daemon.log  cachefs's stderr (it runs with -f)
+// The kernel's pages of a cachefs file are dropped at every open (cachefs
+// replies keep_cache=0), so each read below opens the file anew.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/mount/mount_fixture.h"
+
+namespace cachefs::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kBlockSize = 64 << 10;
+constexpr uint64_t kCacheSize = 64 << 20;
+constexpr size_t kFileSize = 4 << 20;
+constexpr size_t kMiB = 1 << 20;
+
+std::string Pattern(size_t size, int seed) {
+  std::string data(size, '\0');
+  for (size_t i = 0; i < size; ++i) {
+    data[i] = static_cast<char>((i * 131 + static_cast<size_t>(seed) * 7 + i / 4093) & 0xff);
+  }
+  return data;
+}
+
+std::string Quote(const std::string& s) { return "'" + s + "'"; }
+
+// Reads the whole of `path` through a fresh descriptor, with none of its
+// pages left in the kernel's cache ("" and a test failure on error).
+std::string ReadFresh(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY);
+  EXPECT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  if (fd < 0) return "";
+  EXPECT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  std::string data;
+  char buf[256 << 10];
+  while (true) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    EXPECT_GE(n, 0) << path << ": " << std::strerror(errno);
+    if (n <= 0) break;
+    data.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return data;
+}
+
+// Replaces the contents of `path` in place (same inode), as an outside
+// writer of the slow store would.
+void Rewrite(const std::string& path, const std::string& data) {
+  int fd = open(path.c_str(), O_WRONLY | O_TRUNC);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  EXPECT_EQ(write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  EXPECT_EQ(close(fd), 0);
+}
+
+// gtest prints mismatching strings in full; 4 MiB of them help nobody.
+::testing::AssertionResult SameData(const std::string& got, const std::string& want) {
+  if (got == want) return ::testing::AssertionSuccess();
+  size_t i = 0;
+  while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
+  return ::testing::AssertionFailure() << "got " << got.size() << " bytes, want " << want.size()
+                                       << "; first difference at byte " << i;
+}
+
+size_t CountLines(const std::string& s) { return std::count(s.begin(), s.end(), '\n'); }
+
+// A tmpfs mounted for the lifetime of the object (unmounted on every path).
+class TmpfsMount {
+ public:
+  TmpfsMount(const std::string& path, const std::string& options) : path_(path) {
+    mkdir(path.c_str(), 0755);
+    mounted_ = mount("tmpfs", path.c_str(), "tmpfs", 0, options.c_str()) == 0;
+    EXPECT_TRUE(mounted_) << "mount tmpfs on " << path << ": " << std::strerror(errno);
+  }
+  ~TmpfsMount() {
+    if (mounted_) umount2(path_.c_str(), MNT_DETACH);
+  }
+  TmpfsMount(const TmpfsMount&) = delete;
+  TmpfsMount& operator=(const TmpfsMount&) = delete;
+  bool mounted() const { return mounted_; }
+
+ private:
+  std::string path_;
+  bool mounted_ = false;
+};
+
+// slowfs over base/slow and cachefs over slowfs, both unmounted (cachefs
+// first) when the test ends, however it ends.
+class CacheFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    base_ = MakeTempDir("cache");
+    ASSERT_FALSE(base_.empty());
+    for (const std::string& d : {slow(), slowmnt(), mnt()}) mkdir(d.c_str(), 0755);
+    ASSERT_TRUE(MountSlowfs());
+  }
+
+  void TearDown() override {
+    cachefs_.reset();
+    slowfs_.reset();
+    if (!base_.empty()) RemoveTree(base_);
+  }
+
+  std::string slow() const { return base_ + "/slow"; }
+  std::string slowmnt() const { return base_ + "/slowmnt"; }
+  std::string mnt() const { return base_ + "/mnt"; }
+  std::string cache() const { return base_ + "/cache"; }
+  std::string log() const { return base_ + "/daemon.log"; }
+  std::string store() const { return cache() + "/store"; }
+
+  // The cache options of every mount of this test's cache.
+  std::vector<std::string> CacheArgs() const {
+    return {"--cache=" + cache(), "--cache_size=" + std::to_string(cache_size_ >> 10) + "K",
+            "--block_size=" + std::to_string(kBlockSize >> 10) + "K"};
+  }
+
+  bool MountSlowfs() {
+    slowfs_ = MountedSlowfs::StartAt(slow(), slowmnt());
+    return slowfs_ != nullptr;
+  }
+
+  // Mounts cachefs over slowfs with the test's cache and `extra` options.
+  bool MountCachefs(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = CacheArgs();
+    args.insert(args.end(), extra.begin(), extra.end());
+    cachefs_ = MountedCachefs::StartAt(slowmnt(), mnt(), args, log());
+    return cachefs_ != nullptr;
+  }
+
+  // Unmounts cachefs and expects the daemon to exit with status 0.
+  void UnmountCachefs() {
+    ASSERT_NE(cachefs_, nullptr);
+    int status = cachefs_->Unmount();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "cachefs status " << status;
+    EXPECT_FALSE(IsMountPoint(mnt()));
+    cachefs_.reset();
+  }
+
+  // Bytes slowfs has served to readers since it was mounted.
+  uint64_t SlowReadBytes() { return ReadSlowfsStats(slowmnt())["read_bytes"]; }
+
+  // Reads `name` through cachefs; returns its contents and sets `*slow_bytes`
+  // to the bytes that slowfs served meanwhile.
+  std::string ReadThroughCache(const std::string& name, uint64_t* slow_bytes) {
+    uint64_t before = SlowReadBytes();
+    std::string data = ReadFresh(mnt() + "/" + name);
+    *slow_bytes = SlowReadBytes() - before;
+    return data;
+  }
+
+  // Writes a 4 MiB file into the slow store, reads it through cachefs once
+  // (filling the cache) and checks that it all came from slowfs.
+  std::string WarmUp(const std::string& name) {
+    std::string data = Pattern(kFileSize, static_cast<int>(name.size()));
+    WriteFile(slow() + "/" + name, data);
+    uint64_t slow_bytes = 0;
+    EXPECT_TRUE(SameData(ReadThroughCache(name, &slow_bytes), data));
+    EXPECT_GE(slow_bytes, kFileSize) << "the first read must come from the slow store";
+    return data;
+  }
+
+  std::string DaemonLog() const {
+    struct stat st;
+    return stat(log().c_str(), &st) == 0 ? ReadFile(log()) : "";
+  }
+
+  // Runs cachefs (detaching, as a user would) with `args` over `source` on
+  // `mountpoint`, expecting it to fail. Should it mount after all, the mount
+  // is taken down again and the test fails.
+  CommandResult RunFailingMount(const std::string& source, const std::string& mountpoint,
+                                const std::vector<std::string>& args) {
+    std::string cmd =
+        "timeout 20 " + Quote(CachefsBinary()) + " " + Quote(source) + " " + Quote(mountpoint);
+    for (const std::string& a : args) cmd += " " + Quote(a);
+    CommandResult r = RunCommand(cmd);
+    if (IsMountPoint(mountpoint)) {
+      ADD_FAILURE() << "cachefs mounted " << mountpoint << " although it should not: " << cmd;
+      RunCommand("fusermount3 -u -z " + Quote(mountpoint));
+    }
+    return r;
+  }
+
+  // A failed mount: non-zero exit, one line naming `mentions`, nothing mounted.
+  void ExpectOneLineFailure(const CommandResult& r, const std::string& mountpoint,
+                            const std::string& mentions) {
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_EQ(CountLines(r.output), 1u) << r.output;
+    EXPECT_EQ(r.output.rfind("cachefs: ", 0), 0u) << r.output;
+    EXPECT_NE(r.output.find(mentions), std::string::npos)
+        << "expected \"" << mentions << "\" in: " << r.output;
+    EXPECT_FALSE(IsMountPoint(mountpoint));
+  }
+
+  std::string base_;
+  uint64_t cache_size_ = kCacheSize;
+  std::unique_ptr<MountedSlowfs> slowfs_;
+  std::unique_ptr<MountedCachefs> cachefs_;
+};
+
+// --- 1. hits ------------------------------------------------------------------
+
+class CacheHits : public CacheFixture {};
+
+TEST_F(CacheHits, SecondReadCostsTheSlowStoreNothing) {
+  ASSERT_TRUE(MountCachefs());
+  const std::string data = WarmUp("f");
+  uint64_t slow_bytes = 1;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+  // Reads that do not start at a block boundary are hits too.
+  int fd = open((mnt() + "/f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  uint64_t before = SlowReadBytes();
+  std::string part(300000, '\0');
+  const off_t off = 3 * kBlockSize + 12345;
+  EXPECT_EQ(pread(fd, part.data(), part.size(), off), static_cast<ssize_t>(part.size()));
+  close(fd);
+  EXPECT_TRUE(SameData(part, data.substr(static_cast<size_t>(off), part.size())));
+  EXPECT_EQ(SlowReadBytes() - before, 0u);
+}
+
+// --- 2-4. the cache stays warm ---------------------------------------------------
+
+class CacheWarm : public CacheFixture {};
+
+TEST_F(CacheWarm, AfterCleanUnmountAndRemount) {
+  ASSERT_TRUE(MountCachefs());
+  const std::string data = WarmUp("f");
+  UnmountCachefs();
+  ASSERT_TRUE(MountCachefs());
+  uint64_t slow_bytes = 1;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+}
+
+TEST_F(CacheWarm, AfterKill9OfTheDaemon) {
+  ASSERT_TRUE(MountCachefs());
+  const std::string data = WarmUp("f");
+  ASSERT_EQ(kill(cachefs_->daemon_pid(), SIGKILL), 0);
+  // Clears the stale mount (fusermount3 -u -z) and reaps the daemon.
+  int status = cachefs_->Unmount();
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "status " << status;
+  cachefs_.reset();
+  ASSERT_FALSE(IsMountPoint(mnt()));
+  ASSERT_TRUE(MountCachefs());
+  uint64_t slow_bytes = 1;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+  EXPECT_NE(DaemonLog().find("not shut down cleanly"), std::string::npos) << DaemonLog();
+}
+
+TEST_F(CacheWarm, AfterTheSlowStoreIsMountedAgain) {
+  ASSERT_TRUE(MountCachefs());
+  const std::string data = WarmUp("f");
+  struct stat first;
+  ASSERT_EQ(stat((slowmnt() + "/f").c_str(), &first), 0);
+  UnmountCachefs();
+  ASSERT_EQ(slowfs_->Unmount(), 0);
+  slowfs_.reset();
+  {
+    // The kernel hands out the lowest free anonymous device number, which
+    // would be slowfs's old one: hold it with a tmpfs meanwhile, so that the
+    // new mount gets a new st_dev as a remount of NFS or sshfs would.
+    TmpfsMount placeholder(base_ + "/placeholder", "size=64K");
+    ASSERT_TRUE(placeholder.mounted());
+    ASSERT_TRUE(MountSlowfs());
+  }
+  struct stat second;
+  ASSERT_EQ(stat((slowmnt() + "/f").c_str(), &second), 0);
+  EXPECT_NE(first.st_dev, second.st_dev) << "a new FUSE mount of the slow store";
+  ASSERT_TRUE(MountCachefs());
+  uint64_t slow_bytes = 1;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+}
+
+// A rename through the mount keeps the cached blocks under the new name
+// (contract 4: the path is kept current), in this mount and the next.
+TEST_F(CacheWarm, AfterRenameThroughTheMount) {
+  ASSERT_TRUE(MountCachefs());
+  const std::string data = WarmUp("f");
+  ASSERT_EQ(rename((mnt() + "/f").c_str(), (mnt() + "/g").c_str()), 0) << std::strerror(errno);
+  uint64_t slow_bytes = 1;
+  EXPECT_TRUE(SameData(ReadThroughCache("g", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+  UnmountCachefs();
+  ASSERT_TRUE(MountCachefs());
+  slow_bytes = 1;
+  EXPECT_TRUE(SameData(ReadThroughCache("g", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+}
+
+// --- 5. changes made in the slow store behind cachefs's back -----------------------
+
+class CacheInvalidation : public CacheFixture {
+ protected:
+  // Re-opens and reads `name` through cachefs until it reads `want`, for at
+  // most attr_timeout (1 s) plus a margin for a slow machine; returns
+  // whether it did, and in `*reads` how many re-opens that took.
+  bool SeesWithinAttrTimeout(const std::string& name, const std::string& want, int* reads) {
+    auto deadline = Clock::now() + std::chrono::milliseconds(1500);
+    *reads = 0;
+    while (true) {
+      std::string got = ReadFresh(mnt() + "/" + name);
+      ++*reads;
+      if (got == want) return true;
+      if (Clock::now() > deadline) {
+        ADD_FAILURE() << SameData(got, want).message();
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+};
+
+TEST_F(CacheInvalidation, ChangeInTheSlowStoresDirectoryIsSeenAtReopen) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
+  WarmUp("f");
+  // Shorter, as long, then longer than the cached file, with other contents each time.
+  const size_t sizes[] = {kFileSize - 3 * kBlockSize - 100, kFileSize - 3 * kBlockSize - 100,
+                          kFileSize + 5 * kBlockSize + 7};
+  for (int round = 0; round < 3; ++round) {
+    const size_t size = sizes[round];
+    SCOPED_TRACE("round " + std::to_string(round) + ", new size " + std::to_string(size));
+    const std::string changed = Pattern(size, 40 + round);
+    uint64_t before = SlowReadBytes();
+    Rewrite(slow() + "/f", changed);
+    int reads = 0;
+    EXPECT_TRUE(SeesWithinAttrTimeout("f", changed, &reads));
+    EXPECT_EQ(reads, 1) << "close-to-open: the first re-open sees the change";
+    EXPECT_GE(SlowReadBytes() - before, size) << "the new contents come from the slow store";
+    uint64_t slow_bytes = 1;
+    EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), changed));
+    EXPECT_EQ(slow_bytes, 0u) << "the new contents are cached in turn";
+  }
+}
+
+TEST_F(CacheInvalidation, ChangeThroughTheSlowfsMountIsSeenAtReopen) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
+  WarmUp("f");
+  const std::string changed = Pattern(kFileSize / 2 + 999, 77);
+  Rewrite(slowmnt() + "/f", changed);
+  int reads = 0;
+  EXPECT_TRUE(SeesWithinAttrTimeout("f", changed, &reads));
+  EXPECT_EQ(reads, 1) << "close-to-open: the first re-open sees the change";
+}
+
+// A handle opened before the change sees it once attr_timeout has passed.
+TEST_F(CacheInvalidation, ChangeIsSeenThroughAnOpenHandleWithinAttrTimeout) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
+  const std::string data = WarmUp("f");
+  int fd = open((mnt() + "/f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  std::string got(kFileSize, '\0');
+  EXPECT_EQ(pread(fd, got.data(), got.size(), 0), static_cast<ssize_t>(got.size()));
+  EXPECT_TRUE(SameData(got, data));
+  const std::string changed = Pattern(kFileSize - kBlockSize, 55);  // other size, other bytes
+  Rewrite(slow() + "/f", changed);
+  auto start = Clock::now();
+  bool seen = false;
+  while (!seen && Clock::now() - start < std::chrono::milliseconds(2500)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    got.assign(kFileSize, '\0');
+    ssize_t n = pread(fd, got.data(), got.size(), 0);
+    got.resize(static_cast<size_t>(std::max<ssize_t>(n, 0)));
+    seen = got == changed;
+  }
+  close(fd);
+  EXPECT_TRUE(seen)
+      << "still " << SameData(got, changed).message() << " after "
+      << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()
+      << " ms";
+}
+
+TEST_F(CacheInvalidation, ChangeWhileUnmountedIsSeenAtTheNextMount) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
+  WarmUp("f");
+  UnmountCachefs();
+  const std::string changed = Pattern(kFileSize + 4096 + 1, 21);
+  Rewrite(slow() + "/f", changed);
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
+  uint64_t slow_bytes = 0;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), changed));
+  EXPECT_GE(slow_bytes, changed.size());
+}
+
+// --- 6. writes through cachefs ------------------------------------------------------
+
+class CacheWrites : public CacheFixture {};
+
+TEST_F(CacheWrites, WriteIntoACachedFileIsReadBackAndReachesTheSlowStore) {
+  ASSERT_TRUE(MountCachefs());
+  std::string data = WarmUp("f");
+  // 10000 bytes across the boundary of blocks 1 and 2.
+  const std::string patch = Pattern(10000, 99);
+  const size_t off = 2 * kBlockSize - 3000;
+  int fd = open((mnt() + "/f").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(pwrite(fd, patch.data(), patch.size(), static_cast<off_t>(off)),
+            static_cast<ssize_t>(patch.size()));
+  EXPECT_EQ(close(fd), 0);
+  data.replace(off, patch.size(), patch);
+  EXPECT_TRUE(SameData(ReadFile(slow() + "/f"), data)) << "the slow store holds the write";
+  uint64_t slow_bytes = 0;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  // Only the blocks the write touched are fetched again (plus the slow
+  // store's own readahead at most), not the whole file.
+  EXPECT_LE(slow_bytes, 2 * kBlockSize + (128 << 10));
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+  // cachefs's own write is not mistaken for an outside change at the next
+  // mount: the file stays warm.
+  UnmountCachefs();
+  ASSERT_TRUE(MountCachefs());
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+}
+
+// Contract 3 (a crash gives back every clean block) and 5 (cachefs's own
+// writes refresh the fingerprint in the same batch): after a write through
+// the mount and a kill -9, only the blocks the write touched are gone.
+TEST_F(CacheWrites, OwnWriteKeepsTheRestOfTheFileWarmAcrossKill9) {
+  ASSERT_TRUE(MountCachefs());
+  std::string data = WarmUp("f");
+  const std::string patch = Pattern(5000, 98);
+  const size_t off = 7 * kBlockSize + 100;
+  int fd = open((mnt() + "/f").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(pwrite(fd, patch.data(), patch.size(), static_cast<off_t>(off)),
+            static_cast<ssize_t>(patch.size()));
+  data.replace(off, patch.size(), patch);
+  // The daemon dies with the file still open: the write was acknowledged,
+  // so everything it changed in the cache must already be recorded.
+  ASSERT_EQ(kill(cachefs_->daemon_pid(), SIGKILL), 0);
+  cachefs_->Unmount();
+  cachefs_.reset();
+  close(fd);
+  EXPECT_TRUE(SameData(ReadFile(slow() + "/f"), data));
+  ASSERT_TRUE(MountCachefs());
+  uint64_t slow_bytes = 0;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_LE(slow_bytes, kBlockSize + (128 << 10))
+      << "the whole file was fetched again, not just the block the write touched";
+}
+
+// --- 7. corruption of the store ---------------------------------------------------
+
+class CacheCorruption : public CacheFixture {};
+
+TEST_F(CacheCorruption, FlippedStoreBytesAreDetectedAndRefetched) {
+  ASSERT_TRUE(MountCachefs());
+  const std::string data = WarmUp("f");
+  UnmountCachefs();
+  // Flip a byte in the first sub-block of every slot.
+  int fd = open(store().c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << store() << ": " << std::strerror(errno);
+  for (uint64_t slot = 0; slot < kCacheSize / kBlockSize; ++slot) {
+    off_t at = static_cast<off_t>(slot * kBlockSize + 100);
+    unsigned char c;
+    ASSERT_EQ(pread(fd, &c, 1, at), 1);
+    c ^= 0xff;
+    ASSERT_EQ(pwrite(fd, &c, 1, at), 1);
+  }
+  close(fd);
+  ASSERT_TRUE(MountCachefs());
+  uint64_t slow_bytes = 0;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_GE(slow_bytes, kFileSize) << "every block was corrupt and must be refetched";
+  EXPECT_NE(DaemonLog().find("CRC mismatch"), std::string::npos) << DaemonLog();
+  // The refetched blocks are good hits again.
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  EXPECT_EQ(slow_bytes, 0u);
+}
+
+// --- 8. bad input for the cache ------------------------------------------------------
+
+class CacheBadInput : public CacheFixture {};
+
+TEST_F(CacheBadInput, SecondMountOfTheSameCacheIsRefused) {
+  ASSERT_TRUE(MountCachefs());
+  const std::string mnt2 = base_ + "/mnt2";
+  mkdir(mnt2.c_str(), 0755);
+  CommandResult r = RunFailingMount(slowmnt(), mnt2, CacheArgs());
+  ExpectOneLineFailure(r, mnt2, "in use");
+  // The first mount is unharmed.
+  WriteFile(slow() + "/f", "still here");
+  EXPECT_EQ(ReadFile(mnt() + "/f"), "still here");
+}
+
+TEST_F(CacheBadInput, OptionsFixedAtFormatMustMatch) {
+  ASSERT_TRUE(MountCachefs());
+  UnmountCachefs();
+  struct Case {
+    std::string option;
+    std::string names;
+  };
+  for (const Case& c :
+       {Case{"--block_size=128K", "block_size"}, Case{"--cache_size=32M", "cache_size"}}) {
+    std::vector<std::string> args = {"--cache=" + cache(), c.option};
+    CommandResult r = RunFailingMount(slowmnt(), mnt(), args);
+    ExpectOneLineFailure(r, mnt(), c.names);
+  }
+  // The cache itself is unharmed by the refusals.
+  ASSERT_TRUE(MountCachefs());
+}
+
+TEST_F(CacheBadInput, CacheOfAnotherSourceIsRefusedUntilReformat) {
+  ASSERT_TRUE(MountCachefs());
+  UnmountCachefs();
+  const std::string other = base_ + "/other";
+  mkdir(other.c_str(), 0755);
+  WriteFile(other + "/g", "other source");
+  CommandResult r = RunFailingMount(other, mnt(), CacheArgs());
+  ExpectOneLineFailure(r, mnt(), "belongs to SOURCE");
+  std::vector<std::string> args = CacheArgs();
+  args.push_back("--reformat");
+  cachefs_ = MountedCachefs::StartAt(other, mnt(), args, log());
+  ASSERT_NE(cachefs_, nullptr);
+  EXPECT_EQ(ReadFile(mnt() + "/g"), "other source");
+  UnmountCachefs();
+  // Now the cache is the other source's: slowfs's is the stranger.
+  r = RunFailingMount(slowmnt(), mnt(), CacheArgs());
+  ExpectOneLineFailure(r, mnt(), "belongs to SOURCE");
+}
+
+TEST_F(CacheBadInput, MissingStoreFileIsRefused) {
+  ASSERT_TRUE(MountCachefs());
+  UnmountCachefs();
+  ASSERT_EQ(unlink(store().c_str()), 0) << std::strerror(errno);
+  CommandResult r = RunFailingMount(slowmnt(), mnt(), CacheArgs());
+  ExpectOneLineFailure(r, mnt(), "--reformat");
+}
+
+TEST_F(CacheBadInput, CacheLargerThanItsDeviceIsRefused) {
+  TmpfsMount small(base_ + "/small", "size=8M,mode=0755");
+  ASSERT_TRUE(small.mounted());
+  const std::vector<std::string> args = {"--cache=" + base_ + "/small/cache", "--cache_size=64M",
+                                         "--block_size=64K"};
+  CommandResult r = RunFailingMount(slowmnt(), mnt(), args);
+  ExpectOneLineFailure(r, mnt(), "No space");
+  // Nothing half-made is left in the way: a cache that fits formats there.
+  cachefs_ = MountedCachefs::StartAt(
+      slowmnt(), mnt(),
+      {"--cache=" + base_ + "/small/cache", "--cache_size=1M", "--block_size=64K"}, log());
+  ASSERT_NE(cachefs_, nullptr);
+  WriteFile(slow() + "/f", "fits");
+  EXPECT_EQ(ReadFile(mnt() + "/f"), "fits");
+  UnmountCachefs();  // before the tmpfs under it goes
+}
+
+// --- 9. eviction ---------------------------------------------------------------------
+
+class CacheEviction : public CacheFixture {};
+
+TEST_F(CacheEviction, StoreStaysAtCacheSize) {
+  cache_size_ = kMiB;  // 16 blocks for a file of 64
+  ASSERT_TRUE(MountCachefs());
+  const std::string data = WarmUp("f");
+  uint64_t slow_bytes = 0;
+  EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), data));
+  // At most the 16 blocks the cache holds can be hits.
+  EXPECT_GE(slow_bytes, kFileSize - kMiB);
+  struct stat st;
+  ASSERT_EQ(stat(store().c_str(), &st), 0) << std::strerror(errno);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(kMiB));
+  EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, kMiB + (64 << 10));
+}
+
+}  // namespace
+}  // namespace cachefs::testing

@@ -38,6 +38,29 @@ bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds limit)
   return cond();
 }
 
+// Lazily unmounts `mnt` (if `mounted`, or if the daemon still has it up)
+// and waits for daemon `pid` to exit, killing it after 10 s. Returns its
+// waitpid status; clears `mounted` and `pid`.
+int UnmountAndReap(const std::string& mnt, bool& mounted, pid_t& pid, const char* what) {
+  int status = -1;
+  if (mounted || (pid > 0 && IsMountPoint(mnt))) {
+    std::string cmd = "fusermount3 -u -z '" + mnt + "' 2>/dev/null";
+    if (std::system(cmd.c_str()) != 0) umount2(mnt.c_str(), MNT_DETACH);
+    mounted = false;
+  }
+  if (pid > 0) {
+    bool gone =
+        WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; }, std::chrono::seconds(10));
+    if (!gone) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      ADD_FAILURE() << what << " did not exit after unmount";
+    }
+    pid = -1;
+  }
+  return status;
+}
+
 }  // namespace
 
 std::string CachefsBinary() {
@@ -176,25 +199,7 @@ bool MountedCachefs::Spawn(std::vector<std::string> argv_s, const std::string& l
   return true;
 }
 
-int MountedCachefs::Unmount() {
-  int status = -1;
-  if (mounted_) {
-    std::string cmd = "fusermount3 -u -z '" + mnt() + "' 2>/dev/null";
-    if (std::system(cmd.c_str()) != 0) umount2(mnt().c_str(), MNT_DETACH);
-    mounted_ = false;
-  }
-  if (pid_ > 0) {
-    bool gone =
-        WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, std::chrono::seconds(10));
-    if (!gone) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, &status, 0);
-      ADD_FAILURE() << "cachefs did not exit after unmount";
-    }
-    pid_ = -1;
-  }
-  return status;
-}
+int MountedCachefs::Unmount() { return UnmountAndReap(mnt(), mounted_, pid_, "cachefs"); }
 
 MountedCachefs::~MountedCachefs() {
   Unmount();
@@ -264,25 +269,7 @@ MountedSlowfs::~MountedSlowfs() {
   if (!base_.empty()) RemoveTree(base_);
 }
 
-int MountedSlowfs::Unmount() {
-  int status = -1;
-  if (mounted_ || (pid_ > 0 && IsMountPoint(mnt_))) {
-    std::string cmd = "fusermount3 -u -z '" + mnt_ + "' 2>/dev/null";
-    if (std::system(cmd.c_str()) != 0) umount2(mnt_.c_str(), MNT_DETACH);
-    mounted_ = false;
-  }
-  if (pid_ > 0) {
-    bool gone =
-        WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, std::chrono::seconds(10));
-    if (!gone) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, &status, 0);
-      ADD_FAILURE() << "slowfs did not exit after unmount";
-    }
-    pid_ = -1;
-  }
-  return status;
-}
+int MountedSlowfs::Unmount() { return UnmountAndReap(mnt_, mounted_, pid_, "slowfs"); }
 
 const std::vector<std::string> kSlowfsStatNames = {"reads",   "read_bytes", "writes", "write_bytes",
                                                    "lookups", "getattrs",   "opens",  "fsyncs"};

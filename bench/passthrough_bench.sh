@@ -35,13 +35,10 @@ Workloads (fio, psync engine, 1 job, buffered IO):
 EOF
 }
 
-die() {
-  echo "passthrough_bench: $*" >&2
-  exit 1
-}
-
 script_dir=$(cd "$(dirname "$0")" && pwd)
-repo_dir=$(cd "$script_dir/.." && pwd)
+bench_name=passthrough_bench
+# shellcheck source=bench/lib.sh
+source "$script_dir/lib.sh"
 
 runs=5
 size=2G
@@ -75,113 +72,28 @@ done
 
 # --- prerequisites -----------------------------------------------------------
 
-[ "$(id -u)" -eq 0 ] || die "run as root: every read run starts by dropping the page cache" \
-  "(echo 3 > /proc/sys/vm/drop_caches)"
-missing=()
-command -v fio >/dev/null || missing+=("fio (apt-get install fio)")
-command -v gcc >/dev/null || missing+=("gcc (apt-get install gcc)")
-command -v pkg-config >/dev/null || missing+=("pkg-config (apt-get install pkg-config)")
-command -v fusermount3 >/dev/null || missing+=("fusermount3 (apt-get install fuse3)")
-if command -v pkg-config >/dev/null && ! pkg-config --exists fuse3; then
-  missing+=("the fuse3 development files (apt-get install libfuse3-dev)")
-fi
-pt_src_dir=/usr/share/doc/libfuse3-dev/examples
-if [ ! -f "$pt_src_dir/passthrough_ll.c" ] && [ ! -f "$pt_src_dir/passthrough_ll.c.gz" ]; then
-  missing+=("$pt_src_dir/passthrough_ll.c (apt-get install libfuse3-dev)")
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "passthrough_bench: missing prerequisites; install them first:" >&2
-  for m in "${missing[@]}"; do echo "  - $m" >&2; done
-  echo "(the project's setup script installs fio)" >&2
-  exit 1
-fi
-[ -w /proc/sys/vm/drop_caches ] || die "cannot write /proc/sys/vm/drop_caches (in a container?)"
-[ -c /dev/fuse ] || die "/dev/fuse is missing (modprobe fuse)"
+bench_check_prerequisites
+cachefs_bin=$(bench_find_binary "$cachefs_bin" cmd/cachefs cachefs) || exit 1
+bench_check_fresh "$cachefs_bin"
 
-if [ -z "$cachefs_bin" ]; then
-  for c in "$repo_dir/build/cmd/cachefs" "$repo_dir"/build*/cmd/cachefs; do
-    if [ -x "$c" ]; then cachefs_bin=$c; break; fi
-  done
-fi
-{ [ -n "$cachefs_bin" ] && [ -x "$cachefs_bin" ]; } ||
-  die "no cachefs binary found; build it (meson setup build && ninja -C build) or pass --cachefs PATH"
-cachefs_bin=$(cd "$(dirname "$cachefs_bin")" && pwd)/$(basename "$cachefs_bin")
-
-[ -d "$base_dir" ] || die "--dir '$base_dir' is not a directory"
-fstype=$(findmnt -n -o FSTYPE --target "$base_dir" 2>/dev/null || stat -f -c %T "$base_dir")
-case "$fstype" in
-  tmpfs | ramfs | fuse* | nfs* | cifs | smb*)
-    die "'$base_dir' is on $fstype; pass --dir on a local disk filesystem" ;;
-esac
+bench_check_dir "$base_dir"
+fstype=$bench_fstype
 
 # --- set-up and cleanup ------------------------------------------------------
 
-work=$(mktemp -d "$base_dir/cachefs-bench.XXXXXX") || die "cannot create a directory in $base_dir"
+bench_make_work "$base_dir"
+work=$bench_work
 src=$work/src
 mnt_cachefs=$work/mnt-cachefs
 mnt_ptll=$work/mnt-passthrough_ll
 mkdir -p "$src" "$mnt_cachefs" "$mnt_ptll" "$work/bin"
-pids=()
-
-is_mounted() {
-  awk -v m="$1" '$2 == m {found = 1} END {exit !found}' /proc/mounts
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for m in "$mnt_cachefs" "$mnt_ptll"; do
-    if is_mounted "$m"; then
-      fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    fi
-  done
-  local p
-  for p in "${pids[@]}"; do
-    if kill -0 "$p" 2>/dev/null; then
-      kill -TERM "$p" 2>/dev/null
-      for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$p" 2>/dev/null
-    fi
-    wait "$p" 2>/dev/null
-  done
-  # Only once nothing is mounted on it may the tree go.
-  if ! is_mounted "$mnt_cachefs" && ! is_mounted "$mnt_ptll"; then
-    rm -rf "$work"
-  else
-    echo "passthrough_bench: a mount under $work is still there; not removing it" >&2
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Waits until MOUNTPOINT is a FUSE mount, or PID died, or 10 s passed.
-wait_mounted() {
-  local mnt=$1 pid=$2 name=$3
-  local deadline=$((SECONDS + 10))
-  while ! is_mounted "$mnt"; do
-    kill -0 "$pid" 2>/dev/null || die "$name exited before mounting (see $work/$name.log above)"
-    [ $SECONDS -lt $deadline ] || die "$name did not mount $mnt within 10 s"
-    sleep 0.05
-  done
-}
-
-log() { echo "[$(date +%T)] $*" >&2; }
+# Every exit path unmounts both mounts, ends both daemons (and a running fio)
+# and removes the work directory (bench/lib.sh).
+bench_install_traps
 
 # --- build passthrough_ll ----------------------------------------------------
 
-log "building passthrough_ll from $pt_src_dir"
-if [ -f "$pt_src_dir/passthrough_ll.c" ]; then
-  cp "$pt_src_dir/passthrough_ll.c" "$work/bin/"
-else
-  zcat "$pt_src_dir/passthrough_ll.c.gz" >"$work/bin/passthrough_ll.c"
-fi
-[ -f "$pt_src_dir/passthrough_helpers.h" ] && cp "$pt_src_dir/passthrough_helpers.h" "$work/bin/"
-# shellcheck disable=SC2046  # pkg-config's output is meant to be split
-(cd "$work/bin" && gcc -Wall passthrough_ll.c $(pkg-config --cflags --libs fuse3) \
-  -o "$work/bin/passthrough_ll") >"$work/gcc.log" 2>&1 ||
-  { cat "$work/gcc.log" >&2; die "cannot build passthrough_ll"; }
+bench_build_passthrough_ll "$work/bin"
 
 # --- the test file -----------------------------------------------------------
 
@@ -189,10 +101,7 @@ fi
 # workload through every path. fio writes it with non-zero data.
 testfile=bench.dat
 log "laying out $size test file in $src"
-fio --name=layout --filename="$src/$testfile" --size="$size" --rw=write --bs=1M \
-  --ioengine=psync --end_fsync=1 --output-format=terse >/dev/null ||
-  die "fio could not lay out the test file"
-sync
+bench_layout_file "$src/$testfile" "$size"
 
 # --- mounts --------------------------------------------------------------------
 
@@ -202,27 +111,17 @@ cachefs_cmd=("$cachefs_bin" -f "$src" "$mnt_cachefs" "--cache=$work/cache" "--ca
 ptll_cmd=("$work/bin/passthrough_ll" -f -o "source=$src" "$mnt_ptll")
 
 log "mounting cachefs: ${cachefs_cmd[*]}"
-"${cachefs_cmd[@]}" >"$work/cachefs.log" 2>&1 &
-pids+=($!)
-wait_mounted "$mnt_cachefs" $! cachefs
+bench_start_mount cachefs "$mnt_cachefs" "$work/cachefs.log" "${cachefs_cmd[@]}"
 log "mounting passthrough_ll: ${ptll_cmd[*]}"
-"${ptll_cmd[@]}" >"$work/passthrough_ll.log" 2>&1 &
-pids+=($!)
-wait_mounted "$mnt_ptll" $! passthrough_ll
+bench_start_mount passthrough_ll "$mnt_ptll" "$work/passthrough_ll.log" "${ptll_cmd[@]}"
 
 cmp -s <(head -c 1048576 "$src/$testfile") <(head -c 1048576 "$mnt_cachefs/$testfile") ||
   die "the test file reads differently through cachefs"
 cmp -s <(head -c 1048576 "$src/$testfile") <(head -c 1048576 "$mnt_ptll/$testfile") ||
   die "the test file reads differently through passthrough_ll"
 
-# The kernel's readahead window of each FUSE mount (max_readahead of the
-# daemon's INIT reply): it sets the size of the READ requests of a
-# sequential reader, so it is reported with the figures.
-read_ahead_kb() {
-  local devno
-  devno=$(mountpoint -d "$1" 2>/dev/null) && cat "/sys/class/bdi/$devno/read_ahead_kb" 2>/dev/null ||
-    echo "?"
-}
+# The kernel's readahead window of each FUSE mount sets the size of the READ
+# requests of a sequential reader, so it is reported with the figures.
 ra_cachefs=$(read_ahead_kb "$mnt_cachefs")
 ra_ptll=$(read_ahead_kb "$mnt_ptll")
 
@@ -233,35 +132,26 @@ workloads=(seqread randread randwrite)
 declare -A dir_of=([direct]=$src [cachefs]=$mnt_cachefs [passthrough_ll]=$mnt_ptll)
 declare -A bw iops  # "path workload" -> space-separated per-run values
 
-drop_caches() {
-  sync
-  echo 3 >/proc/sys/vm/drop_caches
-}
-
-# Runs one fio job; prints "BW_KiB IOPS".
+# Runs one fio job; sets result to "BW_KiB IOPS".
 run_fio() {
   local path=$1 workload=$2
   local args=(--name="$workload" --filename="${dir_of[$path]}/$testfile" --size="$size"
-    --ioengine=psync --numjobs=1 --output-format=terse --terse-version=3)
+    --ioengine=psync --numjobs=1)
   case "$workload" in
     seqread) args+=(--rw=read --bs=1M) ;;
     randread) args+=(--rw=randread --bs=4k --time_based --runtime="$runtime") ;;
     randwrite) args+=(--rw=randwrite --bs=4k --time_based --runtime="$runtime") ;;
   esac
-  local line
-  line=$(fio "${args[@]}" 2>"$work/fio.err") || { cat "$work/fio.err" >&2; return 1; }
-  # terse v3: field 7/8 are read bandwidth (KiB/s) and IOPS, 48/49 the write ones.
+  bench_fio "${args[@]}" || return 1
   if [ "$workload" = randwrite ]; then
-    awk -F';' '{print $48, $49}' <<<"$line"
+    result=$(fio_write_result)
   else
-    awk -F';' '{print $7, $8}' <<<"$line"
+    result=$(fio_read_result)
   fi
 }
 
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${load_before%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > n / 2)}'; then
-  log "warning: load average ${load_before%% *} on $(nproc) CPUs; other work will add noise"
-fi
+load_before=$(bench_load)
+bench_warn_load
 start=$SECONDS
 for workload in "${workloads[@]}"; do
   for ((r = 0; r < runs; r++)); do
@@ -270,7 +160,7 @@ for workload in "${workloads[@]}"; do
     for ((k = 0; k < ${#paths[@]}; k++)); do
       path=${paths[$(((r + k) % ${#paths[@]}))]}
       drop_caches
-      result=$(run_fio "$path" "$workload") || die "fio failed ($path, $workload)"
+      run_fio "$path" "$workload" || die "fio failed ($path, $workload)"
       read -r b i <<<"$result"
       bw["$path $workload"]+="$b "
       iops["$path $workload"]+="$i "
@@ -279,18 +169,13 @@ for workload in "${workloads[@]}"; do
   done
 done
 elapsed=$((SECONDS - start))
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+load_after=$(bench_load)
 
 for m in "$mnt_cachefs" "$mnt_ptll"; do
   is_mounted "$m" || die "$m is no longer mounted after the runs (did a daemon die?)"
 done
 
 # --- report --------------------------------------------------------------------
-
-median() {
-  tr ' ' '\n' | awk 'NF' | sort -g | awk '{v[NR] = $1}
-    END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-}
 
 declare -A med_bw med_iops
 for path in "${paths[@]}"; do
@@ -302,13 +187,8 @@ done
 
 declare -A label=([seqread]="seq read 1 MiB" [randread]="rand read 4 KiB" [randwrite]="rand write 4 KiB")
 
-mib() { awk -v v="$1" 'BEGIN{printf "%.1f", v / 1024}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
-
-cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
-dev=$(findmnt -n -o SOURCE --target "$base_dir" 2>/dev/null)
-commit=$(git -C "$repo_dir" rev-parse --short HEAD 2>/dev/null || echo unknown)
+bench_describe_machine "$base_dir"
+cpu=$bench_cpu mem=$bench_mem dev=$bench_dev commit=$bench_commit
 
 report() {
   echo "## cachefs passthrough benchmark"

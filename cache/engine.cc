@@ -20,6 +20,8 @@ namespace cachefs {
 namespace {
 
 constexpr uint64_t kNoEnd = std::numeric_limits<uint64_t>::max();
+// Ranges of at most this many blocks are dropped by index lookups, not a scan.
+constexpr uint64_t kDropByIndexLimit = 256;
 // Reads of SOURCE in flight at most (each a thread while it runs).
 constexpr unsigned kSourceReadWorkers = 64;
 constexpr long kFuseSuperMagic = 0x65735546;
@@ -594,12 +596,21 @@ std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch) {
 Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index,
                               MetaBatch& batch) {
   std::vector<uint64_t> doomed;
-  Status s = meta_->ScanBlocks(file_id, [&](const BlockRecord& r) {
-    if (r.index >= to_index) return false;
-    if (r.index >= from_index) doomed.push_back(r.index);
-    return true;
-  });
-  if (!s.ok()) return s;
+  if (to_index - from_index <= kDropByIndexLimit) {
+    // A write's few blocks: the index knows every record (recovery loads
+    // them all), so no scan of the file's records is needed.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t index = from_index; index < to_index; ++index) {
+      if (index_->Find({file_id, index})) doomed.push_back(index);
+    }
+  } else {
+    Status s = meta_->ScanBlocks(file_id, [&](const BlockRecord& r) {
+      if (r.index >= to_index) return false;
+      if (r.index >= from_index) doomed.push_back(r.index);
+      return true;
+    });
+    if (!s.ok()) return s;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   for (uint64_t index : doomed) {
     batch.RemoveBlock(file_id, index);

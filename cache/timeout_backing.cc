@@ -14,7 +14,7 @@ namespace cachefs {
 namespace {
 
 struct Job {
-  int fd = -1;  // a dup of the caller's, closed by the worker
+  int fd = -1;  // the caller's
   uint64_t off = 0;
   std::vector<char> buf;
   Result<size_t> result{size_t{0}};
@@ -47,7 +47,6 @@ struct TimeoutBacking::Shared {
       s->queue.pop_front();
       lock.unlock();
       Result<size_t> r = s->inner->Read(job->fd, job->off, job->buf.size(), job->buf.data());
-      close(job->fd);
       lock.lock();
       job->result = std::move(r);
       job->done = true;
@@ -73,10 +72,12 @@ TimeoutBacking::~TimeoutBacking() {
 
 Result<size_t> TimeoutBacking::Read(int fd, uint64_t off, size_t len, void* buf) {
   auto job = std::make_shared<Job>();
-  // The worker reads through its own descriptor, so a handle closed while a
-  // read hangs cannot make it read another file that took the number.
-  job->fd = dup(fd);
-  if (job->fd < 0) return Status::FromErrno(errno, "read from the source");
+  // The caller's descriptor itself: a dup would cost a FLUSH round trip to a
+  // FUSE or network source at its close. A read already running holds its
+  // file; one not yet started when the caller gave up is taken off the queue;
+  // in the narrow race between the two, a read of whatever file reuses the
+  // number is thrown away unseen.
+  job->fd = fd;
   job->off = off;
   job->buf.resize(len);
   Shared& s = *shared_;
@@ -90,9 +91,8 @@ Result<size_t> TimeoutBacking::Read(int fd, uint64_t off, size_t len, void* buf)
   bool finished = s.done_cv.wait_for(lock, s.timeout, [&] { return job->done; });
   if (!finished) {
     for (auto it = s.queue.begin(); it != s.queue.end(); ++it) {
-      if (*it == job) {  // never started: nobody else will close its fd
+      if (*it == job) {  // never started
         s.queue.erase(it);
-        close(job->fd);
         break;
       }
     }

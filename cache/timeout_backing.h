@@ -6,8 +6,7 @@
 // to `timeout`; past it the caller gets EIO ("timed out") and the worker is
 // left to finish (or hang) on its own, its result thrown away. When every
 // worker is stuck, new reads wait for a free one up to the same deadline. A
-// stuck worker holds a reference to the open file description, never a
-// pointer into the caller's memory.
+// stuck worker reads into a buffer of its own, never into the caller's memory.
 //
 // Writes, syncs and stats pass straight to the inner Backing.
 //

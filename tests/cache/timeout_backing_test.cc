@@ -72,7 +72,6 @@ TEST(TimeoutBacking, HungReadFailsWithEioInTime) {
   EXPECT_EQ(n.status().code(), EIO);
   EXPECT_NE(n.status().message().find("timed out"), std::string::npos);
   EXPECT_LT(took, milliseconds(1000));
-  // The caller's descriptor is free to close: the worker has its own.
   close(fd);
   // Both workers stuck: the next reads wait for a free one, then give up too.
   int fd2 = TempFile("more");

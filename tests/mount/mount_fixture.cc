@@ -18,6 +18,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "fs/mount.h"
 
@@ -36,6 +37,45 @@ bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds limit)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return cond();
+}
+
+// Starts the daemon `argv` (stderr appended to `log` unless empty) and waits
+// up to 10 s for `mnt` to become a mount point. `pid` is the daemon's while it
+// runs (-1 once reaped), so the caller's Unmount can clean up a daemon that
+// did not mount. Returns whether the mount came up (fails the test if not).
+bool SpawnMount(std::vector<std::string> argv_s, const std::string& mnt, const std::string& log,
+                const char* what, pid_t& pid_out) {
+  std::vector<char*> argv;
+  argv.reserve(argv_s.size() + 1);
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (!log.empty()) {
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd >= 0) dup2(fd, STDERR_FILENO);  // dup2 clears O_CLOEXEC on the copy
+    }
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  pid_out = pid;
+  bool died = false;
+  WaitFor(
+      [&] {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+          died = true;
+          return true;
+        }
+        return IsMountPoint(mnt);
+      },
+      std::chrono::seconds(10));
+  if (died) pid_out = -1;
+  if (died || !IsMountPoint(mnt)) {
+    ADD_FAILURE() << what << " did not mount " << mnt;
+    return false;
+  }
+  return true;
 }
 
 // Lazily unmounts `mnt` (if `mounted`, or if the daemon still has it up)
@@ -168,35 +208,8 @@ std::unique_ptr<MountedCachefs> MountedCachefs::StartAt(const std::string& sourc
 }
 
 bool MountedCachefs::Spawn(std::vector<std::string> argv_s, const std::string& log) {
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    if (!log.empty()) {
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-      if (fd >= 0) dup2(fd, STDERR_FILENO);  // dup2 clears O_CLOEXEC on the copy
-    }
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  pid_ = pid;
-  bool up = WaitFor(
-      [&] {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-          pid_ = -1;
-          return true;  // died: stop waiting
-        }
-        return IsMountPoint(mnt_);
-      },
-      std::chrono::seconds(10));
-  if (!up || pid_ < 0) {
-    ADD_FAILURE() << "cachefs did not mount " << mnt_;
-    return false;
-  }
-  mounted_ = true;
-  return true;
+  mounted_ = SpawnMount(std::move(argv_s), mnt_, log, "cachefs", pid_);
+  return mounted_;
 }
 
 int MountedCachefs::Unmount() { return UnmountAndReap(mnt(), mounted_, pid_, "cachefs"); }
@@ -236,32 +249,8 @@ std::unique_ptr<MountedSlowfs> MountedSlowfs::StartAt(const std::string& src,
 bool MountedSlowfs::Spawn(const std::vector<std::string>& args) {
   std::vector<std::string> argv_s = {SlowfsBinary(), "-f", src_, mnt_};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  argv.reserve(argv_s.size() + 1);
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  pid_ = pid;
-  WaitFor(
-      [&] {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-          pid_ = -1;
-          return true;  // died: stop waiting
-        }
-        return IsMountPoint(mnt_);
-      },
-      std::chrono::seconds(10));
-  if (pid_ < 0 || !IsMountPoint(mnt_)) {
-    ADD_FAILURE() << "slowfs did not mount " << mnt_;
-    return false;
-  }
-  mounted_ = true;
-  return true;
+  mounted_ = SpawnMount(std::move(argv_s), mnt_, "", "slowfs", pid_);
+  return mounted_;
 }
 
 MountedSlowfs::~MountedSlowfs() {

@@ -96,9 +96,9 @@ int main(int argc, char** argv) {
   cfg.options.source_timeout = 0;
   cfg.source = base + "/src";
   cfg.backing = &backing;
-  int fd = open(file.c_str(), O_RDONLY);
+  auto fd = std::make_shared<cachefs::SourceFd>(open(file.c_str(), O_RDONLY));
   struct stat st;
-  fstat(fd, &st);
+  fstat(fd->get(), &st);
   long rss_start = RssKiB();
   double fill_s = 0;
   {
@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
   std::printf("RSS after reopen minus at start: %.1f bytes per block (includes RocksDB caches)\n",
               static_cast<double>(rss_open - rss_start) * 1024 / static_cast<double>(blocks));
   e.value().reset();
-  close(fd);
+  fd.reset();
   std::error_code ec;
   std::filesystem::remove_all(base, ec);
   return 0;

@@ -9,13 +9,35 @@
 #pragma once
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "common/status.h"
 
 namespace cachefs {
+
+// A descriptor of an open SOURCE file, shared by the FUSE handle that opened
+// it and the cache's background reads of it (readahead), and closed when the
+// last of them lets go: a background read never reads through a number the
+// handle closed and something else reused.
+class SourceFd {
+ public:
+  // Takes ownership of `fd`.
+  explicit SourceFd(int fd) : fd_(fd) {}
+  ~SourceFd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  SourceFd(const SourceFd&) = delete;
+  SourceFd& operator=(const SourceFd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  const int fd_;
+};
+using SourceFdRef = std::shared_ptr<const SourceFd>;
 
 class Backing {
  public:

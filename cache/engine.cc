@@ -25,6 +25,9 @@ constexpr uint64_t kDropByIndexLimit = 256;
 // Reads of SOURCE in flight at most (each a thread while it runs).
 constexpr unsigned kSourceReadWorkers = 64;
 constexpr long kFuseSuperMagic = 0x65735546;
+// How far behind the end of a sequential stream a read may start and still
+// be taken for one of its requests arriving out of order.
+constexpr uint64_t kLateReadSlack = 1u << 20;
 
 Fingerprint FingerprintOf(const struct stat& st) {
   Fingerprint fp;
@@ -37,7 +40,7 @@ Fingerprint FingerprintOf(const struct stat& st) {
 // A buffer aligned for O_DIRECT stores.
 struct AlignedBuffer {
   explicit AlignedBuffer(size_t n)
-      : data(static_cast<char*>(std::aligned_alloc(kSubBlockSize, RoundUp(n)))) {}
+      : data(static_cast<char*>(std::aligned_alloc(kSubBlockSize, RoundUp(n)))), size(RoundUp(n)) {}
   ~AlignedBuffer() { std::free(data); }
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
@@ -45,6 +48,7 @@ struct AlignedBuffer {
     return (n + kSubBlockSize - 1) / kSubBlockSize * kSubBlockSize;
   }
   char* data;
+  size_t size;
 };
 
 std::string SizeText(uint64_t bytes) {
@@ -66,13 +70,20 @@ Status Fixed(const std::string& dir, const std::string& what, const std::string&
 }  // namespace
 
 struct Engine::Fetch {
+  Fetch(uint64_t i, uint64_t e) : index(i), epoch(e) {}
+  const uint64_t index;  // the block
+  const uint64_t epoch;  // the file's epoch when the fetch began
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;
   Status status;
-  uint64_t epoch = 0;
-  size_t bytes = 0;  // bytes of the block read from SOURCE
-  std::shared_ptr<AlignedBuffer> data;
+  // What was read of the block: bytes [from, from + bytes) of it, at
+  // data.get() + data_off (the buffer of the whole run).
+  uint32_t from = 0;
+  uint32_t bytes = 0;
+  std::shared_ptr<char> data;
+  size_t data_off = 0;
+  bool installed = false;  // and unregistered: the cache holds what it will of it
 };
 
 Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
@@ -200,6 +211,12 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   struct statfs sfs;
   e->compare_ino_ = !(statfs(config.source.c_str(), &sfs) == 0 && sfs.f_type == kFuseSuperMagic);
   e->persist_thread_ = std::thread([raw = e.get()] { raw->PersistLoop(); });
+  e->readahead_bytes_ = o.readahead.value_or(EngineConfig::kDefaultReadahead);
+  if (e->readahead_bytes_ > 0) {
+    // Two reads of SOURCE in flight: one keeps a link busy while the other
+    // pays its latency.
+    for (int i = 0; i < 2; ++i) e->ra_threads_.emplace_back([raw = e.get()] { raw->ReadaheadLoop(); });
+  }
   return e;
 }
 
@@ -247,6 +264,13 @@ Status Engine::Recover() {
 }
 
 Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(ra_mu_);
+    ra_stopping_ = true;
+    ra_queue_.clear();
+  }
+  ra_cv_.notify_all();
+  for (auto& t : ra_threads_) t.join();
   {
     std::lock_guard<std::mutex> lock(persist_mu_);
     stopping_ = true;
@@ -648,23 +672,27 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
   uint32_t first = begin / kSubBlockSize;
   uint32_t last = (end + kSubBlockSize - 1) / kSubBlockSize;  // exclusive
   bool usable = false;
+  bool partial = false;  // a sound block without all of the range: the fetch fills it in
   bool corrupt = false;
   auto rec = meta_->GetBlock(key.file_id, index);
   if (rec.ok() && rec.value() && rec.value()->slot == slot) {
     const BlockRecord& r = *rec.value();
     usable = true;
     for (uint32_t i = first; i < last && usable; ++i) usable = r.IsValid(i);
+    partial = !usable;
     if (usable) {
       uint32_t off = first * kSubBlockSize;
       uint32_t len = (last - first) * kSubBlockSize;
-      AlignedBuffer tmp(len);
-      Status s = store_->Read(slot, off, len, tmp.data);
+      // One buffer per thread, kept: a hit allocates nothing.
+      thread_local std::unique_ptr<AlignedBuffer> tmp;
+      if (!tmp || tmp->size < len) tmp = std::make_unique<AlignedBuffer>(len);
+      Status s = store_->Read(slot, off, len, tmp->data);
       if (!s.ok()) {
         LogWarning("cache store read failed, reading SOURCE instead: " + s.message());
         usable = false;
       } else if (config_.options.verify) {
         for (uint32_t i = first; i < last; ++i) {
-          const char* sub = tmp.data + static_cast<size_t>(i - first) * kSubBlockSize;
+          const char* sub = tmp->data + static_cast<size_t>(i - first) * kSubBlockSize;
           if (SubBlockCrc(key.file_id, index, r.generation, sub, kSubBlockSize) != r.crc[i]) {
             corrupt = true;
             usable = false;
@@ -672,7 +700,7 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
           }
         }
       }
-      if (usable) std::memcpy(out, tmp.data + (begin - off), end - begin);
+      if (usable) std::memcpy(out, tmp->data + (begin - off), end - begin);
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -688,10 +716,10 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
     LogWarning("CRC mismatch in cached block " + std::to_string(index) + " of file " +
                std::to_string(file.file_id_) + ": dropped and fetched again from SOURCE");
   }
-  // Not servable as it is (corrupt, or not holding the range): drop it so
-  // the miss path fetches it anew. The record goes in the same critical
-  // section, so it cannot remove a newer record of a fetch that follows.
-  if (index_->Find(key) == slot) {
+  // Corrupt, unreadable, or its record gone: drop it so the miss path
+  // fetches it anew. The record goes in the same critical section, so it
+  // cannot remove a newer record of a fetch that follows.
+  if (!partial && index_->Find(key) == slot) {
     index_->Erase(slot);
     policy_->Remove(slot);
     free_when_unread_[slot] = true;
@@ -704,8 +732,226 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
   return false;
 }
 
-Result<size_t> Engine::Read(CachedFile& file, int fd, uint64_t off, size_t len, char* buf) {
-  if (file.detached_) return backing_->Read(fd, off, len, buf);
+void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const char* data,
+                     uint32_t first_sub, size_t bytes) {
+  const BlockKey key{file.file_id_, index};
+  const uint32_t subs = static_cast<uint32_t>((bytes + kSubBlockSize - 1) / kSubBlockSize);
+  MetaBatch evicted;
+  std::optional<uint32_t> slot;
+  bool fill = false;
+  uint64_t generation = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (file.epoch_.load() != epoch) return;  // stale before it started
+    if (auto found = index_->Find(key)) {
+      slot = *found;
+      readers_[*slot]++;  // not evicted or reused while we fill it
+      fill = true;
+    } else {
+      slot = AllocateSlot(evicted);
+      if (!slot) return;
+      generation = next_generation_++;
+    }
+  }
+  // The victim's record goes before its slot is written: a crash in between
+  // must not leave a record pointing at another block's data.
+  if (!evicted.empty()) {
+    Status s = meta_->Commit(evicted, false);
+    if (!s.ok()) LogWarning("evicting a cached block failed: " + s.message());
+  }
+  BlockRecord rec;
+  bool ok = true;
+  if (fill) {
+    auto r = meta_->GetBlock(key.file_id, index);
+    ok = r.ok() && r.value() && r.value()->slot == *slot;
+    if (ok) rec = *r.value();
+  } else {
+    rec = BlockRecord::Empty(key.file_id, index, sb_.block_size);
+    rec.slot = *slot;
+    rec.generation = generation;
+  }
+  // Only sub-blocks not yet valid are written: valid data is never
+  // overwritten in place (contract 2).
+  bool added = false;
+  for (uint32_t i = 0; ok && i < subs;) {
+    uint32_t sub = first_sub + i;
+    if (sub >= rec.sub_blocks() || rec.IsValid(sub)) {
+      ++i;
+      continue;
+    }
+    uint32_t n = 1;
+    while (i + n < subs && sub + n < rec.sub_blocks() && !rec.IsValid(sub + n)) ++n;
+    const char* src = data + static_cast<size_t>(i) * kSubBlockSize;
+    Status s = store_->Write(*slot, sub * kSubBlockSize, n * kSubBlockSize, src);
+    if (!s.ok()) {
+      LogWarning("caching a block failed (served from SOURCE): " + s.message());
+      ok = false;
+      break;
+    }
+    for (uint32_t k = 0; k < n; ++k) {
+      rec.SetValid(sub + k, true);
+      rec.crc[sub + k] = SubBlockCrc(key.file_id, index, rec.generation,
+                                     src + static_cast<size_t>(k) * kSubBlockSize, kSubBlockSize);
+    }
+    added = true;
+    i += n;
+  }
+  bool committed = false;
+  if (ok && added) {
+    MetaBatch batch;
+    batch.Put(rec);
+    Status s = meta_->Commit(batch, false);
+    committed = s.ok();
+    if (!s.ok()) LogWarning("caching a block failed (served from SOURCE): " + s.message());
+  }
+  bool undo = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    bool current = file.epoch_.load() == epoch;
+    if (fill) {
+      if (committed && !current && index_->Find(key) == slot) {
+        // The file changed while we fetched: the block may mix old and new
+        // data, so it goes.
+        index_->Erase(*slot);
+        policy_->Remove(*slot);
+        free_when_unread_[*slot] = true;
+      }
+      undo = committed && !(current && index_->Find(key) == slot);
+      ReleaseReader(*slot);
+    } else if (committed && current && !index_->Find(key)) {
+      index_->Insert(key, *slot);
+      policy_->Track(*slot);
+    } else {
+      FreeSlot(*slot);
+      undo = committed;
+    }
+  }
+  // Only this fetch's leader puts records of this block, so the removal
+  // cannot hit a newer record.
+  if (undo) {
+    MetaBatch batch;
+    batch.RemoveBlock(key.file_id, index);
+    Status s = meta_->Commit(batch, false);
+    if (!s.ok()) LogWarning("dropping a cached block failed: " + s.message());
+  }
+}
+
+Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
+    CachedFile& file, int fd, uint64_t from, uint64_t to,
+    const std::vector<std::shared_ptr<Fetch>>& run) {
+  const uint64_t bs = sb_.block_size;
+  const size_t len = static_cast<size_t>(to - from);
+  std::shared_ptr<char> buf(static_cast<char*>(std::aligned_alloc(kSubBlockSize, len)), std::free);
+  auto n = buf ? backing_->Read(fd, from, len, buf.get())
+               : Result<size_t>(Status::Error(ENOMEM, "out of memory"));
+  Status status = n.ok() ? Status::Ok() : n.status();
+  size_t got = n.ok() ? n.value() : 0;
+  if (got > 0) {
+    counters_.bytes_from_source += got;
+    std::memset(buf.get() + got, 0, AlignedBuffer::RoundUp(got) - got);  // the tail of EOF
+  }
+  for (const auto& f : run) {
+    uint64_t start = f->index * bs;
+    uint64_t lo = std::max(start, from);
+    uint64_t hi = std::min(start + bs, from + got);
+    {
+      std::lock_guard<std::mutex> lock(f->mu);
+      f->status = status;
+      if (status.ok() && hi > lo) {
+        f->from = static_cast<uint32_t>(lo - start);
+        f->bytes = static_cast<uint32_t>(hi - lo);
+        f->data = buf;
+        f->data_off = lo - from;
+      }
+      f->done = true;
+    }
+    // Waiters are served from the buffer now; the fetch stays registered
+    // until the block is installed, so nobody fetches it again meanwhile.
+    f->cv.notify_all();
+    if (status.ok() && hi > lo) {
+      counters_.read_misses++;
+      Install(file, f->index, f->epoch, buf.get() + (lo - from),
+              static_cast<uint32_t>((lo - start) / kSubBlockSize), hi - lo);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      fetches_.erase({file.file_id_, f->index});
+    }
+    {
+      std::lock_guard<std::mutex> lock(f->mu);
+      f->installed = true;
+    }
+    f->cv.notify_all();
+  }
+  if (!status.ok()) return status;
+  return std::make_pair(std::move(buf), got);
+}
+
+Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out) {
+  const uint64_t bs = sb_.block_size;
+  const uint64_t id = file.file_id_;
+  const uint64_t index = pos / bs;
+  const uint32_t begin = static_cast<uint32_t>(pos % bs);
+  const uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + want));
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto hit = TryHit(file, index, begin, end, out);
+    if (!hit.ok()) return hit.status();
+    if (hit.value()) return size_t{end - begin};
+
+    std::shared_ptr<Fetch> other;
+    std::vector<std::shared_ptr<Fetch>> run;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = fetches_.find({id, index});
+      if (it != fetches_.end()) {
+        other = it->second;
+      } else {
+        // Lead this block and the following missing blocks of the request:
+        // one read of SOURCE for the run.
+        uint64_t epoch = file.epoch_.load();
+        uint64_t last = (pos + want - 1) / bs;
+        for (uint64_t b = index; b <= last; ++b) {
+          if (b > index && (fetches_.count({id, b}) != 0 || index_->Find({id, b}))) break;
+          auto f = std::make_shared<Fetch>(b, epoch);
+          fetches_[{id, b}] = f;
+          run.push_back(std::move(f));
+        }
+      }
+    }
+    if (other) {
+      counters_.fetch_waits++;
+      std::unique_lock<std::mutex> lock(other->mu);
+      other->cv.wait(lock, [&] { return other->done; });
+      if (!other->status.ok()) return other->status;
+      if (other->epoch == file.epoch_.load() && other->data && other->from <= begin &&
+          other->from + other->bytes >= end) {
+        std::memcpy(out, other->data.get() + other->data_off + (begin - other->from), end - begin);
+        return size_t{end - begin};
+      }
+      // Stale, or not the part we need: look again once it is installed.
+      other->cv.wait(lock, [&] { return other->installed; });
+      continue;
+    }
+    // Only the sub-blocks asked for (docs/benchmarks.md: whole blocks cost
+    // random reads more than they give back).
+    const uint64_t from = index * bs + begin / kSubBlockSize * kSubBlockSize;
+    const uint64_t stop = std::min(pos + want, (index + run.size()) * bs);
+    const uint64_t to = AlignedBuffer::RoundUp(stop);
+    auto fetched = FetchRun(file, fd, from, to, run);
+    if (!fetched.ok()) return fetched.status();
+    const auto& [data, got] = fetched.value();
+    if (from + got <= pos) return size_t{0};  // end of file
+    size_t served = static_cast<size_t>(std::min<uint64_t>(from + got, stop) - pos);
+    std::memcpy(out, data.get() + (pos - from), served);
+    return served;
+  }
+  // Three rounds lost to invalidations: serve straight from SOURCE.
+  return backing_->Read(fd, pos, end - begin, out);
+}
+
+Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
+                            char* buf) {
+  if (file.detached_) return backing_->Read(fd->get(), off, len, buf);
   uint64_t size;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
@@ -713,137 +959,104 @@ Result<size_t> Engine::Read(CachedFile& file, int fd, uint64_t off, size_t len, 
   }
   if (off >= size || len == 0) return size_t{0};
   len = static_cast<size_t>(std::min<uint64_t>(len, size - off));
-  uint64_t bs = sb_.block_size;
+  MaybeReadahead(file, fd, off, len, size);
   size_t done = 0;
   while (done < len) {
-    uint64_t pos = off + done;
-    uint64_t index = pos / bs;
-    uint32_t begin = static_cast<uint32_t>(pos % bs);
-    uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
-    Status s = ReadBlock(file, fd, index, begin, end, size, buf + done);
-    if (s.code() == ENODATA) break;  // SOURCE is shorter than we knew: end of file
-    if (!s.ok()) return s;
-    done += end - begin;
+    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done);
+    if (!n.ok()) return n.status();
+    if (n.value() == 0) break;  // SOURCE is shorter than we knew: end of file
+    done += n.value();
   }
   return done;
 }
 
-Status Engine::ReadBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                         uint64_t /*file_size*/, char* out) {
-  BlockKey key{file.file_id_, index};
-  uint64_t bs = sb_.block_size;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    auto hit = TryHit(file, index, begin, end, out);
-    if (!hit.ok()) return hit.status();
-    if (hit.value()) return Status::Ok();
+// --- readahead ----------------------------------------------------------------
 
-    std::shared_ptr<Fetch> fetch;
-    bool leader = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (index_->Find(key)) continue;  // installed meanwhile
-      auto it = fetches_.find({key.file_id, key.index});
-      if (it != fetches_.end()) {
-        fetch = it->second;
-      } else {
-        fetch = std::make_shared<Fetch>();
-        fetch->epoch = file.epoch_.load();
-        fetches_[{key.file_id, key.index}] = fetch;
-        leader = true;
-      }
+void Engine::MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
+                            uint64_t file_size) {
+  if (readahead_bytes_ == 0) return;
+  const uint64_t bs = sb_.block_size;
+  const uint64_t window = std::max<uint64_t>(1, readahead_bytes_ / bs);
+  const uint64_t file_blocks = (file_size + bs - 1) / bs;
+  ReadaheadJob job;
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    // Sequential: this read starts where the last one ended, or overlaps
+    // its end. A read just behind it is one of the stream's requests that
+    // arrived late (the kernel has several in flight): no news.
+    const uint64_t next_offset = file.next_offset_;
+    if (off <= next_offset && off + len > next_offset) {
+      file.sequential_bytes_ += len;
+    } else if (off + len <= next_offset && next_offset - off <= kLateReadSlack) {
+      return;
+    } else {
+      file.sequential_bytes_ = 0;
+      file.ahead_until_ = 0;
     }
-    if (!leader) {
-      counters_.fetch_waits++;
-      std::unique_lock<std::mutex> lock(fetch->mu);
-      fetch->cv.wait(lock, [&] { return fetch->done; });
-      if (!fetch->status.ok()) return fetch->status;
-      if (fetch->epoch != file.epoch_.load()) continue;  // stale: try again
-      if (fetch->bytes < end) return Status::Error(ENODATA, "short");
-      std::memcpy(out, fetch->data->data + begin, end - begin);
-      return Status::Ok();
-    }
-
-    // The leader reads the whole block (clipped at end of file) from SOURCE.
-    fetch->data = std::make_shared<AlignedBuffer>(bs);
-    auto n = backing_->Read(fd, index * bs, bs, fetch->data->data);
-    Status status = n.ok() ? Status::Ok() : n.status();
-    size_t bytes = n.ok() ? n.value() : 0;
-    if (status.ok() && bytes > 0) {
-      counters_.read_misses++;
-      counters_.bytes_from_source += bytes;
-      uint32_t subs = static_cast<uint32_t>((bytes + kSubBlockSize - 1) / kSubBlockSize);
-      std::memset(fetch->data->data + bytes, 0, static_cast<size_t>(subs) * kSubBlockSize - bytes);
-      BlockRecord rec = BlockRecord::Empty(key.file_id, index, sb_.block_size);
-      MetaBatch batch;
-      std::optional<uint32_t> slot;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        slot = AllocateSlot(batch);
-        rec.generation = next_generation_++;
-      }
-      if (slot) {
-        for (uint32_t i = 0; i < subs; ++i) {
-          rec.SetValid(i, true);
-          rec.crc[i] = SubBlockCrc(key.file_id, index, rec.generation,
-                                   fetch->data->data + static_cast<size_t>(i) * kSubBlockSize,
-                                   kSubBlockSize);
-        }
-        rec.slot = *slot;
-        // Data first, then the record that points at it.
-        Status ws = store_->Write(*slot, 0, subs * kSubBlockSize, fetch->data->data);
-        bool committed = false;
-        if (ws.ok()) {
-          batch.Put(rec);
-          ws = meta_->Commit(batch, false);
-          committed = ws.ok();
-        } else if (!batch.empty()) {
-          meta_->Commit(batch, false);  // the eviction stands
-        }
-        bool installed = false;
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          if (committed && file.epoch_.load() == fetch->epoch && !index_->Find(key)) {
-            index_->Insert(key, *slot);
-            policy_->Track(*slot);
-            installed = true;
-          } else {
-            FreeSlot(*slot);
-          }
-        }
-        if (!ws.ok()) LogWarning("caching a block failed (served from SOURCE): " + ws.message());
-        if (committed && !installed) {
-          MetaBatch undo;
-          undo.RemoveBlock(key.file_id, index);
-          meta_->Commit(undo, false);
-        }
-      } else if (!batch.empty()) {
-        meta_->Commit(batch, false);
-      }
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      fetches_.erase({key.file_id, key.index});
-    }
-    {
-      std::lock_guard<std::mutex> lock(fetch->mu);
-      fetch->status = status;
-      fetch->bytes = bytes;
-      fetch->done = true;
-    }
-    fetch->cv.notify_all();
-    if (!status.ok()) return status;
-    if (bytes < end) {
-      if (bytes > begin) std::memcpy(out, fetch->data->data + begin, bytes - begin);
-      return Status::Error(ENODATA, "short");
-    }
-    std::memcpy(out, fetch->data->data + begin, end - begin);
-    return Status::Ok();
+    file.next_offset_ = off + len;
+    // One block's worth in a row (a stream from offset 0 qualifies at once).
+    if (file.sequential_bytes_ < std::min<uint64_t>(bs, 128 * 1024)) return;
+    const uint64_t next = (off + len + bs - 1) / bs;  // the first block after this read
+    // Refill when less than half the window is left ahead of the reader.
+    if (file.ahead_until_ >= next + window / 2 + 1) return;
+    job.from_index = std::max(file.ahead_until_, next);
+    job.to_index = std::min(file_blocks, next + window);
+    if (job.from_index >= job.to_index) return;
+    file.ahead_until_ = job.to_index;
   }
-  // Three rounds lost to invalidations: serve straight from SOURCE.
-  auto n = backing_->Read(fd, index * bs + begin, end - begin, out);
-  if (!n.ok()) return n.status();
-  if (n.value() < end - begin) return Status::Error(ENODATA, "short");
-  return Status::Ok();
+  job.file = file.shared_from_this();
+  job.fd = fd;
+  {
+    std::lock_guard<std::mutex> lock(ra_mu_);
+    if (ra_stopping_) return;
+    ra_queue_.push_back(std::move(job));
+  }
+  ra_cv_.notify_one();
+}
+
+void Engine::ReadaheadLoop() {
+  std::unique_lock<std::mutex> lock(ra_mu_);
+  while (true) {
+    ra_cv_.wait(lock, [this] { return ra_stopping_ || !ra_queue_.empty(); });
+    if (ra_stopping_) return;
+    ReadaheadJob job = std::move(ra_queue_.front());
+    ra_queue_.pop_front();
+    lock.unlock();
+    RunReadahead(job);
+    job = ReadaheadJob{};  // lets go of the descriptor outside the lock
+    lock.lock();
+  }
+}
+
+void Engine::RunReadahead(const ReadaheadJob& job) {
+  CachedFile& file = *job.file;
+  const uint64_t bs = sb_.block_size;
+  const uint64_t id = file.file_id_;
+  // At most this much per read of SOURCE, so a reader waiting for the first
+  // block of a run does not wait for the whole window.
+  const uint64_t max_run = std::max<uint64_t>(1, (256 * 1024) / bs);
+  uint64_t b = job.from_index;
+  while (b < job.to_index && !file.detached_ && !ra_stopping_) {
+    std::vector<std::shared_ptr<Fetch>> run;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      uint64_t epoch = file.epoch_.load();
+      // Skip what is cached or on its way; partly valid blocks are left to readers.
+      while (b < job.to_index && (fetches_.count({id, b}) != 0 || index_->Find({id, b}))) ++b;
+      while (b < job.to_index && run.size() < max_run && fetches_.count({id, b}) == 0 &&
+             !index_->Find({id, b})) {
+        auto f = std::make_shared<Fetch>(b, epoch);
+        fetches_[{id, b}] = f;
+        run.push_back(std::move(f));
+        ++b;
+      }
+    }
+    if (run.empty()) break;
+    counters_.readahead_blocks += run.size();
+    auto fetched = FetchRun(file, job.fd->get(), run.front()->index * bs,
+                            (run.back()->index + 1) * bs, run);
+    if (!fetched.ok() || fetched.value().second < run.size() * bs) break;  // error or end of file
+  }
 }
 
 EngineStats Engine::stats() const {
@@ -851,6 +1064,7 @@ EngineStats Engine::stats() const {
   s.read_hits = counters_.read_hits;
   s.read_misses = counters_.read_misses;
   s.fetch_waits = counters_.fetch_waits;
+  s.readahead_blocks = counters_.readahead_blocks;
   s.bytes_from_cache = counters_.bytes_from_cache;
   s.bytes_from_source = counters_.bytes_from_source;
   s.crc_errors = counters_.crc_errors;

@@ -9,10 +9,15 @@
 //
 // Reads (contract 6): a hit is read into memory and every sub-block checked
 // against its CRC (verify=on) before it is served; a mismatch drops the block
-// and refetches it. A miss reads the whole block from SOURCE (clipped at end
-// of file) once: concurrent readers of one block wait for that one fetch.
-// The data is written to a free slot (or the policy's victim) and then the
-// block record committed, so a record never points at data not yet written.
+// and refetches it. A miss reads only the sub-blocks the request asked for
+// (a run of consecutive missing blocks in one read of SOURCE), once:
+// concurrent readers of one block wait for that one fetch and are served
+// from its buffer. Sub-blocks fetched later fill the same slot (only sub-blocks
+// not yet valid are written, so no valid data is overwritten in place). Data
+// is written to the store before the record that points at it is committed.
+// On a sequential stream, the following `readahead` bytes of whole blocks are
+// fetched by background threads; a reader that reaches them waits for the
+// fetch in flight instead of fetching again.
 //
 // Writes (read caching only, for now): the FUSE layer writes SOURCE and then
 // tells the engine, which drops the cached blocks the write touched and
@@ -26,7 +31,9 @@
 //
 // Thread-safety: all public methods may be called concurrently. One mutex
 // guards the index, the policy and the free list; IO to SOURCE, the store and
-// the metadata happens outside it.
+// the metadata happens outside it. A block's record is changed only by the
+// one fetch that leads it (`fetches_`) or removed by a drop, so record updates
+// need no lock of their own.
 #pragma once
 
 #include <sys/stat.h>
@@ -34,6 +41,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -67,6 +75,8 @@ struct EngineConfig {
   // Defaults of options fixed at format (ARCHITECTURE.md option table).
   static constexpr uint64_t kDefaultBlockSize = 64 * 1024;
   static constexpr double kDefaultCachePercent = 10;
+  // readahead= when unset (docs/benchmarks.md: the cold sequential sweep).
+  static constexpr uint64_t kDefaultReadahead = 1u << 20;
 };
 
 // Counters of one mount (cachefsctl stats will show them).
@@ -74,6 +84,7 @@ struct EngineStats {
   uint64_t read_hits = 0;    // blocks served from the cache
   uint64_t read_misses = 0;  // blocks fetched from SOURCE
   uint64_t fetch_waits = 0;  // readers that waited for another's fetch
+  uint64_t readahead_blocks = 0;  // blocks fetched ahead of a sequential reader
   uint64_t bytes_from_cache = 0;
   uint64_t bytes_from_source = 0;
   uint64_t crc_errors = 0;
@@ -87,7 +98,7 @@ struct EngineStats {
 
 // The cache state of one source file while the FUSE layer knows it. Shared by
 // every handle and name (hard link) of the file.
-class CachedFile {
+class CachedFile : public std::enable_shared_from_this<CachedFile> {
  public:
   uint64_t file_id() const { return file_id_; }
 
@@ -104,6 +115,12 @@ class CachedFile {
   bool record_stale_ = false;  // guarded by mu_: fingerprint not yet in the metadata
   // Bumped by every change that makes in-flight fetches of this file stale.
   std::atomic<uint64_t> epoch_{0};
+  // Sequential stream detection for readahead, guarded by mu_: where the
+  // last read ended, how many bytes in a row were read sequentially, and the
+  // block up to which (exclusive) readahead was queued.
+  uint64_t next_offset_ = 0;
+  uint64_t sequential_bytes_ = 0;
+  uint64_t ahead_until_ = 0;
 };
 
 class Engine {
@@ -135,8 +152,10 @@ class Engine {
   Status CloseFile(CachedFile& file);
 
   // Reads up to `len` bytes at `off` of `file` (SOURCE descriptor `fd`),
-  // from the cache where it can; short only at end of file.
-  Result<size_t> Read(CachedFile& file, int fd, uint64_t off, size_t len, char* buf);
+  // from the cache where it can; short only at end of file. Readahead
+  // started by this read holds `fd` until it is done.
+  Result<size_t> Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
+                      char* buf);
   // After SOURCE was changed through the mount in [off, off+len) (a write,
   // fallocate, copy_file_range) or cut at `st.st_size` (truncate): drops the
   // cached blocks touched and adopts `st` as the fingerprint.
@@ -164,13 +183,38 @@ class Engine {
 
  private:
   struct Fetch;  // one in-flight fetch of a block
+  struct ReadaheadJob {
+    std::shared_ptr<CachedFile> file;
+    SourceFdRef fd;
+    uint64_t from_index = 0;
+    uint64_t to_index = 0;  // exclusive
+  };
   Engine() = default;
 
   Status Recover();
-  Status ReadBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                   uint64_t file_size, char* out);
-  // Tries the cache; true when `out` was filled from it.
+  // Serves the part of [pos, pos + want) that lies in pos's block, or more
+  // when a run of missing blocks was fetched; 0 at end of file.
+  Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out);
+  // Tries the cache; true when `out` was filled from it. A block without
+  // every sub-block of the range is a miss (the fetch fills it in).
   Result<bool> TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out);
+  // Reads bytes [from, to) of `file` from SOURCE for the fetches `run` (of
+  // consecutive blocks, the first holding `from`), installs what was read in
+  // the cache and completes the fetches. Returns the buffer (holding `from`
+  // at offset 0) and the bytes read, or the read's error.
+  Result<std::pair<std::shared_ptr<char>, size_t>> FetchRun(
+      CachedFile& file, int fd, uint64_t from, uint64_t to,
+      const std::vector<std::shared_ptr<Fetch>>& run);
+  // Puts `bytes` of fetched data (sub-block aligned, zero-padded to whole
+  // sub-blocks) into the cache at sub-block `first_sub` of block `index`:
+  // a new slot, or the not yet valid sub-blocks of the block's slot.
+  void Install(CachedFile& file, uint64_t index, uint64_t epoch, const char* data,
+               uint32_t first_sub, size_t bytes);
+  // Sequential stream detection; queues readahead past [off, off + len).
+  void MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
+                      uint64_t file_size);
+  void ReadaheadLoop();
+  void RunReadahead(const ReadaheadJob& job);
   // Drops the cached blocks of `file_id` with from_index <= index < to_index
   // from the index at once and from the metadata with `batch`
   // (DropBlocksInto) or with a commit of its own (DropBlocks).
@@ -214,10 +258,17 @@ class Engine {
   std::unordered_map<uint64_t, std::weak_ptr<CachedFile>> open_files_;  // guarded by files_mu_
 
   struct Counters {
-    std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, bytes_from_cache{0},
-        bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0};
+    std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, readahead_blocks{0},
+        bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0};
   };
   mutable Counters counters_;
+
+  uint64_t readahead_bytes_ = 0;  // 0: off
+  std::mutex ra_mu_;
+  std::condition_variable ra_cv_;
+  std::deque<ReadaheadJob> ra_queue_;  // guarded by ra_mu_
+  std::atomic<bool> ra_stopping_{false};  // set under ra_mu_
+  std::vector<std::thread> ra_threads_;
 
   std::mutex persist_mu_;
   std::condition_variable persist_cv_;

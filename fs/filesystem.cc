@@ -19,12 +19,12 @@
 namespace cachefs {
 namespace {
 
-// An open file: the descriptor of the source file, opened for this handle.
+// An open file: the descriptor of the source file, opened for this handle
+// (shared with the cache's readahead of it, which may hold it a little
+// longer than the handle lives).
 struct FileHandle {
-  explicit FileHandle(int f) : fd(f) {}
-  ~FileHandle() {
-    if (fd >= 0) close(fd);
-  }
+  explicit FileHandle(int f) : src(std::make_shared<SourceFd>(f)), fd(f) {}
+  SourceFdRef src;
   int fd;
   std::shared_ptr<CachedFile> cached;  // null: served straight from SOURCE
 };
@@ -505,7 +505,7 @@ void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fil
     thread_local std::vector<char> buf;
     if (buf.size() < size) buf.resize(size);
     auto n =
-        Fs(req).engine()->Read(*fh->cached, fh->fd, static_cast<uint64_t>(off), size, buf.data());
+        Fs(req).engine()->Read(*fh->cached, fh->src, static_cast<uint64_t>(off), size, buf.data());
     if (!n.ok()) return ReplyErr(req, ErrnoOf(n.status()));
     fuse_reply_buf(req, buf.data(), n.value());
     return;

@@ -25,6 +25,7 @@ class CountingBacking final : public Backing {
  public:
   Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override {
     reads++;
+    bytes += len;
     if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
     if (fail) return Status::Error(EIO, "injected read failure");
     return RealBacking()->Read(fd, off, len, buf);
@@ -36,6 +37,7 @@ class CountingBacking final : public Backing {
   Status Stat(int fd, struct stat* st) override { return RealBacking()->Stat(fd, st); }
 
   std::atomic<int> reads{0};
+  std::atomic<uint64_t> bytes{0};
   std::atomic<int> delay_ms{0};
   std::atomic<bool> fail{false};
 };
@@ -51,7 +53,6 @@ class EngineTest : public ::testing::Test {
     std::filesystem::create_directories(source_);
   }
   void TearDown() override {
-    for (int fd : fds_) close(fd);
     std::filesystem::remove_all(base_);
   }
 
@@ -60,6 +61,7 @@ class EngineTest : public ::testing::Test {
     c.options.cache_dir = base_ + "/cache";
     c.options.cache_size = SizeOrPercent{false, 0, cache_bytes};
     c.options.block_size = kBlock;
+    c.options.readahead = 0;  // on only where a test wants it: counts stay exact
     c.source = source_;
     c.backing = &backing_;
     return c;
@@ -72,19 +74,19 @@ class EngineTest : public ::testing::Test {
   }
 
   // Writes `data` to SOURCE/name and opens it read-only.
-  int MakeFile(const std::string& name, const std::string& data) {
+  SourceFdRef MakeFile(const std::string& name, const std::string& data) {
     std::ofstream(source_ + "/" + name, std::ios::binary) << data;
-    return OpenSource(name);
+    return OpenSourceFile(name);
   }
-  int OpenSource(const std::string& name) {
-    int fd = open((source_ + "/" + name).c_str(), O_RDONLY);
+  static SourceFdRef OpenSource(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY);
     EXPECT_GE(fd, 0);
-    fds_.push_back(fd);
-    return fd;
+    return std::make_shared<SourceFd>(fd);
   }
-  static struct stat Stat(int fd) {
+  SourceFdRef OpenSourceFile(const std::string& name) { return OpenSource(source_ + "/" + name); }
+  static struct stat Stat(const SourceFdRef& fd) {
     struct stat st;
-    fstat(fd, &st);
+    fstat(fd->get(), &st);
     return st;
   }
   static std::string Pattern(size_t n, uint32_t seed) {
@@ -93,7 +95,7 @@ class EngineTest : public ::testing::Test {
     for (auto& c : s) c = static_cast<char>(rng());
     return s;
   }
-  static std::string ReadAll(Engine& e, CachedFile& f, int fd, uint64_t off, size_t len) {
+  static std::string ReadAll(Engine& e, CachedFile& f, const SourceFdRef& fd, uint64_t off, size_t len) {
     std::string out(len, '\0');
     auto n = e.Read(f, fd, off, len, out.data());
     EXPECT_TRUE(n.ok()) << n.status().message();
@@ -103,23 +105,23 @@ class EngineTest : public ::testing::Test {
 
   std::string base_, source_;
   CountingBacking backing_;
-  std::vector<int> fds_;
 };
 
 TEST_F(EngineTest, MissThenHitAndPartialLastBlock) {
   auto e = OpenEngine(Config());
   ASSERT_NE(e, nullptr);
   std::string data = Pattern(3 * kBlock + 1000, 1);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok()) << f.status().message();
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
-  EXPECT_EQ(backing_.reads, 4);  // three whole blocks and the partial last one
+  // One read of SOURCE for the run of four missing blocks (the last one partial).
+  EXPECT_EQ(backing_.reads, 1);
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, kBlock - 10, 30), data.substr(kBlock - 10, 30));
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, data.size() - 7, 100), data.substr(data.size() - 7));
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, data.size(), 100), "");
-  EXPECT_EQ(backing_.reads, 4);
+  EXPECT_EQ(backing_.reads, 1);
   EngineStats s = e->stats();
   EXPECT_EQ(s.read_misses, 4u);
   EXPECT_GE(s.read_hits, 6u);
@@ -128,7 +130,7 @@ TEST_F(EngineTest, MissThenHitAndPartialLastBlock) {
 
 TEST_F(EngineTest, WarmAfterCleanRestart) {
   std::string data = Pattern(2 * kBlock, 2);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   {
     auto e = OpenEngine(Config());
     ASSERT_NE(e, nullptr);
@@ -150,7 +152,7 @@ TEST_F(EngineTest, WarmAfterCleanRestart) {
 // read returned) gives a warm cache at the next open.
 TEST_F(EngineTest, WarmAfterKill) {
   std::string data = Pattern(4 * kBlock, 3);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   EngineConfig c = Config();
   pid_t pid = fork();
   if (pid == 0) {
@@ -178,7 +180,7 @@ TEST_F(EngineTest, ChangedFingerprintDropsBlocks) {
   auto e = OpenEngine(Config());
   ASSERT_NE(e, nullptr);
   std::string v1 = Pattern(kBlock, 4);
-  int fd = MakeFile("f", v1);
+  auto fd = MakeFile("f", v1);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, v1.size()), v1);
@@ -199,7 +201,7 @@ TEST_F(EngineTest, ChangedFingerprintDropsBlocks) {
 
 TEST_F(EngineTest, ChangeWhileUnmountedIsSeenAtOpen) {
   std::string v1 = Pattern(kBlock, 6);
-  int fd = MakeFile("f", v1);
+  auto fd = MakeFile("f", v1);
   {
     auto e = OpenEngine(Config());
     auto f = e->OpenFile("f", Stat(fd));
@@ -217,7 +219,7 @@ TEST_F(EngineTest, ChangeWhileUnmountedIsSeenAtOpen) {
 TEST_F(EngineTest, AfterWriteDropsOnlyTouchedBlocks) {
   auto e = OpenEngine(Config());
   std::string data = Pattern(4 * kBlock, 8);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
@@ -234,7 +236,7 @@ TEST_F(EngineTest, AfterWriteDropsOnlyTouchedBlocks) {
 TEST_F(EngineTest, TruncateThenGrowReadsZeros) {
   auto e = OpenEngine(Config());
   std::string data = Pattern(2 * kBlock, 9);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
@@ -250,7 +252,7 @@ TEST_F(EngineTest, TruncateThenGrowReadsZeros) {
 TEST_F(EngineTest, EvictionKeepsTheCap) {
   auto e = OpenEngine(Config(4 * kBlock));
   std::string data = Pattern(10 * kBlock, 10);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
   for (int round = 0; round < 2; ++round) {
@@ -268,7 +270,7 @@ TEST_F(EngineTest, EvictionKeepsTheCap) {
 TEST_F(EngineTest, CorruptionIsRefetchedAndCounted) {
   EngineConfig c = Config();
   std::string data = Pattern(kBlock, 11);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   {
     auto e = OpenEngine(c);
     auto f = e->OpenFile("f", Stat(fd));
@@ -301,26 +303,91 @@ TEST_F(EngineTest, CorruptionIsRefetchedAndCounted) {
 TEST_F(EngineTest, ConcurrentMissesShareOneFetch) {
   auto e = OpenEngine(Config());
   std::string data = Pattern(kBlock, 12);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
   backing_.delay_ms = 200;
   std::vector<std::thread> threads;
   std::atomic<int> good{0};
+  // Eight readers of the same sub-blocks: one fetch.
   for (int i = 0; i < 8; ++i) {
     threads.emplace_back([&, i] {
-      if (ReadAll(*e, *f.value(), fd, i * 1000, 1000) == data.substr(i * 1000, 1000)) good++;
+      if (ReadAll(*e, *f.value(), fd, i * 500, 500) == data.substr(i * 500, 500)) good++;
     });
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(good, 8);
   EXPECT_EQ(backing_.reads, 1);
   EXPECT_EQ(e->stats().read_misses, 1u);
+  EXPECT_GE(e->stats().fetch_waits, 1u);
+}
+
+TEST_F(EngineTest, MissFetchesOnlyTheSubBlocksAskedForAndFillsLater) {
+  std::string data = Pattern(kBlock, 21);
+  auto fd = MakeFile("f", data);
+  {
+    auto e = OpenEngine(Config());
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 5 * 4096 + 10, 100), data.substr(5 * 4096 + 10, 100));
+    EXPECT_EQ(backing_.bytes, 4096u);  // one sub-block, not the 64 KiB block
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 9 * 4096, 8192), data.substr(9 * 4096, 8192));
+    EXPECT_EQ(backing_.bytes, 3 * 4096u);
+    EXPECT_EQ(e->stats().blocks_cached, 1u);  // both filled into the same slot
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 5 * 4096, 4096), data.substr(5 * 4096, 4096));
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 10 * 4096, 4096), data.substr(10 * 4096, 4096));
+    EXPECT_EQ(backing_.reads, 2);
+  }
+  // The valid sub-blocks are in the metadata: still hits after a restart,
+  // and a read over valid and missing sub-blocks fetches the rest.
+  auto e = OpenEngine(Config());
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 9 * 4096, 8192), data.substr(9 * 4096, 8192));
+  EXPECT_EQ(backing_.reads, 2);
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, kBlock), data);
+  EXPECT_EQ(backing_.reads, 3);
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, kBlock), data);
+  EXPECT_EQ(backing_.reads, 3);
+  EXPECT_EQ(e->stats().blocks_cached, 1u);
+}
+
+TEST_F(EngineTest, ReadaheadFetchesEachBlockOnceAhead) {
+  const size_t blocks = 40;
+  std::string data = Pattern(blocks * kBlock, 22);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = Config(64 * kBlock);
+  c.options.readahead = 8 * kBlock;
+  auto e = OpenEngine(c);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  backing_.delay_ms = 2;  // readahead and reader overlap
+  // A sequential reader in 128 KiB requests, as the kernel sends them.
+  for (uint64_t off = 0; off < data.size(); off += 2 * kBlock) {
+    ASSERT_EQ(ReadAll(*e, *f.value(), fd, off, 2 * kBlock), data.substr(off, 2 * kBlock));
+  }
+  // Every byte came from SOURCE once, most of it fetched ahead of the reader.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (e->stats().blocks_cached < blocks && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(e->stats().blocks_cached, blocks);
+  EXPECT_EQ(backing_.bytes, data.size());
+  EXPECT_GE(e->stats().readahead_blocks, blocks / 2);
+  // A random reader triggers none.
+  uint64_t before = e->stats().readahead_blocks;
+  auto g = e->OpenFile("g", Stat(MakeFile("g", data)));
+  ASSERT_TRUE(g.ok());
+  auto gfd = OpenSourceFile("g");
+  for (uint64_t b : {30, 3, 17, 9, 25}) {
+    ASSERT_EQ(ReadAll(*e, *g.value(), gfd, b * kBlock, 4096), data.substr(b * kBlock, 4096));
+  }
+  EXPECT_EQ(e->stats().readahead_blocks, before);
 }
 
 TEST_F(EngineTest, ReadErrorOfSourceIsReported) {
   auto e = OpenEngine(Config());
-  int fd = MakeFile("f", Pattern(kBlock, 13));
+  auto fd = MakeFile("f", Pattern(kBlock, 13));
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
   backing_.fail = true;
@@ -336,7 +403,7 @@ TEST_F(EngineTest, HungSourceReadFailsAfterTheTimeout) {
   c.options.source_timeout = 0.1;
   auto e = OpenEngine(c);
   std::string data = Pattern(kBlock, 17);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
   backing_.delay_ms = 600;
@@ -352,7 +419,7 @@ TEST_F(EngineTest, HungSourceReadFailsAfterTheTimeout) {
 TEST_F(EngineTest, RenameKeepsTheCacheUnlinkDropsIt) {
   auto e = OpenEngine(Config());
   std::string data = Pattern(kBlock, 14);
-  int fd = MakeFile("a", data);
+  auto fd = MakeFile("a", data);
   auto f = e->OpenFile("a", Stat(fd));
   ASSERT_TRUE(f.ok());
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
@@ -374,7 +441,7 @@ TEST_F(EngineTest, RenameKeepsTheCacheUnlinkDropsIt) {
 TEST_F(EngineTest, DirectoryRenameMovesEveryPath) {
   std::filesystem::create_directories(source_ + "/d/sub");
   std::string data = Pattern(kBlock, 15);
-  int fd = MakeFile("d/sub/f", data);
+  auto fd = MakeFile("d/sub/f", data);
   {
     auto e = OpenEngine(Config());
     auto f = e->OpenFile("d/sub/f", Stat(fd));
@@ -399,7 +466,7 @@ TEST_F(EngineTest, DirectoryRenameMovesEveryPath) {
 TEST_F(EngineTest, OwnAttributeChangesKeepTheCache) {
   auto e = OpenEngine(Config());
   std::string data = Pattern(kBlock, 16);
-  int fd = MakeFile("f", data);
+  auto fd = MakeFile("f", data);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);

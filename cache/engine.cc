@@ -1,5 +1,6 @@
 #include "cache/engine.h"
 
+#include <fcntl.h>
 #include <sys/random.h>
 #include <sys/statvfs.h>
 #include <sys/vfs.h>
@@ -28,6 +29,15 @@ constexpr long kFuseSuperMagic = 0x65735546;
 // How far behind the end of a sequential stream a read may start and still
 // be taken for one of its requests arriving out of order.
 constexpr uint64_t kLateReadSlack = 1u << 20;
+// Readahead reads SOURCE in pieces of this size (or one block, if larger),
+// so a reader waiting for the first block of a window does not wait for all
+// of it, and several pieces are in flight at once.
+constexpr uint64_t kReadaheadRunBytes = 256 * 1024;
+// Readahead threads: reads of SOURCE in flight ahead of sequential readers.
+constexpr int kReadaheadThreads = 4;
+// Fetched runs waiting for the installer at most; past it readers install
+// their own (the store cannot keep up, so waiting is the right brake).
+constexpr size_t kMaxQueuedInstalls = 64;
 
 Fingerprint FingerprintOf(const struct stat& st) {
   Fingerprint fp;
@@ -211,11 +221,12 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   struct statfs sfs;
   e->compare_ino_ = !(statfs(config.source.c_str(), &sfs) == 0 && sfs.f_type == kFuseSuperMagic);
   e->persist_thread_ = std::thread([raw = e.get()] { raw->PersistLoop(); });
+  e->install_thread_ = std::thread([raw = e.get()] { raw->InstallLoop(); });
   e->readahead_bytes_ = o.readahead.value_or(EngineConfig::kDefaultReadahead);
   if (e->readahead_bytes_ > 0) {
-    // Two reads of SOURCE in flight: one keeps a link busy while the other
-    // pays its latency.
-    for (int i = 0; i < 2; ++i) e->ra_threads_.emplace_back([raw = e.get()] { raw->ReadaheadLoop(); });
+    for (int i = 0; i < kReadaheadThreads; ++i) {
+      e->ra_threads_.emplace_back([raw = e.get()] { raw->ReadaheadLoop(); });
+    }
   }
   return e;
 }
@@ -271,6 +282,12 @@ Engine::~Engine() {
   }
   ra_cv_.notify_all();
   for (auto& t : ra_threads_) t.join();
+  {
+    std::lock_guard<std::mutex> lock(ra_mu_);
+    install_stopping_ = true;
+  }
+  install_cv_.notify_all();
+  if (install_thread_.joinable()) install_thread_.join();
   {
     std::lock_guard<std::mutex> lock(persist_mu_);
     stopping_ = true;
@@ -838,7 +855,7 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
 
 Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
     CachedFile& file, int fd, uint64_t from, uint64_t to,
-    const std::vector<std::shared_ptr<Fetch>>& run) {
+    const std::vector<std::shared_ptr<Fetch>>& run, bool defer_install) {
   const uint64_t bs = sb_.block_size;
   const size_t len = static_cast<size_t>(to - from);
   std::shared_ptr<char> buf(static_cast<char*>(std::aligned_alloc(kSubBlockSize, len)), std::free);
@@ -862,16 +879,39 @@ Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
         f->bytes = static_cast<uint32_t>(hi - lo);
         f->data = buf;
         f->data_off = lo - from;
+        counters_.read_misses++;
       }
       f->done = true;
     }
     // Waiters are served from the buffer now; the fetch stays registered
     // until the block is installed, so nobody fetches it again meanwhile.
     f->cv.notify_all();
-    if (status.ok() && hi > lo) {
-      counters_.read_misses++;
-      Install(file, f->index, f->epoch, buf.get() + (lo - from),
-              static_cast<uint32_t>((lo - start) / kSubBlockSize), hi - lo);
+  }
+  bool deferred = false;
+  if (defer_install && status.ok()) {
+    // The reader need not wait for the store write and the commit: the
+    // installer thread does them after the reply. A crash before then loses
+    // nothing but the chance to cache this data.
+    std::lock_guard<std::mutex> lock(ra_mu_);
+    if (!ra_stopping_ && install_queue_.size() < kMaxQueuedInstalls) {
+      install_queue_.push_back(InstallJob{file.shared_from_this(), run});
+      deferred = true;
+    }
+  }
+  if (deferred) {
+    install_cv_.notify_all();
+  } else {
+    InstallRun(file, run);
+  }
+  if (!status.ok()) return status;
+  return std::make_pair(std::move(buf), got);
+}
+
+void Engine::InstallRun(CachedFile& file, const std::vector<std::shared_ptr<Fetch>>& run) {
+  for (const auto& f : run) {
+    if (f->status.ok() && f->data) {
+      Install(file, f->index, f->epoch, f->data.get() + f->data_off, f->from / kSubBlockSize,
+              f->bytes);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -883,8 +923,28 @@ Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
     }
     f->cv.notify_all();
   }
-  if (!status.ok()) return status;
-  return std::make_pair(std::move(buf), got);
+}
+
+void Engine::InstallLoop() {
+  std::unique_lock<std::mutex> lock(ra_mu_);
+  while (true) {
+    install_cv_.wait(lock, [this] { return install_stopping_ || !install_queue_.empty(); });
+    if (install_queue_.empty()) return;  // stopping, and everything is installed
+    InstallJob job = std::move(install_queue_.front());
+    install_queue_.pop_front();
+    installs_running_++;
+    lock.unlock();
+    InstallRun(*job.file, job.run);
+    job = InstallJob{};
+    lock.lock();
+    installs_running_--;
+    install_cv_.notify_all();
+  }
+}
+
+void Engine::WaitForInstalls() {
+  std::unique_lock<std::mutex> lock(ra_mu_);
+  install_cv_.wait(lock, [this] { return install_queue_.empty() && installs_running_ == 0; });
 }
 
 Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out) {
@@ -937,7 +997,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
     const uint64_t from = index * bs + begin / kSubBlockSize * kSubBlockSize;
     const uint64_t stop = std::min(pos + want, (index + run.size()) * bs);
     const uint64_t to = AlignedBuffer::RoundUp(stop);
-    auto fetched = FetchRun(file, fd, from, to, run);
+    auto fetched = FetchRun(file, fd, from, to, run, /*defer_install=*/true);
     if (!fetched.ok()) return fetched.status();
     const auto& [data, got] = fetched.value();
     if (from + got <= pos) return size_t{0};  // end of file
@@ -978,7 +1038,8 @@ void Engine::MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t of
   const uint64_t bs = sb_.block_size;
   const uint64_t window = std::max<uint64_t>(1, readahead_bytes_ / bs);
   const uint64_t file_blocks = (file_size + bs - 1) / bs;
-  ReadaheadJob job;
+  uint64_t from, to;
+  bool advise;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
     // Sequential: this read starts where the last one ended, or overlaps
@@ -999,19 +1060,31 @@ void Engine::MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t of
     const uint64_t next = (off + len + bs - 1) / bs;  // the first block after this read
     // Refill when less than half the window is left ahead of the reader.
     if (file.ahead_until_ >= next + window / 2 + 1) return;
-    job.from_index = std::max(file.ahead_until_, next);
-    job.to_index = std::min(file_blocks, next + window);
-    if (job.from_index >= job.to_index) return;
-    file.ahead_until_ = job.to_index;
+    from = std::max(file.ahead_until_, next);
+    to = std::min(file_blocks, next + window);
+    if (from >= to) return;
+    file.ahead_until_ = to;
+    advise = !file.advised_;
+    file.advised_ = true;
   }
-  job.file = file.shared_from_this();
-  job.fd = fd;
+  if (advise) {
+    // The stream is sequential: let SOURCE's own readahead for this
+    // descriptor grow too (as fio and cp do), so each of our reads costs the
+    // slow store fewer round trips.
+    (void)posix_fadvise(fd->get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  }
+  // One job per run, so the readahead threads fetch runs in parallel: with a
+  // slow store's latency, one read at a time cannot fill its link.
+  const uint64_t max_run = std::max<uint64_t>(1, kReadaheadRunBytes / bs);
+  auto shared = file.shared_from_this();
   {
     std::lock_guard<std::mutex> lock(ra_mu_);
     if (ra_stopping_) return;
-    ra_queue_.push_back(std::move(job));
+    for (uint64_t b = from; b < to; b += max_run) {
+      ra_queue_.push_back(ReadaheadJob{shared, fd, b, std::min(to, b + max_run)});
+    }
   }
-  ra_cv_.notify_one();
+  ra_cv_.notify_all();
 }
 
 void Engine::ReadaheadLoop() {
@@ -1032,9 +1105,7 @@ void Engine::RunReadahead(const ReadaheadJob& job) {
   CachedFile& file = *job.file;
   const uint64_t bs = sb_.block_size;
   const uint64_t id = file.file_id_;
-  // At most this much per read of SOURCE, so a reader waiting for the first
-  // block of a run does not wait for the whole window.
-  const uint64_t max_run = std::max<uint64_t>(1, (256 * 1024) / bs);
+  const uint64_t max_run = std::max<uint64_t>(1, kReadaheadRunBytes / bs);
   uint64_t b = job.from_index;
   while (b < job.to_index && !file.detached_ && !ra_stopping_) {
     std::vector<std::shared_ptr<Fetch>> run;
@@ -1054,7 +1125,7 @@ void Engine::RunReadahead(const ReadaheadJob& job) {
     if (run.empty()) break;
     counters_.readahead_blocks += run.size();
     auto fetched = FetchRun(file, job.fd->get(), run.front()->index * bs,
-                            (run.back()->index + 1) * bs, run);
+                            (run.back()->index + 1) * bs, run, /*defer_install=*/false);
     if (!fetched.ok() || fetched.value().second < run.size() * bs) break;  // error or end of file
   }
 }

@@ -121,6 +121,7 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   uint64_t next_offset_ = 0;
   uint64_t sequential_bytes_ = 0;
   uint64_t ahead_until_ = 0;
+  bool advised_ = false;  // POSIX_FADV_SEQUENTIAL given to SOURCE
 };
 
 class Engine {
@@ -178,6 +179,9 @@ class Engine {
 
   // Persists the store, then syncs the metadata (contract 2 order).
   Status Persist();
+  // Returns once every block fetched so far is installed in the cache (reads
+  // reply before their blocks are written to the store).
+  void WaitForInstalls();
 
   EngineStats stats() const;
 
@@ -189,6 +193,10 @@ class Engine {
     uint64_t from_index = 0;
     uint64_t to_index = 0;  // exclusive
   };
+  struct InstallJob {
+    std::shared_ptr<CachedFile> file;
+    std::vector<std::shared_ptr<Fetch>> run;
+  };
   Engine() = default;
 
   Status Recover();
@@ -199,12 +207,16 @@ class Engine {
   // every sub-block of the range is a miss (the fetch fills it in).
   Result<bool> TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out);
   // Reads bytes [from, to) of `file` from SOURCE for the fetches `run` (of
-  // consecutive blocks, the first holding `from`), installs what was read in
-  // the cache and completes the fetches. Returns the buffer (holding `from`
-  // at offset 0) and the bytes read, or the read's error.
+  // consecutive blocks, the first holding `from`), completes the fetches and
+  // installs what was read in the cache (InstallRun), by the installer
+  // thread if `defer_install`. Returns the buffer (holding `from` at offset
+  // 0) and the bytes read, or the read's error.
   Result<std::pair<std::shared_ptr<char>, size_t>> FetchRun(
       CachedFile& file, int fd, uint64_t from, uint64_t to,
-      const std::vector<std::shared_ptr<Fetch>>& run);
+      const std::vector<std::shared_ptr<Fetch>>& run, bool defer_install);
+  // Installs the completed fetches `run` and unregisters them.
+  void InstallRun(CachedFile& file, const std::vector<std::shared_ptr<Fetch>>& run);
+  void InstallLoop();
   // Puts `bytes` of fetched data (sub-block aligned, zero-padded to whole
   // sub-blocks) into the cache at sub-block `first_sub` of block `index`:
   // a new slot, or the not yet valid sub-blocks of the block's slot.
@@ -269,6 +281,11 @@ class Engine {
   std::deque<ReadaheadJob> ra_queue_;  // guarded by ra_mu_
   std::atomic<bool> ra_stopping_{false};  // set under ra_mu_
   std::vector<std::thread> ra_threads_;
+  std::condition_variable install_cv_;
+  std::deque<InstallJob> install_queue_;  // guarded by ra_mu_
+  bool install_stopping_ = false;         // guarded by ra_mu_
+  int installs_running_ = 0;              // guarded by ra_mu_
+  std::thread install_thread_;
 
   std::mutex persist_mu_;
   std::condition_variable persist_cv_;

@@ -79,23 +79,6 @@ Status Fixed(const std::string& dir, const std::string& what, const std::string&
 
 }  // namespace
 
-struct Engine::Fetch {
-  Fetch(uint64_t i, uint64_t e) : index(i), epoch(e) {}
-  const uint64_t index;  // the block
-  const uint64_t epoch;  // the file's epoch when the fetch began
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  Status status;
-  // What was read of the block: bytes [from, from + bytes) of it, at
-  // data.get() + data_off (the buffer of the whole run).
-  uint32_t from = 0;
-  uint32_t bytes = 0;
-  std::shared_ptr<char> data;
-  size_t data_off = 0;
-  bool installed = false;  // and unregistered: the cache holds what it will of it
-};
-
 Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   std::unique_ptr<Engine> e(new Engine());
   e->config_ = config;
@@ -193,9 +176,10 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
     }
     if (o.mode) sb.mode = *o.mode;
   }
-  if (sb.mode == CacheMode::kWriteback || sb.mode == CacheMode::kCow) {
+  if (sb.mode == CacheMode::kCow) {
     return Status::Invalid(std::string("mode=") + CacheModeName(sb.mode) +
-                           " is not available yet (writethrough, writearound, readonly are)");
+                           " is not available yet (writethrough, writeback, writearound, "
+                           "readonly are)");
   }
 
   StoreConfig sc;
@@ -222,6 +206,15 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   e->compare_ino_ = !(statfs(config.source.c_str(), &sfs) == 0 && sfs.f_type == kFuseSuperMagic);
   e->persist_thread_ = std::thread([raw = e.get()] { raw->PersistLoop(); });
   e->install_thread_ = std::thread([raw = e.get()] { raw->InstallLoop(); });
+  {
+    // The writer opens files by their path relative to SOURCE.
+    std::string root = config.source;
+    if (config.source_is_file) root = std::filesystem::path(root).parent_path().string();
+    e->source_root_ = open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (e->source_root_ < 0) return Status::FromErrno(errno, "SOURCE '" + root + "'");
+  }
+  // Dirty data is written back in every mode (readonly too: it was promised).
+  e->writeback_thread_ = std::thread([raw = e.get()] { raw->WritebackLoop(); });
   e->readahead_bytes_ = o.readahead.value_or(EngineConfig::kDefaultReadahead);
   if (e->readahead_bytes_ > 0) {
     for (int i = 0; i < kReadaheadThreads; ++i) {
@@ -240,6 +233,7 @@ Status Engine::Recover() {
   policy_ = std::move(policy.value());
   readers_.assign(slots, 0);
   free_when_unread_.assign(slots, false);
+  dirty_slot_.assign(slots, false);
   MetaBatch drop;
   uint32_t sub_blocks = sb_.block_size / kSubBlockSize;
   Status s = meta_->ScanAllBlocks([&](const BlockRecord& r) {
@@ -250,7 +244,13 @@ Status Engine::Recover() {
     }
     uint32_t slot = static_cast<uint32_t>(r.slot);
     index_->Insert({r.file_id, r.index}, slot);
-    policy_->Track(slot);
+    if (r.AnyDirty()) {
+      // Dirty: never a victim; its dirty index entry resumes the writeback.
+      dirty_slot_[slot] = true;
+      AddDirty(r.dirty_seq, BlockKey{r.file_id, r.index});
+    } else {
+      policy_->Track(slot);
+    }
     next_generation_ = std::max(next_generation_, r.generation + 1);
     return true;
   });
@@ -261,6 +261,13 @@ Status Engine::Recover() {
   auto max_id = meta_->MaxFileId();
   if (!max_id.ok()) return max_id.status();
   next_file_id_ = max_id.value() + 1;
+  auto max_seq = meta_->MaxDirtySeq();
+  if (!max_seq.ok()) return max_seq.status();
+  next_dirty_seq_ = max_seq.value() + 1;
+  if (!dirty_.empty()) {
+    LogInfo("cache '" + dir_ + "': " + std::to_string(dirty_.size()) +
+            " dirty blocks to write back");
+  }
   auto state = meta_->GetMountState();
   if (!state.ok()) return state.status();
   MountState ms = state.value().value_or(MountState{});
@@ -283,6 +290,12 @@ Engine::~Engine() {
   ra_cv_.notify_all();
   for (auto& t : ra_threads_) t.join();
   {
+    std::lock_guard<std::mutex> lock(wb_mu_);
+    wb_stopping_ = true;
+  }
+  wb_cv_.notify_all();
+  if (writeback_thread_.joinable()) writeback_thread_.join();
+  {
     std::lock_guard<std::mutex> lock(ra_mu_);
     install_stopping_ = true;
   }
@@ -294,6 +307,7 @@ Engine::~Engine() {
   }
   persist_cv_.notify_all();
   if (persist_thread_.joinable()) persist_thread_.join();
+  if (source_root_ >= 0) close(source_root_);
   if (!meta_ || !store_) return;
   std::vector<std::shared_ptr<CachedFile>> live;
   {
@@ -333,9 +347,33 @@ void Engine::PersistLoop() {
 }
 
 Status Engine::Persist() {
+  const uint64_t ticket = ++sync_tickets_;
+  std::lock_guard<std::mutex> lock(sync_mu_);
+  if (sync_done_ >= ticket) return Status::Ok();  // a persist that began after us covered us
+  const uint64_t covers = sync_tickets_.load();
+  std::vector<uint32_t> released;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    released.swap(quarantine_);
+  }
   Status s = store_->Persist();
-  if (!s.ok()) return s;
-  return meta_->SyncWal();
+  if (s.ok()) s = meta_->SyncWal();
+  counters_.persists++;
+  std::lock_guard<std::mutex> l(mu_);
+  if (!s.ok()) {
+    quarantine_.insert(quarantine_.end(), released.begin(), released.end());
+    return s;
+  }
+  sync_done_ = covers;
+  // The records that stopped pointing at these slots are synced now.
+  for (uint32_t slot : released) {
+    if (readers_[slot] > 0) {
+      free_when_unread_[slot] = true;
+    } else {
+      FreeSlot(slot);
+    }
+  }
+  return Status::Ok();
 }
 
 // --- files ------------------------------------------------------------------
@@ -351,8 +389,8 @@ Status Engine::FileRecordInto(CachedFile& file, MetaBatch& batch) {
     if (!file.record_stale_) return Status::Ok();
     rec.source_ino = file.source_ino_;
     rec.fingerprint = file.fingerprint_;
-    rec.size = file.fingerprint_.size;
-    rec.mtime_ns = file.fingerprint_.mtime_ns;
+    rec.size = file.overlay_ ? file.size_ : file.fingerprint_.size;
+    rec.mtime_ns = file.overlay_ ? file.mtime_ns_ : file.fingerprint_.mtime_ns;
     rec.ctime_ns = file.fingerprint_.ctime_ns;
     file.record_stale_ = false;
   }
@@ -404,7 +442,19 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
     }
     bool matches = rec.value() && rec.value()->fingerprint == now &&
                    (!compare_ino_ || rec.value()->source_ino == file->source_ino_);
-    if (!matches) {
+    if (rec.value() && HasDirty(file_id)) {
+      // Data not yet written back: the file is what the record says, and
+      // SOURCE must still look as we left it.
+      file->overlay_ = true;
+      file->size_ = rec.value()->size;
+      file->mtime_ns_ = rec.value()->mtime_ns;
+      file->fingerprint_ = rec.value()->fingerprint;
+      file->conflict_ = (rec.value()->flags & FileRecord::kConflict) != 0;
+      if (!matches && !file->conflict_) {
+        Status s = MarkConflict(file_id, file.get());
+        if (!s.ok()) return s;
+      }
+    } else if (!matches) {
       file->epoch_++;
       Status s = DropBlocks(file_id, 0, kNoEnd);
       if (!s.ok()) return s;
@@ -439,10 +489,25 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
 
 Result<bool> Engine::Revalidate(CachedFile& file, const struct stat& st) {
   Fingerprint now = FingerprintOf(st);
+  bool conflict = false;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
     bool same_ino = !compare_ino_ || file.source_ino_ == static_cast<uint64_t>(st.st_ino);
     if (file.fingerprint_ == now && same_ino) return false;
+    if (file.writing_back_) return false;  // the writer's own change, adopted when it is done
+    conflict = file.overlay_ && !file.conflict_;
+  }
+  if (conflict || HasDirty(file.file_id_)) {
+    // Changed outside while we hold data for it: never written over; the
+    // clean blocks go, the dirty ones stay for cachefsctl conflicts.
+    Status s = conflict ? MarkConflict(file.file_id_, &file) : Status::Ok();
+    if (!s.ok()) return s;
+    s = DropBlocks(file.file_id_, 0, kNoEnd, /*keep_dirty=*/true);
+    if (!s.ok()) return s;
+    return true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
     file.fingerprint_ = now;
     file.source_ino_ = static_cast<uint64_t>(st.st_ino);
     file.record_stale_ = true;
@@ -452,6 +517,26 @@ Result<bool> Engine::Revalidate(CachedFile& file, const struct stat& st) {
   Status s = DropBlocks(file.file_id_, 0, kNoEnd);
   if (!s.ok()) return s;
   return true;
+}
+
+Status Engine::MarkConflict(uint64_t file_id, CachedFile* live) {
+  if (live != nullptr) {
+    std::lock_guard<std::mutex> lock(live->mu_);
+    live->conflict_ = true;
+    live->epoch_++;
+  }
+  counters_.conflicts++;
+  auto rec = meta_->GetFile(file_id);
+  if (!rec.ok()) return rec.status();
+  if (!rec.value()) return Status::Ok();
+  FileRecord r = *rec.value();
+  LogError("conflict: '" + r.path +
+           "' changed in SOURCE while it had data not yet written back; the cached data is kept "
+           "and not written back (cachefsctl conflicts)");
+  r.flags |= FileRecord::kConflict;
+  MetaBatch batch;
+  batch.Put(r);
+  return meta_->Commit(batch, false);
 }
 
 Status Engine::CloseFile(CachedFile& file) {
@@ -635,7 +720,7 @@ std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch) {
 }
 
 Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index,
-                              MetaBatch& batch) {
+                              MetaBatch& batch, bool keep_dirty) {
   std::vector<uint64_t> doomed;
   if (to_index - from_index <= kDropByIndexLimit) {
     // A write's few blocks: the index knows every record (recovery loads
@@ -653,9 +738,30 @@ Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to
     if (!s.ok()) return s;
   }
   std::lock_guard<std::mutex> lock(mu_);
+  std::map<uint64_t, uint64_t> dirty_seq;  // index -> seq, of this file's dirty blocks
+  for (const auto& [seq, key] : dirty_) {
+    if (key.file_id == file_id) dirty_seq[key.index] = seq;
+  }
   for (uint64_t index : doomed) {
-    batch.RemoveBlock(file_id, index);
     auto slot = index_->Find({file_id, index});
+    if (slot && dirty_slot_[*slot]) {
+      if (keep_dirty) continue;
+      // Dropping dirty data (truncated away, or its file is gone): its
+      // record may come back after a power loss until this batch is synced,
+      // so the slot waits for the next persist.
+      auto it = dirty_seq.find(index);
+      if (it != dirty_seq.end()) {
+        batch.RemoveDirty(it->second);
+        EraseDirty(it->second);
+      }
+      dirty_slot_[*slot] = false;
+      batch.RemoveBlock(file_id, index);
+      index_->Erase(*slot);
+      policy_->Remove(*slot);
+      QuarantineSlot(*slot);
+      continue;
+    }
+    batch.RemoveBlock(file_id, index);
     if (!slot) continue;
     index_->Erase(*slot);
     policy_->Remove(*slot);
@@ -668,9 +774,10 @@ Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to
   return Status::Ok();
 }
 
-Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index) {
+Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index,
+                          bool keep_dirty) {
   MetaBatch batch;
-  Status s = DropBlocksInto(file_id, from_index, to_index, batch);
+  Status s = DropBlocksInto(file_id, from_index, to_index, batch, keep_dirty);
   if (!s.ok() || batch.empty()) return s;
   return meta_->Commit(batch, false);
 }
@@ -728,6 +835,14 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
     counters_.bytes_from_cache += end - begin;
     return true;
   }
+  if (corrupt && dirty_slot_[slot]) {
+    // Not yet on SOURCE: there is nothing correct to serve (contract 6).
+    counters_.crc_errors++;
+    ReleaseReader(slot);
+    LogError("CRC mismatch in dirty cached block " + std::to_string(index) + " of file " +
+             std::to_string(file.file_id_) + ": read fails with EIO");
+    return Status::Error(EIO, "CRC mismatch in dirty cached data");
+  }
   if (corrupt) {
     counters_.crc_errors++;
     LogWarning("CRC mismatch in cached block " + std::to_string(index) + " of file " +
@@ -736,7 +851,7 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
   // Corrupt, unreadable, or its record gone: drop it so the miss path
   // fetches it anew. The record goes in the same critical section, so it
   // cannot remove a newer record of a fetch that follows.
-  if (!partial && index_->Find(key) == slot) {
+  if (!partial && index_->Find(key) == slot && !dirty_slot_[slot]) {
     index_->Erase(slot);
     policy_->Remove(slot);
     free_when_unread_[slot] = true;
@@ -826,7 +941,7 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
     std::lock_guard<std::mutex> lock(mu_);
     bool current = file.epoch_.load() == epoch;
     if (fill) {
-      if (committed && !current && index_->Find(key) == slot) {
+      if (committed && !current && index_->Find(key) == slot && !dirty_slot_[*slot]) {
         // The file changed while we fetched: the block may mix old and new
         // data, so it goes.
         index_->Erase(*slot);
@@ -973,6 +1088,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
         for (uint64_t b = index; b <= last; ++b) {
           if (b > index && (fetches_.count({id, b}) != 0 || index_->Find({id, b}))) break;
           auto f = std::make_shared<Fetch>(b, epoch);
+          f->fill = index_->Find({id, b}).has_value();
           fetches_[{id, b}] = f;
           run.push_back(std::move(f));
         }
@@ -983,8 +1099,8 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
       std::unique_lock<std::mutex> lock(other->mu);
       other->cv.wait(lock, [&] { return other->done; });
       if (!other->status.ok()) return other->status;
-      if (other->epoch == file.epoch_.load() && other->data && other->from <= begin &&
-          other->from + other->bytes >= end) {
+      if (!other->fill && other->epoch == file.epoch_.load() && other->data &&
+          other->from <= begin && other->from + other->bytes >= end) {
         std::memcpy(out, other->data.get() + other->data_off + (begin - other->from), end - begin);
         return size_t{end - begin};
       }
@@ -997,8 +1113,10 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
     const uint64_t from = index * bs + begin / kSubBlockSize * kSubBlockSize;
     const uint64_t stop = std::min(pos + want, (index + run.size()) * bs);
     const uint64_t to = AlignedBuffer::RoundUp(stop);
-    auto fetched = FetchRun(file, fd, from, to, run, /*defer_install=*/true);
+    const bool fill = run.front()->fill;
+    auto fetched = FetchRun(file, fd, from, to, run, /*defer_install=*/!fill);
     if (!fetched.ok()) return fetched.status();
+    if (fill) continue;  // the block's own sub-blocks win: served from the cache
     const auto& [data, got] = fetched.value();
     if (from + got <= pos) return size_t{0};  // end of file
     size_t served = static_cast<size_t>(std::min<uint64_t>(from + got, stop) - pos);
@@ -1013,9 +1131,11 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
                             char* buf) {
   if (file.detached_) return backing_->Read(fd->get(), off, len, buf);
   uint64_t size;
+  bool overlay;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
-    size = file.fingerprint_.size;
+    overlay = file.overlay_;
+    size = overlay ? file.size_ : file.fingerprint_.size;
   }
   if (off >= size || len == 0) return size_t{0};
   len = static_cast<size_t>(std::min<uint64_t>(len, size - off));
@@ -1024,6 +1144,19 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
   while (done < len) {
     auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done);
     if (!n.ok()) return n.status();
+    if (n.value() == 0 && overlay) {
+      // Past SOURCE's end but inside the file as written through the mount:
+      // cached sub-blocks, and zeros between them until written back.
+      const uint64_t pos = off + done;
+      const uint32_t begin = static_cast<uint32_t>(pos % sb_.block_size);
+      const uint32_t step = std::min<uint32_t>(static_cast<uint32_t>(len - done),
+                                               kSubBlockSize - begin % kSubBlockSize);
+      auto hit = TryHit(file, pos / sb_.block_size, begin, begin + step, buf + done);
+      if (!hit.ok()) return hit.status();
+      if (!hit.value()) std::memset(buf + done, 0, step);
+      done += step;
+      continue;
+    }
     if (n.value() == 0) break;  // SOURCE is shorter than we knew: end of file
     done += n.value();
   }
@@ -1136,6 +1269,11 @@ EngineStats Engine::stats() const {
   s.read_misses = counters_.read_misses;
   s.fetch_waits = counters_.fetch_waits;
   s.readahead_blocks = counters_.readahead_blocks;
+  s.write_hits = counters_.write_hits;
+  s.bytes_written_back = counters_.bytes_written_back;
+  s.writeback_errors = counters_.writeback_errors;
+  s.conflicts = counters_.conflicts;
+  s.persists = counters_.persists;
   s.bytes_from_cache = counters_.bytes_from_cache;
   s.bytes_from_source = counters_.bytes_from_source;
   s.crc_errors = counters_.crc_errors;
@@ -1145,6 +1283,7 @@ EngineStats Engine::stats() const {
   s.block_size = sb_.block_size;
   std::lock_guard<std::mutex> lock(mu_);
   s.blocks_cached = index_->size();
+  s.blocks_dirty = dirty_.size();
   s.index_memory = index_->MemoryUsed() + policy_->MemoryUsed() +
                    readers_.capacity() * sizeof(uint16_t) + free_slots_.capacity() * 4 +
                    free_when_unread_.capacity() / 8;

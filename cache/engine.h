@@ -81,15 +81,21 @@ struct EngineConfig {
 
 // Counters of one mount (cachefsctl stats will show them).
 struct EngineStats {
-  uint64_t read_hits = 0;    // blocks served from the cache
-  uint64_t read_misses = 0;  // blocks fetched from SOURCE
-  uint64_t fetch_waits = 0;  // readers that waited for another's fetch
+  uint64_t read_hits = 0;         // blocks served from the cache
+  uint64_t read_misses = 0;       // blocks fetched from SOURCE
+  uint64_t fetch_waits = 0;       // readers that waited for another's fetch
   uint64_t readahead_blocks = 0;  // blocks fetched ahead of a sequential reader
   uint64_t bytes_from_cache = 0;
   uint64_t bytes_from_source = 0;
   uint64_t crc_errors = 0;
   uint64_t evictions = 0;
   uint64_t invalidations = 0;  // files whose blocks were dropped for a new fingerprint
+  uint64_t write_hits = 0;     // blocks written into the cache (writeback)
+  uint64_t blocks_dirty = 0;
+  uint64_t bytes_written_back = 0;
+  uint64_t writeback_errors = 0;  // failed attempts (retried)
+  uint64_t conflicts = 0;         // files changed outside while dirty
+  uint64_t persists = 0;          // store persists + WAL syncs (fsync group commit)
   uint64_t blocks_cached = 0;
   uint64_t slots = 0;
   uint32_t block_size = 0;
@@ -122,6 +128,14 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   uint64_t sequential_bytes_ = 0;
   uint64_t ahead_until_ = 0;
   bool advised_ = false;  // POSIX_FADV_SEQUENTIAL given to SOURCE
+  // Writeback mode, guarded by mu_: the file as the mount shows it while
+  // some of it is not yet written back (overlay_), and whether the writer is
+  // changing SOURCE right now (its own change, not an outside one).
+  bool overlay_ = false;
+  uint64_t size_ = 0;
+  int64_t mtime_ns_ = 0;
+  bool writing_back_ = false;
+  bool conflict_ = false;
 };
 
 class Engine {
@@ -155,8 +169,7 @@ class Engine {
   // Reads up to `len` bytes at `off` of `file` (SOURCE descriptor `fd`),
   // from the cache where it can; short only at end of file. Readahead
   // started by this read holds `fd` until it is done.
-  Result<size_t> Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                      char* buf);
+  Result<size_t> Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len, char* buf);
   // After SOURCE was changed through the mount in [off, off+len) (a write,
   // fallocate, copy_file_range) or cut at `st.st_size` (truncate): drops the
   // cached blocks touched and adopts `st` as the fingerprint.
@@ -177,8 +190,30 @@ class Engine {
   Status Unlink(const std::string& path, bool last_link);
   Status Link(const std::string& existing, const std::string& new_path);
 
-  // Persists the store, then syncs the metadata (contract 2 order).
+  // Persists the store, then syncs the metadata (contract 2 order). Group
+  // commit: concurrent callers share one persist.
   Status Persist();
+
+  // --- write caching (mode=writeback) ---
+  CacheMode mode() const { return sb_.mode; }
+  // Writes `len` bytes at `off` into the cache as dirty data, to be written
+  // back later. Survives kill -9 once it returns; `sync` (O_SYNC/O_DSYNC)
+  // also persists before returning. Fails without a change (EIO, ENOSPC).
+  Status Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data, size_t len,
+               bool sync);
+  // fsync/fdatasync of a file: its acknowledged writes survive power loss.
+  Status Sync(CachedFile& file);
+  // Shows the file as the mount sees it: size and mtime of data not yet
+  // written back replace SOURCE's in `st`.
+  void Overlay(CachedFile& file, struct stat* st);
+  // Writes the file's dirty data back to SOURCE now and syncs it there
+  // (before an operation that must see the data on SOURCE: truncate,
+  // fallocate, copy_file_range, SEEK_DATA, rename over another file).
+  Status FlushFile(CachedFile& file);
+  // Writes back everything dirty at the time of the call; returns when it is
+  // on SOURCE, or the first error that stops it (a conflict is skipped and
+  // reported, not an error).
+  Status Flush();
   // Returns once every block fetched so far is installed in the cache (reads
   // reply before their blocks are written to the store).
   void WaitForInstalls();
@@ -186,7 +221,27 @@ class Engine {
   EngineStats stats() const;
 
  private:
-  struct Fetch;  // one in-flight fetch of a block
+  // One in-flight fetch of a block, or a writer holding the block (no data).
+  struct Fetch {
+    Fetch(uint64_t i, uint64_t e) : index(i), epoch(e) {}
+    const uint64_t index;  // the block
+    const uint64_t epoch;  // the file's epoch when the fetch began
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Status status;
+    // What was read of the block: bytes [from, from + bytes) of it, at
+    // data.get() + data_off (the buffer of the whole run).
+    uint32_t from = 0;
+    uint32_t bytes = 0;
+    std::shared_ptr<char> data;
+    size_t data_off = 0;
+    bool installed = false;  // and unregistered: the cache holds what it will of it
+    // Fills in a block already cached, whose own sub-blocks (maybe dirty) win
+    // over what SOURCE says: its buffer is not served; the cache is, once
+    // the fill is installed.
+    bool fill = false;
+  };
   struct ReadaheadJob {
     std::shared_ptr<CachedFile> file;
     SourceFdRef fd;
@@ -227,11 +282,36 @@ class Engine {
                       uint64_t file_size);
   void ReadaheadLoop();
   void RunReadahead(const ReadaheadJob& job);
+
+  // Write caching (cache/engine_write.cc).
+  // Registers the caller as the only one changing block `index` of `file`
+  // (readers and fetches of it wait); Unlock ends it.
+  std::shared_ptr<Fetch> LockBlock(uint64_t file_id, uint64_t index);
+  void UnlockBlock(uint64_t file_id, const std::shared_ptr<Fetch>& lock);
+  Status WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
+                    const char* data, uint64_t source_size, MetaBatch& file_batch);
+  // Reads the valid sub-blocks [first, last) of `rec` from the store into
+  // `out`, checking their CRCs.
+  Status ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t last, char* out);
+  void WritebackLoop();
+  // Writes back the dirty blocks of one file; `flushing` when someone waits.
+  Status WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indices);
+  std::shared_ptr<CachedFile> LiveFile(uint64_t file_id);
+  // Slots no longer used by a record whose change is not yet synced; freed
+  // at the next persist (contract 2: a slot synced metadata may point at is
+  // not reused before then).
+  void QuarantineSlot(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AddDirty(uint64_t seq, const BlockKey& key) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseDirty(uint64_t seq) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasDirty(uint64_t file_id);
   // Drops the cached blocks of `file_id` with from_index <= index < to_index
   // from the index at once and from the metadata with `batch`
   // (DropBlocksInto) or with a commit of its own (DropBlocks).
-  Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch);
-  Status DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index);
+  // Dirty blocks go too, unless `keep_dirty`.
+  Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch,
+                        bool keep_dirty = false);
+  Status DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index,
+                    bool keep_dirty = false);
   // A change cachefs made to SOURCE: adopt `st`, drop blocks [from, to), one batch.
   Status CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t from_index,
                          uint64_t to_index) LOCKS_EXCLUDED(files_mu_);
@@ -245,6 +325,8 @@ class Engine {
   // commits it: WriteFileRecord) if the fingerprint changed since.
   Status FileRecordInto(CachedFile& file, MetaBatch& batch) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   Status WriteFileRecord(CachedFile& file) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
+  // SOURCE changed outside while the file had dirty data (contract 5).
+  Status MarkConflict(uint64_t file_id, CachedFile* live);
 
   EngineConfig config_;
   std::unique_ptr<Backing> timeout_backing_;  // wraps the slow store when source_timeout > 0
@@ -261,6 +343,11 @@ class Engine {
   std::vector<uint32_t> free_slots_ GUARDED_BY(mu_);
   std::vector<uint16_t> readers_ GUARDED_BY(mu_);       // readers of each slot in progress
   std::vector<bool> free_when_unread_ GUARDED_BY(mu_);  // dropped while being read
+  std::vector<bool> dirty_slot_ GUARDED_BY(mu_);        // holds dirty data: never a victim
+  std::vector<uint32_t> quarantine_ GUARDED_BY(mu_);    // freed at the next persist
+  std::map<uint64_t, BlockKey> dirty_ GUARDED_BY(mu_);  // the dirty index, by seq
+  std::unordered_map<uint64_t, uint64_t> dirty_per_file_ GUARDED_BY(mu_);  // dirty blocks
+  uint64_t next_dirty_seq_ GUARDED_BY(mu_) = 1;
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Fetch>> fetches_ GUARDED_BY(mu_);
   uint64_t next_generation_ GUARDED_BY(mu_) = 1;
 
@@ -271,14 +358,15 @@ class Engine {
 
   struct Counters {
     std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, readahead_blocks{0},
-        bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0};
+        bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0},
+        write_hits{0}, bytes_written_back{0}, writeback_errors{0}, conflicts{0}, persists{0};
   };
   mutable Counters counters_;
 
   uint64_t readahead_bytes_ = 0;  // 0: off
   std::mutex ra_mu_;
   std::condition_variable ra_cv_;
-  std::deque<ReadaheadJob> ra_queue_;  // guarded by ra_mu_
+  std::deque<ReadaheadJob> ra_queue_;     // guarded by ra_mu_
   std::atomic<bool> ra_stopping_{false};  // set under ra_mu_
   std::vector<std::thread> ra_threads_;
   std::condition_variable install_cv_;
@@ -286,6 +374,19 @@ class Engine {
   bool install_stopping_ = false;         // guarded by ra_mu_
   int installs_running_ = 0;              // guarded by ra_mu_
   std::thread install_thread_;
+
+  int source_root_ = -1;     // SOURCE (a directory, or the image file's directory)
+  std::mutex writeback_mu_;  // one writer of SOURCE at a time (the thread or a flush)
+  std::mutex wb_mu_;
+  std::condition_variable wb_cv_;
+  bool wb_kick_ = false;      // guarded by wb_mu_
+  bool wb_stopping_ = false;  // guarded by wb_mu_
+  std::thread writeback_thread_;
+  // Group commit: each Persist() call takes a ticket; one persist covers
+  // every ticket taken before it started.
+  std::mutex sync_mu_;  // serialises persists
+  std::atomic<uint64_t> sync_tickets_{0};
+  uint64_t sync_done_ = 0;  // guarded by sync_mu_: tickets covered by a finished persist
 
   std::mutex persist_mu_;
   std::condition_variable persist_cv_;

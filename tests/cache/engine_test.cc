@@ -31,6 +31,10 @@ class CountingBacking final : public Backing {
     return RealBacking()->Read(fd, off, len, buf);
   }
   Status Write(int fd, uint64_t off, size_t len, const void* buf) override {
+    writes++;
+    if (write_delay_ms > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
+    }
     return RealBacking()->Write(fd, off, len, buf);
   }
   Status Sync(int fd) override { return RealBacking()->Sync(fd); }
@@ -38,6 +42,8 @@ class CountingBacking final : public Backing {
 
   std::atomic<int> reads{0};
   std::atomic<uint64_t> bytes{0};
+  std::atomic<int> writes{0};
+  std::atomic<int> write_delay_ms{0};
   std::atomic<int> delay_ms{0};
   std::atomic<bool> fail{false};
 };
@@ -529,6 +535,164 @@ TEST_F(EngineTest, BadReopenIsRefusedInOneLine) {
   auto fresh = Engine::Open(reformat);
   ASSERT_TRUE(fresh.ok()) << fresh.status().message();
   EXPECT_EQ(fresh.value()->block_size(), 2 * kBlock);
+}
+
+// --- write caching (mode=writeback) -------------------------------------------
+
+std::string ReadSource(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST_F(EngineTest, WritebackWritesLandInTheCacheAndReachSourceOnFlush) {
+  std::string data = Pattern(3 * kBlock, 30);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = Config();
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;  // only Flush writes back
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  int reads_before = backing_.reads;
+  // An aligned 4 KiB write into an uncached block reads nothing from SOURCE.
+  std::string w1 = Pattern(4096, 31);
+  ASSERT_TRUE(e->Write(*f.value(), fd, kBlock + 8192, w1.data(), w1.size(), false).ok());
+  EXPECT_EQ(backing_.reads, reads_before);
+  // An unaligned one reads just its two partial sub-blocks.
+  std::string w2 = Pattern(5000, 32);
+  ASSERT_TRUE(e->Write(*f.value(), fd, 100, w2.data(), w2.size(), false).ok());
+  // Growing the file past SOURCE's end.
+  std::string w3 = Pattern(7000, 33);
+  ASSERT_TRUE(e->Write(*f.value(), fd, data.size() + 3000, w3.data(), w3.size(), false).ok());
+  std::string expect = data;
+  expect.replace(kBlock + 8192, w1.size(), w1);
+  expect.replace(100, w2.size(), w2);
+  expect.resize(data.size() + 3000, '\0');
+  expect += w3;
+  EXPECT_EQ(ReadSource(source_ + "/f"), data);  // nothing on SOURCE yet
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, expect.size() + 100), expect);
+  struct stat st = Stat(fd);
+  e->Overlay(*f.value(), &st);
+  EXPECT_EQ(static_cast<size_t>(st.st_size), expect.size());
+  EXPECT_GE(e->stats().blocks_dirty, 3u);
+  ASSERT_TRUE(e->Flush().ok());
+  EXPECT_EQ(ReadSource(source_ + "/f"), expect);
+  EXPECT_EQ(e->stats().blocks_dirty, 0u);
+  EXPECT_EQ(e->stats().conflicts, 0u);
+  // Written back: the file looks like SOURCE again, and stays cached.
+  st = Stat(OpenSourceFile("f"));
+  EXPECT_FALSE(e->Revalidate(*f.value(), st).value());
+  int reads = backing_.reads;
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, kBlock, 4 * 4096), expect.substr(kBlock, 4 * 4096));
+  EXPECT_EQ(backing_.reads, reads);
+}
+
+TEST_F(EngineTest, WritebackDirtyDataSurvivesKillAndIsWrittenBackAfter) {
+  std::string data = Pattern(2 * kBlock, 40);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = Config();
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;
+  std::string w = Pattern(3 * 4096 + 11, 41);
+  pid_t pid = fork();
+  if (pid == 0) {
+    auto e = Engine::Open(c);
+    if (!e.ok()) _exit(2);
+    auto f = e.value()->OpenFile("f", Stat(fd));
+    if (!f.ok()) _exit(3);
+    // Twice over the same bytes: the second write goes out of place.
+    for (int i = 0; i < 2; ++i) {
+      if (!e.value()->Write(*f.value(), fd, kBlock - 4096, w.data(), w.size(), false).ok()) {
+        _exit(4);
+      }
+    }
+    _exit(0);  // no destructor, no persist: as good as kill -9
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  std::string expect = data;
+  expect.replace(kBlock - 4096, w.size(), w);
+  EXPECT_EQ(ReadSource(source_ + "/f"), data);
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->stats().blocks_dirty, 2u);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, expect.size()), expect);
+  ASSERT_TRUE(e->Flush().ok());
+  EXPECT_EQ(ReadSource(source_ + "/f"), expect);
+}
+
+TEST_F(EngineTest, WritebackConflictIsNeverWrittenOver) {
+  std::string data = Pattern(kBlock, 50);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = Config();
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;
+  auto e = OpenEngine(c);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  std::string w = Pattern(4096, 51);
+  ASSERT_TRUE(e->Write(*f.value(), fd, 0, w.data(), w.size(), false).ok());
+  // Someone changes SOURCE behind our back.
+  std::string outside = Pattern(kBlock / 2, 52);
+  std::ofstream(source_ + "/f", std::ios::binary | std::ios::trunc) << outside;
+  ASSERT_TRUE(e->Flush().ok());
+  EXPECT_EQ(ReadSource(source_ + "/f"), outside);
+  EXPECT_EQ(e->stats().conflicts, 1u);
+  EXPECT_EQ(e->stats().blocks_dirty, 1u);  // kept for cachefsctl conflicts
+}
+
+TEST_F(EngineTest, WritebackBlockWrittenDuringItsWritebackStaysDirty) {
+  std::string data = Pattern(kBlock, 60);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = Config();
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;
+  auto e = OpenEngine(c);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  std::string w1 = Pattern(4096, 61);
+  std::string w2 = Pattern(4096, 62);
+  ASSERT_TRUE(e->Write(*f.value(), fd, 0, w1.data(), w1.size(), false).ok());
+  backing_.write_delay_ms = 300;  // the writeback is slow: write again meanwhile
+  std::thread flusher([&] { EXPECT_TRUE(e->Flush().ok()); });
+  while (backing_.writes == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(e->Write(*f.value(), fd, 0, w2.data(), w2.size(), false).ok());
+  flusher.join();
+  backing_.write_delay_ms = 0;
+  EXPECT_EQ(e->stats().blocks_dirty, 1u);  // the second write is not on SOURCE yet
+  ASSERT_TRUE(e->Flush().ok());
+  EXPECT_EQ(e->stats().blocks_dirty, 0u);
+  EXPECT_EQ(ReadSource(source_ + "/f").substr(0, 4096), w2);
+}
+
+TEST_F(EngineTest, GroupCommitSharesPersists) {
+  EngineConfig c = Config();
+  c.options.mode = CacheMode::kWriteback;
+  auto e = OpenEngine(c);
+  auto fd = MakeFile("f", Pattern(kBlock, 70));
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::string w = Pattern(4096, 71 + t);
+      for (int i = 0; i < 20; ++i) {
+        if (e->Write(*f.value(), fd, static_cast<uint64_t>(t) * 4096, w.data(), w.size(), true)
+                .ok()) {
+          ok++;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok, 160);
+  EXPECT_LT(e->stats().persists, 160u);  // concurrent syncs shared persists
+  EXPECT_GT(e->stats().persists, 0u);
 }
 
 TEST_F(EngineTest, MemoryPerBlockIsBounded) {

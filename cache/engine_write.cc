@@ -1,0 +1,604 @@
+// Write caching (mode=writeback): the engine's write path, the writer
+// thread that writes dirty data back to SOURCE, and persist points.
+//
+// A write lands in the cache as dirty sub-blocks. A sub-block that is valid
+// in the block's slot is never overwritten in place (contract 2, and a kill
+// -9 between the data and the record must leave the old record's data
+// intact): such a write copies the block to a new slot with a new
+// generation, and the old slot is quarantined until the next persist, when
+// the record that no longer points at it is synced. Sub-blocks not yet
+// valid are written in place: no record claims them. A write is acknowledged
+// after its data reached the store (the kernel) and its record the
+// metadata's log: it survives kill -9. Sync() makes it survive power loss.
+//
+// One block is changed by one actor at a time: a write, a fetch's install
+// and the writer all hold the block's entry in `fetches_` while they work
+// on its record; readers wait for that entry like for a fetch.
+//
+// The writer (one thread, woken every writeback_delay or by Flush) takes the
+// dirty index oldest first, writes each file's dirty sub-blocks to SOURCE,
+// syncs the source file, records SOURCE's new fingerprint (its own change),
+// and only then marks the blocks clean, unless they were written again
+// meanwhile (their generation moved). A file changed outside while dirty is
+// a conflict: never written over, reported.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "cache/engine.h"
+#include "common/crc32c.h"
+#include "common/log.h"
+
+namespace cachefs {
+namespace {
+
+Fingerprint FingerprintOfStat(const struct stat& st) {
+  Fingerprint fp;
+  fp.size = static_cast<uint64_t>(st.st_size);
+  fp.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  fp.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+  return fp;
+}
+
+int64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<char, FreeDeleter>;
+Buffer AllocAligned(size_t n) {
+  size_t rounded = (n + kSubBlockSize - 1) / kSubBlockSize * kSubBlockSize;
+  return Buffer(static_cast<char*>(std::aligned_alloc(kSubBlockSize, rounded)));
+}
+
+}  // namespace
+
+std::shared_ptr<Engine::Fetch> Engine::LockBlock(uint64_t file_id, uint64_t index) {
+  while (true) {
+    std::shared_ptr<Fetch> other;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = fetches_.find({file_id, index});
+      if (it == fetches_.end()) {
+        auto mine = std::make_shared<Fetch>(index, 0);
+        fetches_[{file_id, index}] = mine;
+        return mine;
+      }
+      other = it->second;
+    }
+    std::unique_lock<std::mutex> lock(other->mu);
+    other->cv.wait(lock, [&] { return other->installed; });
+  }
+}
+
+void Engine::UnlockBlock(uint64_t file_id, const std::shared_ptr<Fetch>& lock) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    fetches_.erase({file_id, lock->index});
+  }
+  {
+    std::lock_guard<std::mutex> l(lock->mu);
+    lock->done = true;
+    lock->installed = true;
+  }
+  lock->cv.notify_all();
+}
+
+void Engine::QuarantineSlot(uint32_t slot) { quarantine_.push_back(slot); }
+
+void Engine::AddDirty(uint64_t seq, const BlockKey& key) {
+  dirty_[seq] = key;
+  dirty_per_file_[key.file_id]++;
+}
+
+void Engine::EraseDirty(uint64_t seq) {
+  auto it = dirty_.find(seq);
+  if (it == dirty_.end()) return;
+  auto f = dirty_per_file_.find(it->second.file_id);
+  if (f != dirty_per_file_.end() && --f->second == 0) dirty_per_file_.erase(f);
+  dirty_.erase(it);
+}
+
+bool Engine::HasDirty(uint64_t file_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dirty_per_file_.count(file_id) != 0;
+}
+
+Status Engine::ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t last, char* out) {
+  uint32_t i = first;
+  while (i < last) {
+    if (!rec.IsValid(i)) {
+      ++i;
+      continue;
+    }
+    uint32_t n = 1;
+    while (i + n < last && rec.IsValid(i + n)) ++n;
+    char* dst = out + static_cast<size_t>(i - first) * kSubBlockSize;
+    Status s =
+        store_->Read(static_cast<uint32_t>(rec.slot), i * kSubBlockSize, n * kSubBlockSize, dst);
+    if (!s.ok()) return s;
+    for (uint32_t k = 0; k < n; ++k) {
+      const char* sub = dst + static_cast<size_t>(k) * kSubBlockSize;
+      if (SubBlockCrc(rec.file_id, rec.index, rec.generation, sub, kSubBlockSize) !=
+          rec.crc[i + k]) {
+        counters_.crc_errors++;
+        return Status::Error(EIO, "CRC mismatch in cached block " + std::to_string(rec.index) +
+                                      " of file " + std::to_string(rec.file_id));
+      }
+    }
+    i += n;
+  }
+  return Status::Ok();
+}
+
+Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
+                          const char* data, uint64_t source_size, MetaBatch& file_batch) {
+  const uint64_t id = file.file_id_;
+  const uint64_t bs = sb_.block_size;
+  const uint32_t first = begin / kSubBlockSize;
+  const uint32_t last = (end + kSubBlockSize - 1) / kSubBlockSize;  // exclusive
+  auto lock = LockBlock(id, index);
+  struct Unlock {
+    Engine* e;
+    uint64_t id;
+    const std::shared_ptr<Fetch>& l;
+    ~Unlock() { e->UnlockBlock(id, l); }
+  } unlock{this, id, lock};
+
+  std::optional<uint32_t> old_slot;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    old_slot = index_->Find({id, index});
+    if (old_slot) readers_[*old_slot]++;  // we read from it below
+  }
+  BlockRecord rec;
+  bool have = false;
+  if (old_slot) {
+    auto r = meta_->GetBlock(id, index);
+    have = r.ok() && r.value() && r.value()->slot == *old_slot;
+    if (have) rec = *r.value();
+  }
+  auto release_old = [&] {
+    if (!old_slot) return;
+    std::lock_guard<std::mutex> l(mu_);
+    ReleaseReader(*old_slot);
+  };
+  bool in_place = have;
+  for (uint32_t i = first; i < last && in_place; ++i) in_place = !rec.IsValid(i);
+
+  // The touched sub-blocks, whole: the new bytes over what was there before
+  // (the cache's copy, or SOURCE's, or zeros past its end).
+  const size_t span = static_cast<size_t>(last - first) * kSubBlockSize;
+  Buffer buf = AllocAligned(span);
+  if (!buf) {
+    release_old();
+    return Status::Error(ENOMEM, "out of memory");
+  }
+  std::memset(buf.get(), 0, span);
+  for (uint32_t sub : {first, last - 1}) {
+    uint32_t lo = sub * kSubBlockSize;
+    uint32_t hi = lo + kSubBlockSize;
+    if (begin <= lo && end >= hi) continue;  // fully overwritten
+    char* dst = buf.get() + static_cast<size_t>(sub - first) * kSubBlockSize;
+    if (have && rec.IsValid(sub)) {
+      Status s = ReadSubBlocks(rec, sub, sub + 1, dst);
+      if (!s.ok()) {
+        release_old();
+        return s;
+      }
+    } else {
+      uint64_t pos = index * bs + lo;
+      if (pos < source_size) {
+        auto n = backing_->Read(fd, pos, kSubBlockSize, dst);
+        if (!n.ok()) {
+          release_old();
+          return n.status();
+        }
+      }
+    }
+  }
+  std::memcpy(buf.get() + (begin - first * kSubBlockSize), data, end - begin);
+
+  MetaBatch batch;
+  uint32_t slot;
+  BlockRecord out;
+  if (in_place) {
+    slot = *old_slot;
+    out = rec;
+  } else {
+    // A new slot and generation; the block's other valid sub-blocks move
+    // along (read and checked under the old generation, re-sealed under the
+    // new one).
+    std::optional<uint32_t> fresh;
+    uint64_t generation;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      fresh = AllocateSlot(batch);
+      generation = next_generation_++;
+    }
+    if (!fresh) {
+      release_old();
+      return Status::Error(ENOSPC, "cache full of dirty data");
+    }
+    if (!batch.empty()) {
+      Status s = meta_->Commit(batch, false);  // the victim's record first
+      batch.Clear();
+      if (!s.ok()) LogWarning("evicting a cached block failed: " + s.message());
+    }
+    slot = *fresh;
+    out = BlockRecord::Empty(id, index, sb_.block_size);
+    out.slot = slot;
+    out.generation = generation;
+    out.dirty_seq = have ? rec.dirty_seq : 0;
+    if (have) {
+      Buffer whole = AllocAligned(bs);
+      Status s = whole ? Status::Ok() : Status::Error(ENOMEM, "out of memory");
+      for (uint32_t i = 0; s.ok() && i < rec.sub_blocks(); ++i) {
+        if (!rec.IsValid(i) || (i >= first && i < last)) continue;
+        char* sub = whole.get() + static_cast<size_t>(i) * kSubBlockSize;
+        s = ReadSubBlocks(rec, i, i + 1, sub);
+        if (!s.ok() && !rec.IsDirty(i)) {
+          s = Status::Ok();  // a clean sub-block that went bad is simply not carried over
+          continue;
+        }
+        if (s.ok()) s = store_->Write(slot, i * kSubBlockSize, kSubBlockSize, sub);
+        if (s.ok()) {
+          out.SetValid(i, true);
+          out.SetDirty(i, rec.IsDirty(i));
+          out.crc[i] = SubBlockCrc(id, index, generation, sub, kSubBlockSize);
+        }
+      }
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> l(mu_);
+        FreeSlot(slot);
+        ReleaseReader(*old_slot);
+        return s;
+      }
+    }
+  }
+  Status s = store_->Write(slot, first * kSubBlockSize, static_cast<uint32_t>(span), buf.get());
+  if (!s.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!in_place) FreeSlot(slot);
+    if (old_slot) ReleaseReader(*old_slot);
+    return s;
+  }
+  for (uint32_t i = first; i < last; ++i) {
+    out.SetValid(i, true);
+    out.SetDirty(i, true);
+    out.crc[i] =
+        SubBlockCrc(id, index, out.generation,
+                    buf.get() + static_cast<size_t>(i - first) * kSubBlockSize, kSubBlockSize);
+  }
+  bool newly_dirty = out.dirty_seq == 0;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (newly_dirty) out.dirty_seq = next_dirty_seq_++;
+  }
+  if (newly_dirty) batch.Put(DirtyRecord{out.dirty_seq, id, index});
+  batch.Put(out);
+  for (const auto& op : file_batch.ops()) {
+    if (const auto* f = std::get_if<MetaBatch::PutFile>(&op)) batch.Put(f->file);
+  }
+  // Data in the store, then the record that points at it, in the log
+  // before the reply (contracts 1a and 2).
+  s = meta_->Commit(batch, false);
+  std::lock_guard<std::mutex> l(mu_);
+  if (!s.ok()) {
+    if (!in_place) FreeSlot(slot);
+    if (old_slot) ReleaseReader(*old_slot);
+    return s;
+  }
+  if (!in_place) {
+    if (old_slot && index_->Find({id, index}) == old_slot) {
+      index_->Erase(*old_slot);
+      policy_->Remove(*old_slot);
+      dirty_slot_[*old_slot] = false;
+      QuarantineSlot(*old_slot);
+    }
+    index_->Insert({id, index}, slot);
+  } else {
+    policy_->Remove(slot);  // dirty: never a victim until written back
+  }
+  dirty_slot_[slot] = true;
+  if (newly_dirty) AddDirty(out.dirty_seq, BlockKey{id, index});
+  if (old_slot) ReleaseReader(*old_slot);
+  counters_.write_hits++;
+  return Status::Ok();
+}
+
+Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
+                     size_t len, bool sync) {
+  if (len == 0) return Status::Ok();
+  const uint64_t bs = sb_.block_size;
+  uint64_t source_size;
+  FileRecord rec;
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    source_size = file.fingerprint_.size;
+    if (!file.overlay_) {
+      file.overlay_ = true;
+      file.size_ = file.fingerprint_.size;
+    }
+    file.size_ = std::max<uint64_t>(file.size_, off + len);
+    file.mtime_ns_ = NowNs();
+    rec.size = file.size_;
+    rec.mtime_ns = file.mtime_ns_;
+  }
+  // The file as the mount shows it goes with the first block's batch.
+  MetaBatch file_batch;
+  {
+    auto existing = meta_->GetFile(file.file_id_);
+    if (existing.ok() && existing.value()) {
+      FileRecord f = *existing.value();
+      f.size = rec.size;
+      f.mtime_ns = rec.mtime_ns;
+      file_batch.Put(f);
+    }
+  }
+  size_t done = 0;
+  while (done < len) {
+    uint64_t pos = off + done;
+    uint64_t index = pos / bs;
+    uint32_t begin = static_cast<uint32_t>(pos % bs);
+    uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
+    Status s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch);
+    if (!s.ok()) return s;
+    file_batch.Clear();
+    done += end - begin;
+  }
+  if (sync) return Persist();
+  return Status::Ok();
+}
+
+Status Engine::Sync(CachedFile& /*file*/) { return Persist(); }
+
+void Engine::Overlay(CachedFile& file, struct stat* st) {
+  std::lock_guard<std::mutex> lock(file.mu_);
+  if (!file.overlay_) return;
+  st->st_size = static_cast<off_t>(file.size_);
+  st->st_blocks =
+      std::max<blkcnt_t>(st->st_blocks, static_cast<blkcnt_t>((file.size_ + 511) / 512));
+  st->st_mtim.tv_sec = static_cast<time_t>(file.mtime_ns_ / 1000000000);
+  st->st_mtim.tv_nsec = static_cast<long>(file.mtime_ns_ % 1000000000);
+  if (st->st_ctim.tv_sec < st->st_mtim.tv_sec ||
+      (st->st_ctim.tv_sec == st->st_mtim.tv_sec && st->st_ctim.tv_nsec < st->st_mtim.tv_nsec)) {
+    st->st_ctim = st->st_mtim;
+  }
+}
+
+std::shared_ptr<CachedFile> Engine::LiveFile(uint64_t file_id) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  auto it = open_files_.find(file_id);
+  return it == open_files_.end() ? nullptr : it->second.lock();
+}
+
+Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indices) {
+  const uint64_t bs = sb_.block_size;
+  auto frec = meta_->GetFile(file_id);
+  if (!frec.ok()) return frec.status();
+  if (!frec.value()) {
+    return Status::Error(ENOENT, "dirty data of file " + std::to_string(file_id) +
+                                     " has no file record: kept aside");
+  }
+  FileRecord file_rec = *frec.value();
+  if (file_rec.flags & FileRecord::kConflict) return Status::Ok();  // reported already
+  auto live = LiveFile(file_id);
+  int fd = config_.source_is_file
+               ? open(config_.source.c_str(), O_WRONLY | O_CLOEXEC)
+               : openat(source_root_, file_rec.path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    return Status::FromErrno(errno, "writeback of '" + file_rec.path + "': open");
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "writeback: fstat");
+  Fingerprint expected = file_rec.fingerprint;
+  uint64_t size = file_rec.size;
+  int64_t mtime_ns = file_rec.mtime_ns;
+  if (live) {
+    std::lock_guard<std::mutex> lock(live->mu_);
+    expected = live->fingerprint_;
+    if (live->overlay_) {
+      size = live->size_;
+      mtime_ns = live->mtime_ns_;
+    }
+    live->writing_back_ = true;
+  }
+  struct Done {
+    std::shared_ptr<CachedFile> f;
+    ~Done() {
+      if (f) {
+        std::lock_guard<std::mutex> lock(f->mu_);
+        f->writing_back_ = false;
+      }
+    }
+  } done{live};
+  if (FingerprintOfStat(st) != expected) {
+    // Changed outside while we held dirty data (contract 5): not ours to
+    // overwrite. Kept, flagged, reported.
+    return MarkConflict(file_id, live.get());
+  }
+
+  // Copy out what is dirty now, remembering each block's generation.
+  struct Taken {
+    uint64_t index;
+    uint64_t generation;
+    std::vector<uint64_t> dirty;
+  };
+  std::vector<Taken> taken;
+  Buffer block = AllocAligned(bs);
+  if (!block) return Status::Error(ENOMEM, "out of memory");
+  uint64_t written = 0;
+  for (uint64_t index : indices) {
+    auto lock = LockBlock(file_id, index);
+    auto r = meta_->GetBlock(file_id, index);
+    Status s = r.ok() ? Status::Ok() : r.status();
+    BlockRecord rec;
+    if (s.ok() && r.value() && r.value()->AnyDirty()) {
+      rec = *r.value();
+      for (uint32_t i = 0; s.ok() && i < rec.sub_blocks(); ++i) {
+        if (!rec.IsDirty(i)) continue;
+        s = ReadSubBlocks(rec, i, i + 1, block.get() + static_cast<size_t>(i) * kSubBlockSize);
+      }
+    }
+    UnlockBlock(file_id, lock);
+    if (!s.ok()) return s;
+    if (!r.value() || !r.value()->AnyDirty()) continue;
+    // Dirty runs to SOURCE, clipped at the file's size.
+    for (uint32_t i = 0; i < rec.sub_blocks();) {
+      if (!rec.IsDirty(i)) {
+        ++i;
+        continue;
+      }
+      uint32_t n = 1;
+      while (i + n < rec.sub_blocks() && rec.IsDirty(i + n)) ++n;
+      uint64_t pos = index * bs + static_cast<uint64_t>(i) * kSubBlockSize;
+      uint64_t len = static_cast<uint64_t>(n) * kSubBlockSize;
+      if (pos < size) {
+        len = std::min<uint64_t>(len, size - pos);
+        s = backing_->Write(fd, pos, static_cast<size_t>(len),
+                            block.get() + static_cast<size_t>(i) * kSubBlockSize);
+        if (!s.ok()) return s.Prefixed("writeback of '" + file_rec.path + "'");
+        written += len;
+      }
+      i += n;
+    }
+    taken.push_back(Taken{index, rec.generation, rec.dirty});
+  }
+  if (static_cast<uint64_t>(st.st_size) != size) {
+    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      return Status::FromErrno(errno, "writeback of '" + file_rec.path + "': truncate");
+    }
+  }
+  // On SOURCE for good before any block is called clean.
+  Status s = backing_->Sync(fd);
+  if (!s.ok()) return s.Prefixed("writeback of '" + file_rec.path + "'");
+  struct timespec times[2];
+  times[0].tv_nsec = UTIME_OMIT;
+  times[0].tv_sec = 0;
+  times[1].tv_sec = static_cast<time_t>(mtime_ns / 1000000000);
+  times[1].tv_nsec = static_cast<long>(mtime_ns % 1000000000);
+  if (mtime_ns > 0) (void)futimens(fd, times);
+  if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "writeback: fstat");
+  counters_.bytes_written_back += written;
+
+  // SOURCE's new look is ours: recorded before the blocks turn clean, so a
+  // crash in between rewrites the same data rather than seeing a conflict.
+  Fingerprint now = FingerprintOfStat(st);
+  file_rec.fingerprint = now;
+  {
+    MetaBatch batch;
+    batch.Put(file_rec);
+    s = meta_->Commit(batch, false);
+    if (!s.ok()) return s;
+  }
+  if (live) {
+    std::lock_guard<std::mutex> lock(live->mu_);
+    live->fingerprint_ = now;
+  }
+  bool all_clean = true;
+  for (const Taken& t : taken) {
+    auto lock = LockBlock(file_id, t.index);
+    auto r = meta_->GetBlock(file_id, t.index);
+    if (r.ok() && r.value()) {
+      BlockRecord rec = *r.value();
+      MetaBatch batch;
+      if (rec.generation == t.generation) {
+        // Written again in place meanwhile? Only sub-blocks that were not
+        // valid can have been: those stay dirty.
+        for (size_t w = 0; w < rec.dirty.size(); ++w) rec.dirty[w] &= ~t.dirty[w];
+      }
+      uint64_t seq = rec.dirty_seq;
+      bool clean = !rec.AnyDirty();
+      if (clean) {
+        batch.RemoveDirty(seq);
+        rec.dirty_seq = 0;
+      }
+      batch.Put(rec);
+      s = meta_->Commit(batch, false);
+      if (s.ok()) {
+        std::lock_guard<std::mutex> l(mu_);
+        if (clean) {
+          EraseDirty(seq);
+          if (index_->Find({file_id, t.index}) == rec.slot) {
+            uint32_t slot = static_cast<uint32_t>(rec.slot);
+            dirty_slot_[slot] = false;
+            if (!policy_->IsTracked(slot)) policy_->Track(slot);
+          }
+        }
+      }
+      all_clean = all_clean && clean;
+    }
+    UnlockBlock(file_id, lock);
+    if (!s.ok()) return s;
+  }
+  if (all_clean && live && !HasDirty(file_id)) {
+    std::lock_guard<std::mutex> lock(live->mu_);
+    if (live->size_ == now.size) live->overlay_ = false;
+  }
+  return Status::Ok();
+}
+
+Status Engine::FlushFile(CachedFile& file) {
+  std::vector<uint64_t> indices;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [seq, key] : dirty_) {
+      if (key.file_id == file.file_id_) indices.push_back(key.index);
+    }
+  }
+  if (indices.empty()) return Status::Ok();
+  std::sort(indices.begin(), indices.end());
+  std::lock_guard<std::mutex> lock(writeback_mu_);
+  return WriteBackFile(file.file_id_, indices);
+}
+
+Status Engine::Flush() {
+  // Everything dirty now, by file, each file's blocks in order.
+  std::map<uint64_t, std::set<uint64_t>> by_file;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [seq, key] : dirty_) by_file[key.file_id].insert(key.index);
+  }
+  std::lock_guard<std::mutex> lock(writeback_mu_);
+  for (const auto& [file_id, set] : by_file) {
+    Status s = WriteBackFile(file_id, std::vector<uint64_t>(set.begin(), set.end()));
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+void Engine::WritebackLoop() {
+  auto delay = std::chrono::milliseconds(
+      static_cast<int64_t>(std::max(0.05, config_.options.writeback_delay) * 1000));
+  std::unique_lock<std::mutex> lock(wb_mu_);
+  while (!wb_stopping_) {
+    wb_cv_.wait_for(lock, delay, [this] { return wb_stopping_ || wb_kick_; });
+    if (wb_stopping_) break;
+    wb_kick_ = false;
+    lock.unlock();
+    Status s = Flush();
+    if (!s.ok()) {
+      counters_.writeback_errors++;
+      LogWarning("writeback: " + s.message() + " (kept dirty, retried)");
+    }
+    lock.lock();
+  }
+}
+
+}  // namespace cachefs

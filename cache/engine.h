@@ -210,6 +210,10 @@ class Engine {
   // (before an operation that must see the data on SOURCE: truncate,
   // fallocate, copy_file_range, SEEK_DATA, rename over another file).
   Status FlushFile(CachedFile& file);
+  // The same for the file at `path` (relative to SOURCE), if it has dirty
+  // data; with `only_if_open`, only while the FUSE layer has it open (an
+  // unlinked file's data must stay readable through its handles).
+  Status FlushPath(const std::string& path, bool only_if_open);
   // Writes back everything dirty at the time of the call; returns when it is
   // on SOURCE, or the first error that stops it (a conflict is skipped and
   // reported, not an error).

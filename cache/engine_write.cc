@@ -354,6 +354,20 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
     Status s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch);
+    if (s.code() == ENOSPC) {
+      // No free slot: the slots of overwritten data wait for a persist, and
+      // dirty blocks for the writer. Free them, then try again.
+      s = Persist();
+      if (s.ok()) {
+        s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch);
+      }
+      if (s.code() == ENOSPC) {
+        s = Flush();
+        if (s.ok()) {
+          s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch);
+        }
+      }
+    }
     if (!s.ok()) return s;
     file_batch.Clear();
     done += end - begin;
@@ -566,6 +580,25 @@ Status Engine::FlushFile(CachedFile& file) {
   std::sort(indices.begin(), indices.end());
   std::lock_guard<std::mutex> lock(writeback_mu_);
   return WriteBackFile(file.file_id_, indices);
+}
+
+Status Engine::FlushPath(const std::string& path, bool only_if_open) {
+  auto id = meta_->LookupPath(path);
+  if (!id.ok() || !id.value()) return id.status();
+  if (!HasDirty(*id.value())) return Status::Ok();
+  auto live = LiveFile(*id.value());
+  if (live) return FlushFile(*live);
+  if (only_if_open) return Status::Ok();
+  std::vector<uint64_t> indices;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [seq, key] : dirty_) {
+      if (key.file_id == *id.value()) indices.push_back(key.index);
+    }
+  }
+  std::sort(indices.begin(), indices.end());
+  std::lock_guard<std::mutex> lock(writeback_mu_);
+  return WriteBackFile(*id.value(), indices);
 }
 
 Status Engine::Flush() {

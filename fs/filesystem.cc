@@ -23,9 +23,11 @@ namespace {
 // (shared with the cache's readahead of it, which may hold it a little
 // longer than the handle lives).
 struct FileHandle {
-  explicit FileHandle(int f) : src(std::make_shared<SourceFd>(f)), fd(f) {}
+  FileHandle(int f, int open_flags)
+      : src(std::make_shared<SourceFd>(f)), fd(f), flags(open_flags) {}
   SourceFdRef src;
   int fd;
+  int flags;                           // of the open (O_SYNC, O_DSYNC for cached writes)
   std::shared_ptr<CachedFile> cached;  // null: served straight from SOURCE
 };
 
@@ -109,6 +111,26 @@ void CacheAfterWrite(Filesystem& fs, const std::shared_ptr<CachedFile>& cached, 
   if (!s.ok()) CacheWarning("write", s);
 }
 
+// In mode=writeback the file's data may be newer in the cache than in
+// SOURCE: operations that work on SOURCE's data (truncate, fallocate,
+// copy_file_range, SEEK_DATA/SEEK_HOLE, rename over another file, the last
+// unlink of an open file) first write it back. Returns an errno.
+int WriteBackFirst(Filesystem& fs, const std::shared_ptr<CachedFile>& cached) {
+  if (!cached || fs.engine() == nullptr || fs.engine()->mode() != CacheMode::kWriteback) return 0;
+  Status s = fs.engine()->FlushFile(*cached);
+  if (s.ok()) return 0;
+  LogWarning("writing back before an operation on SOURCE: " + s.message());
+  return ErrnoOf(s);
+}
+
+bool CachesWrites(const Filesystem& fs, const std::shared_ptr<CachedFile>& cached) {
+  return cached && fs.engine() != nullptr && fs.engine()->mode() == CacheMode::kWriteback;
+}
+
+bool ReadOnlyMode(const Filesystem& fs) {
+  return fs.engine() != nullptr && fs.engine()->mode() == CacheMode::kReadonly;
+}
+
 int StatInode(const Inode* inode, struct stat* st) {
   int res = fstatat(inode->fd(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   return res == -1 ? errno : 0;
@@ -128,6 +150,9 @@ int DoLookup(fuse_req_t req, Inode* parent, const char* name, fuse_entry_param* 
     return err;
   }
   Inode* inode = fs.inodes().Acquire(fd, e->attr);
+  if (auto cached = inode->cached(); cached && fs.engine() != nullptr) {
+    fs.engine()->Overlay(*cached, &e->attr);  // data not yet written back
+  }
   e->ino = fs.inodes().FuseIno(inode);
   e->generation = inode->generation();
   return 0;
@@ -216,6 +241,7 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   if (auto cached = inode->cached(); cached && Fs(req).engine() != nullptr) {
     auto changed = Fs(req).engine()->Revalidate(*cached, st);
     if (!changed.ok()) CacheWarning("revalidate", changed.status());
+    Fs(req).engine()->Overlay(*cached, &st);  // data not yet written back
   }
   fuse_reply_attr(req, &st, Fs(req).options().attr_timeout);
 }
@@ -250,6 +276,8 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fus
     if (res == -1) return ReplyErr(req, errno);
   }
   if (valid & FUSE_SET_ATTR_SIZE) {
+    if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
+    if (int err = WriteBackFirst(Fs(req), cached); err != 0) return ReplyErr(req, err);
     // The kernel passes a handle only for ftruncate() of a regular file.
     if (fi != nullptr) {
       res = ftruncate(Fh(fi)->fd, attr->st_size);
@@ -378,6 +406,11 @@ void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   bool cached = fs.engine() != nullptr && fstatat(dir->fd(), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
                 S_ISREG(st.st_mode);
   std::optional<std::string> path = cached ? RelPath(fs, dir, name) : std::nullopt;
+  if (path && st.st_nlink <= 1 && fs.engine()->mode() == CacheMode::kWriteback) {
+    // Still open somewhere: its handles read SOURCE once the name is gone.
+    Status s = fs.engine()->FlushPath(*path, /*only_if_open=*/true);
+    if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
+  }
   int res = unlinkat(dir->fd(), name, 0);
   int err = errno;
   if (res == 0 && path) {
@@ -404,6 +437,14 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
     is_dir = S_ISDIR(st.st_mode);
     from = RelPath(fs, from_dir, name);
     to = RelPath(fs, to_dir, newname);
+    struct stat target;
+    if (from && !is_dir && fs.engine()->mode() == CacheMode::kWriteback &&
+        fstatat(to_dir->fd(), newname, &target, AT_SYMLINK_NOFOLLOW) == 0) {
+      // Over an existing file: the slow store must never show the name
+      // with less than was promised (contract 5).
+      Status s = fs.engine()->FlushPath(*from, /*only_if_open=*/false);
+      if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
+    }
   }
   int res = renameat2(from_dir->fd(), name, to_dir->fd(), newname, flags);
   int err = errno;
@@ -433,7 +474,7 @@ int SourceOpenFlags(int flags) {
 }
 
 void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached) {
-  auto* fh = new FileHandle(fd);
+  auto* fh = new FileHandle(fd, fi->flags);
   fh->cached = std::move(cached);
   fi->fh = reinterpret_cast<uint64_t>(fh);
   // Close-to-open coherence: the kernel drops its pages of the file at open.
@@ -443,6 +484,10 @@ void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Inode* inode = In(req, ino);
+  if ((fi->flags & O_TRUNC) != 0) {
+    if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
+    if (int err = WriteBackFirst(Fs(req), inode->cached()); err != 0) return ReplyErr(req, err);
+  }
   int fd = open(inode->ProcPath().c_str(), SourceOpenFlags(fi->flags));
   if (fd == -1) return ReplyErr(req, errno);
   // Close-to-open (contract 5): keep_cache=0 drops the kernel's pages, and
@@ -516,6 +561,34 @@ void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fil
 
 void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
                 fuse_file_info* fi) {
+  FileHandle* fh = Fh(fi);
+  if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
+  if (CachesWrites(Fs(req), fh->cached)) {
+    // mode=writeback: into the cache, written back later.
+    size_t size = fuse_buf_size(in);
+    thread_local std::vector<char> buf;
+    if (buf.size() < size) buf.resize(size);
+    fuse_bufvec mem;
+    std::memset(&mem, 0, sizeof(mem));
+    mem.count = 1;
+    mem.buf[0].size = size;
+    mem.buf[0].mem = buf.data();
+    ssize_t got = fuse_buf_copy(&mem, in, static_cast<fuse_buf_copy_flags>(0));
+    if (got < 0) return ReplyErr(req, static_cast<int>(-got));
+    uint64_t pos = static_cast<uint64_t>(off);
+    if ((fh->flags & O_APPEND) != 0) {
+      struct stat st;
+      if (fstat(fh->fd, &st) != 0) return ReplyErr(req, errno);
+      Fs(req).engine()->Overlay(*fh->cached, &st);
+      pos = static_cast<uint64_t>(st.st_size);
+    }
+    bool sync = (fh->flags & (O_SYNC | O_DSYNC)) != 0;
+    Status s = Fs(req).engine()->Write(*fh->cached, fh->src, pos, buf.data(),
+                                       static_cast<size_t>(got), sync);
+    if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
+    fuse_reply_write(req, static_cast<size_t>(got));
+    return;
+  }
   fuse_bufvec out = FdBufvec(Fh(fi)->fd, fuse_buf_size(in), off);
   ssize_t res = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
   if (res < 0) return ReplyErr(req, static_cast<int>(-res));
@@ -543,12 +616,20 @@ void OpRelease(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
 }
 
 void OpFsync(fuse_req_t req, fuse_ino_t /*ino*/, int datasync, fuse_file_info* fi) {
+  if (CachesWrites(Fs(req), Fh(fi)->cached)) {
+    // The cache holds the data: persisting it there is what fsync promises.
+    Status s = Fs(req).engine()->Sync(*Fh(fi)->cached);
+    fuse_reply_err(req, s.ok() ? 0 : ErrnoOf(s));
+    return;
+  }
   int res = datasync ? fdatasync(Fh(fi)->fd) : fsync(Fh(fi)->fd);
   fuse_reply_err(req, res == -1 ? errno : 0);
 }
 
 void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
+  if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
+  if (int err = WriteBackFirst(Fs(req), Fh(fi)->cached); err != 0) return ReplyErr(req, err);
   int res = fallocate(Fh(fi)->fd, mode, offset, length);
   int err = errno;
   if (res == 0) {
@@ -559,6 +640,7 @@ void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off
 }
 
 void OpLseek(fuse_req_t req, fuse_ino_t /*ino*/, off_t off, int whence, fuse_file_info* fi) {
+  if (int err = WriteBackFirst(Fs(req), Fh(fi)->cached); err != 0) return ReplyErr(req, err);
   off_t res = lseek(Fh(fi)->fd, off, whence);
   if (res == -1) return ReplyErr(req, errno);
   fuse_reply_lseek(req, res);
@@ -567,6 +649,9 @@ void OpLseek(fuse_req_t req, fuse_ino_t /*ino*/, off_t off, int whence, fuse_fil
 void OpCopyFileRange(fuse_req_t req, fuse_ino_t /*ino_in*/, off_t off_in, fuse_file_info* fi_in,
                      fuse_ino_t /*ino_out*/, off_t off_out, fuse_file_info* fi_out, size_t len,
                      int flags) {
+  if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
+  if (int err = WriteBackFirst(Fs(req), Fh(fi_in)->cached); err != 0) return ReplyErr(req, err);
+  if (int err = WriteBackFirst(Fs(req), Fh(fi_out)->cached); err != 0) return ReplyErr(req, err);
   loff_t in = off_in;
   loff_t out = off_out;
   ssize_t res =

@@ -5,13 +5,15 @@
 #   c) unmount, mount the same SOURCE again, and verify everything again
 #      without writing (--verify_only): the data must have reached SOURCE;
 #   d) every file compared byte for byte (cmp) between the mount and SOURCE.
-# Usage: tests/mount/fio_verify.sh /path/to/cachefs
+# Usage: tests/mount/fio_verify.sh /path/to/cachefs [MODE]  (mode= of cachefs,
+# default writethrough)
 # Prints one line per step and ends with "fio_verify: N passed, M failed";
 # exits non-zero if anything failed. Installs nothing: a missing tool fails.
 set -u
 
 prog=fio_verify
 cachefs=${1:-}
+mode=${2:-writethrough}
 if [[ -z $cachefs || ! -x $cachefs ]]; then
   echo "$prog: usage: $0 /path/to/cachefs (got '${cachefs}', not an executable)" >&2
   exit 1
@@ -71,7 +73,8 @@ finish() {
 # Starts `cachefs -f SOURCE MOUNTPOINT` in the background and waits (with a
 # deadline) for the mount to appear; fails if the daemon dies first.
 mount_cachefs() {
-  "$cachefs" -f "$src" "$mnt" --cache="$tmp/cache" --cache_size=256M </dev/null >>"$log/daemon" 2>&1 &
+  "$cachefs" -f "$src" "$mnt" --cache="$tmp/cache" --cache_size=256M --mode="$mode" \
+    --writeback_delay=0.2 </dev/null >>"$log/daemon" 2>&1 &
   daemon_pid=$!
   for _ in $(seq 200); do
     is_mounted && return 0
@@ -151,8 +154,28 @@ else
   step "c) unmount, remount, verify_only of both workloads" FAIL
 fi
 
-# d) byte-for-byte: every file fio made, through the mount and in SOURCE.
+# c2) the same after kill -9 of the daemon: every acknowledged write (and in
+# writeback mode they live in the cache, not yet in SOURCE) is there after a
+# new daemon recovers the cache.
+if run_fio seq2 "${common[@]}" "${seq_job[@]}" && run_fio rand2 "${common[@]}" "${rand_job[@]}" &&
+  kill -9 "$daemon_pid" && { wait "$daemon_pid" 2>/dev/null; true; } &&
+  fusermount3 -u -z "$mnt" && mount_cachefs &&
+  run_fio seq_verify2 "${common[@]}" --verify_only "${seq_job[@]}" &&
+  run_fio rand_verify2 "${common[@]}" --verify_only "${rand_job[@]}"; then
+  step "c2) write again, kill -9, remount, verify_only of both workloads" OK
+else
+  step "c2) write again, kill -9, remount, verify_only of both workloads" FAIL
+fi
+
+# d) byte-for-byte: every file fio made, through the mount and in SOURCE (in
+# writeback mode once the writer has caught up: it runs every 0.2 s here).
 files=$(cd "$src" && find . -type f | sort)
+for _ in $(seq 300); do
+  same=1
+  for f in $files; do cmp -s "$mnt/$f" "$src/$f" || same=0; done
+  [[ $same -eq 1 ]] && break
+  sleep 0.1
+done
 mnt_files=$(cd "$mnt" 2>/dev/null && find . -type f | sort)
 count=$(printf '%s\n' "$files" | grep -c .)
 cmp_ok=1

@@ -174,7 +174,8 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
     if (o.store_path && *o.store_path != sb.store_path) {
       return Fixed(dir, "store_path", *o.store_path, sb.store_path);
     }
-    if (o.mode) sb.mode = *o.mode;
+    // A new mode is taken below, once the old one allows it (leaving
+    // writeback drains first).
   }
   if (sb.mode == CacheMode::kCow) {
     return Status::Invalid(std::string("mode=") + CacheModeName(sb.mode) +
@@ -215,6 +216,10 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   }
   // Dirty data is written back in every mode (readonly too: it was promised).
   e->writeback_thread_ = std::thread([raw = e.get()] { raw->WritebackLoop(); });
+  if (!formatting && o.mode && *o.mode != sb.mode) {
+    s = e->SetMode(*o.mode);
+    if (!s.ok()) return s;
+  }
   e->readahead_bytes_ = o.readahead.value_or(EngineConfig::kDefaultReadahead);
   if (e->readahead_bytes_ > 0) {
     for (int i = 0; i < kReadaheadThreads; ++i) {
@@ -344,6 +349,35 @@ void Engine::PersistLoop() {
     if (!s.ok()) LogWarning("periodic persist failed: " + s.message());
     lock.lock();
   }
+}
+
+Status Engine::SetMode(CacheMode mode) {
+  if (mode == CacheMode::kCow) {
+    return Status::Invalid("mode=cow is not available yet");
+  }
+  if (mode == sb_.mode) return Status::Ok();
+  if (sb_.mode == CacheMode::kWriteback) {
+    // Leaving writeback: everything dirty goes to SOURCE first, so no later
+    // write through SOURCE can be overwritten by older cached data.
+    // REQUIRES (today): no writes through the mount meanwhile (at mount).
+    Status s = Flush();
+    if (s.ok() && HasAnyDirty()) {
+      s = Status::Error(EBUSY, "data of files in conflict is still dirty (cachefsctl conflicts)");
+    }
+    if (!s.ok()) {
+      return Status::Error(s.code(), std::string("cache '") + dir_ +
+                                         "': cannot leave mode=writeback: " + s.message() +
+                                         " (mount with mode=writeback to keep it)");
+    }
+  }
+  Superblock sb = sb_;
+  sb.mode = mode;
+  MetaBatch batch;
+  batch.Put(sb);
+  Status s = meta_->Commit(batch, true);
+  if (!s.ok()) return s;
+  sb_.mode = mode;
+  return Status::Ok();
 }
 
 Status Engine::Persist() {

@@ -196,6 +196,9 @@ class Engine {
 
   // --- write caching (mode=writeback) ---
   CacheMode mode() const { return sb_.mode; }
+  // Switches the cache's mode and records it; leaving writeback first writes
+  // back everything dirty (and fails, keeping the mode, if it cannot).
+  Status SetMode(CacheMode mode);
   // Writes `len` bytes at `off` into the cache as dirty data, to be written
   // back later. Survives kill -9 once it returns; `sync` (O_SYNC/O_DSYNC)
   // also persists before returning. Fails without a change (EIO, ENOSPC).
@@ -308,6 +311,7 @@ class Engine {
   void AddDirty(uint64_t seq, const BlockKey& key) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseDirty(uint64_t seq) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasDirty(uint64_t file_id);
+  bool HasAnyDirty();
   // Drops the cached blocks of `file_id` with from_index <= index < to_index
   // from the index at once and from the metadata with `batch`
   // (DropBlocksInto) or with a commit of its own (DropBlocks).

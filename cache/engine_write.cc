@@ -110,6 +110,11 @@ void Engine::EraseDirty(uint64_t seq) {
   dirty_.erase(it);
 }
 
+bool Engine::HasAnyDirty() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !dirty_.empty();
+}
+
 bool Engine::HasDirty(uint64_t file_id) {
   std::lock_guard<std::mutex> lock(mu_);
   return dirty_per_file_.count(file_id) != 0;

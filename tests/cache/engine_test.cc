@@ -58,9 +58,7 @@ class EngineTest : public ::testing::Test {
     source_ = base_ + "/src";
     std::filesystem::create_directories(source_);
   }
-  void TearDown() override {
-    std::filesystem::remove_all(base_);
-  }
+  void TearDown() override { std::filesystem::remove_all(base_); }
 
   EngineConfig Config(uint64_t cache_bytes = 16 * kBlock) {
     EngineConfig c;
@@ -101,7 +99,8 @@ class EngineTest : public ::testing::Test {
     for (auto& c : s) c = static_cast<char>(rng());
     return s;
   }
-  static std::string ReadAll(Engine& e, CachedFile& f, const SourceFdRef& fd, uint64_t off, size_t len) {
+  static std::string ReadAll(Engine& e, CachedFile& f, const SourceFdRef& fd, uint64_t off,
+                             size_t len) {
     std::string out(len, '\0');
     auto n = e.Read(f, fd, off, len, out.data());
     EXPECT_TRUE(n.ok()) << n.status().message();
@@ -169,7 +168,7 @@ TEST_F(EngineTest, WarmAfterKill) {
     if (!f.ok()) _exit(3);
     std::string out(data.size(), '\0');
     auto n = e.value()->Read(*f.value(), fd, 0, data.size(), out.data());
-    e.value()->WaitForInstalls();  // what a reply promised is in the cache
+    e.value()->WaitForInstalls();          // what a reply promised is in the cache
     _exit(n.ok() && out == data ? 0 : 4);  // no destructor: as good as a crash
   }
   int status = 0;
@@ -667,6 +666,56 @@ TEST_F(EngineTest, WritebackBlockWrittenDuringItsWritebackStaysDirty) {
   ASSERT_TRUE(e->Flush().ok());
   EXPECT_EQ(e->stats().blocks_dirty, 0u);
   EXPECT_EQ(ReadSource(source_ + "/f").substr(0, 4096), w2);
+}
+
+TEST_F(EngineTest, LeavingWritebackDrainsFirst) {
+  std::string data = Pattern(kBlock, 80);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = Config();
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;
+  std::string w = Pattern(4096, 81);
+  {
+    auto e = OpenEngine(c);
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE(e->Write(*f.value(), fd, 4096, w.data(), w.size(), false).ok());
+  }
+  std::string expect = data;
+  expect.replace(4096, w.size(), w);
+  EXPECT_EQ(ReadSource(source_ + "/f"), data);  // still dirty after the unmount
+  c.options.mode = CacheMode::kWritethrough;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->mode(), CacheMode::kWritethrough);
+  EXPECT_EQ(ReadSource(source_ + "/f"), expect);  // drained before the mount
+  EXPECT_EQ(e->stats().blocks_dirty, 0u);
+  e.reset();
+  c.options.mode.reset();
+  e = OpenEngine(c);
+  EXPECT_EQ(e->mode(), CacheMode::kWritethrough);  // the new mode was recorded
+}
+
+TEST_F(EngineTest, LeavingWritebackWithAConflictIsRefused) {
+  auto fd = MakeFile("f", Pattern(kBlock, 90));
+  EngineConfig c = Config();
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;
+  {
+    auto e = OpenEngine(c);
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    std::string w = Pattern(4096, 91);
+    ASSERT_TRUE(e->Write(*f.value(), fd, 0, w.data(), w.size(), false).ok());
+  }
+  std::string outside = Pattern(100, 92);
+  std::ofstream(source_ + "/f", std::ios::binary | std::ios::trunc) << outside;
+  c.options.mode = CacheMode::kWritethrough;
+  auto e = Engine::Open(c);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("cannot leave mode=writeback"), std::string::npos)
+      << e.status().message();
+  EXPECT_EQ(ReadSource(source_ + "/f"), outside);  // never written over
 }
 
 TEST_F(EngineTest, GroupCommitSharesPersists) {

@@ -204,6 +204,11 @@ class Engine {
   // also persists before returning. Fails without a change (EIO, ENOSPC).
   Status Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data, size_t len,
                bool sync);
+  // mode=writethrough: `len` bytes at `off` were written to SOURCE (which
+  // now looks like `st`); the cache takes them too, clean. A block that
+  // cannot be updated is dropped.
+  Status WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
+                      size_t len, const struct stat& st);
   // fsync/fdatasync of a file: its acknowledged writes survive power loss.
   Status Sync(CachedFile& file);
   // Shows the file as the mount sees it: size and mtime of data not yet
@@ -295,8 +300,10 @@ class Engine {
   // (readers and fetches of it wait); Unlock ends it.
   std::shared_ptr<Fetch> LockBlock(uint64_t file_id, uint64_t index);
   void UnlockBlock(uint64_t file_id, const std::shared_ptr<Fetch>& lock);
+  // Writes [begin, end) of block `index` into the cache, dirty or (for
+  // writethrough, SOURCE having it already) clean.
   Status WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                    const char* data, uint64_t source_size, MetaBatch& file_batch);
+                    const char* data, uint64_t source_size, MetaBatch& file_batch, bool dirty);
   // Reads the valid sub-blocks [first, last) of `rec` from the store into
   // `out`, checking their CRCs.
   Status ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t last, char* out);

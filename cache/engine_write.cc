@@ -148,7 +148,8 @@ Status Engine::ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t la
 }
 
 Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                          const char* data, uint64_t source_size, MetaBatch& file_batch) {
+                          const char* data, uint64_t source_size, MetaBatch& file_batch,
+                          bool dirty) {
   const uint64_t id = file.file_id_;
   const uint64_t bs = sb_.block_size;
   const uint32_t first = begin / kSubBlockSize;
@@ -281,12 +282,12 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   }
   for (uint32_t i = first; i < last; ++i) {
     out.SetValid(i, true);
-    out.SetDirty(i, true);
+    out.SetDirty(i, dirty);
     out.crc[i] =
         SubBlockCrc(id, index, out.generation,
                     buf.get() + static_cast<size_t>(i - first) * kSubBlockSize, kSubBlockSize);
   }
-  bool newly_dirty = out.dirty_seq == 0;
+  bool newly_dirty = dirty && out.dirty_seq == 0;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (newly_dirty) out.dirty_seq = next_dirty_seq_++;
@@ -313,10 +314,13 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
       QuarantineSlot(*old_slot);
     }
     index_->Insert({id, index}, slot);
-  } else {
-    policy_->Remove(slot);  // dirty: never a victim until written back
   }
-  dirty_slot_[slot] = true;
+  dirty_slot_[slot] = out.AnyDirty();
+  if (dirty_slot_[slot]) {
+    policy_->Remove(slot);  // dirty: never a victim until written back
+  } else if (!policy_->IsTracked(slot)) {
+    policy_->Track(slot);
+  }
   if (newly_dirty) AddDirty(out.dirty_seq, BlockKey{id, index});
   if (old_slot) ReleaseReader(*old_slot);
   counters_.write_hits++;
@@ -358,18 +362,21 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     uint64_t index = pos / bs;
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
-    Status s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch);
+    Status s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch,
+                          /*dirty=*/true);
     if (s.code() == ENOSPC) {
       // No free slot: the slots of overwritten data wait for a persist, and
       // dirty blocks for the writer. Free them, then try again.
       s = Persist();
       if (s.ok()) {
-        s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch);
+        s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch,
+                       /*dirty=*/true);
       }
       if (s.code() == ENOSPC) {
         s = Flush();
         if (s.ok()) {
-          s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch);
+          s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch,
+                         /*dirty=*/true);
         }
       }
     }
@@ -378,6 +385,33 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     done += end - begin;
   }
   if (sync) return Persist();
+  return Status::Ok();
+}
+
+Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
+                            size_t len, const struct stat& st) {
+  const uint64_t bs = sb_.block_size;
+  // SOURCE has the data: its new look is ours (and fetches that read it
+  // before are stale).
+  Status s = CommitOwnChange(file, st, 0, 0);
+  if (!s.ok()) return s;
+  MetaBatch none;
+  size_t done = 0;
+  while (done < len) {
+    uint64_t pos = off + done;
+    uint64_t index = pos / bs;
+    uint32_t begin = static_cast<uint32_t>(pos % bs);
+    uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
+    s = WriteBlock(file, fd->get(), index, begin, end, data + done,
+                   static_cast<uint64_t>(st.st_size), none, /*dirty=*/false);
+    if (!s.ok()) {
+      // The cached copy must not stay behind SOURCE: it goes.
+      LogWarning("caching a written block failed (dropped): " + s.message());
+      s = DropBlocks(file.file_id_, index, index + 1);
+      if (!s.ok()) return s;
+    }
+    done += end - begin;
+  }
   return Status::Ok();
 }
 

@@ -563,8 +563,10 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
                 fuse_file_info* fi) {
   FileHandle* fh = Fh(fi);
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
-  if (CachesWrites(Fs(req), fh->cached)) {
-    // mode=writeback: into the cache, written back later.
+  Engine* engine = Fs(req).engine();
+  const CacheMode mode = engine != nullptr ? engine->mode() : CacheMode::kWritearound;
+  if (fh->cached && (mode == CacheMode::kWriteback || mode == CacheMode::kWritethrough)) {
+    // The cache takes the bytes: they are needed in memory.
     size_t size = fuse_buf_size(in);
     thread_local std::vector<char> buf;
     if (buf.size() < size) buf.resize(size);
@@ -575,20 +577,39 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
     mem.buf[0].mem = buf.data();
     ssize_t got = fuse_buf_copy(&mem, in, static_cast<fuse_buf_copy_flags>(0));
     if (got < 0) return ReplyErr(req, static_cast<int>(-got));
+    const size_t n = static_cast<size_t>(got);
+    if (mode == CacheMode::kWritethrough) {
+      // SOURCE first, then the cache; acknowledged after both.
+      ssize_t res = pwrite(fh->fd, buf.data(), n, off);
+      if (res < 0) return ReplyErr(req, errno);
+      struct stat st;
+      if (fstat(fh->fd, &st) == 0) {
+        // With O_APPEND the source put the bytes at its own end.
+        uint64_t at = (fh->flags & O_APPEND) != 0 ? static_cast<uint64_t>(st.st_size - res)
+                                                  : static_cast<uint64_t>(off);
+        Status s = engine->WriteThrough(*fh->cached, fh->src, at, buf.data(),
+                                        static_cast<size_t>(res), st);
+        if (!s.ok()) CacheWarning("write", s);
+      }
+      fuse_reply_write(req, static_cast<size_t>(res));
+      return;
+    }
+    // mode=writeback: into the cache, written back later.
     uint64_t pos = static_cast<uint64_t>(off);
     if ((fh->flags & O_APPEND) != 0) {
       struct stat st;
       if (fstat(fh->fd, &st) != 0) return ReplyErr(req, errno);
-      Fs(req).engine()->Overlay(*fh->cached, &st);
+      engine->Overlay(*fh->cached, &st);
       pos = static_cast<uint64_t>(st.st_size);
     }
     bool sync = (fh->flags & (O_SYNC | O_DSYNC)) != 0;
-    Status s = Fs(req).engine()->Write(*fh->cached, fh->src, pos, buf.data(),
-                                       static_cast<size_t>(got), sync);
+    Status s = engine->Write(*fh->cached, fh->src, pos, buf.data(), n, sync);
     if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
-    fuse_reply_write(req, static_cast<size_t>(got));
+    fuse_reply_write(req, n);
     return;
   }
+  // writearound, or a file the cache does not hold: SOURCE only (spliced),
+  // and the cached copy of what was written is dropped.
   fuse_bufvec out = FdBufvec(Fh(fi)->fd, fuse_buf_size(in), off);
   ssize_t res = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
   if (res < 0) return ReplyErr(req, static_cast<int>(-res));

@@ -718,6 +718,29 @@ TEST_F(EngineTest, LeavingWritebackWithAConflictIsRefused) {
   EXPECT_EQ(ReadSource(source_ + "/f"), outside);  // never written over
 }
 
+TEST_F(EngineTest, WritethroughUpdatesTheCachedBlocks) {
+  std::string data = Pattern(2 * kBlock, 100);
+  auto fd = MakeFile("f", data);
+  auto e = OpenEngine(Config());
+  ASSERT_EQ(e->mode(), CacheMode::kWritethrough);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  int reads = backing_.reads;
+  // As the FUSE layer does: SOURCE first, then the cache.
+  std::string w = Pattern(10000, 101);
+  int wfd = open((source_ + "/f").c_str(), O_WRONLY);
+  ASSERT_EQ(pwrite(wfd, w.data(), w.size(), kBlock - 5000), static_cast<ssize_t>(w.size()));
+  close(wfd);
+  ASSERT_TRUE(e->WriteThrough(*f.value(), fd, kBlock - 5000, w.data(), w.size(), Stat(fd)).ok());
+  std::string expect = data;
+  expect.replace(kBlock - 5000, w.size(), w);
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, expect.size()), expect);
+  EXPECT_EQ(backing_.reads, reads);  // both blocks updated in the cache, not dropped
+  EXPECT_EQ(e->stats().blocks_dirty, 0u);
+  EXPECT_EQ(e->stats().blocks_cached, 2u);
+}
+
 TEST_F(EngineTest, GroupCommitSharesPersists) {
   EngineConfig c = Config();
   c.options.mode = CacheMode::kWriteback;

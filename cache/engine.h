@@ -19,10 +19,10 @@
 // fetched by background threads; a reader that reaches them waits for the
 // fetch in flight instead of fetching again.
 //
-// Writes (read caching only, for now): the FUSE layer writes SOURCE and then
-// tells the engine, which drops the cached blocks the write touched and
-// refreshes the file's fingerprint; a fetch that raced with the write is not
-// installed (per-file epoch).
+// Writes (mode, in the superblock): writethrough puts what the FUSE layer
+// wrote to SOURCE into the cache as clean data; writeback keeps it in the
+// cache as dirty data, written back by the writer thread; writearound drops
+// the touched blocks (cache/engine_write.cc has the details).
 //
 // Coherence (contract 5): a file is matched by its path relative to SOURCE,
 // its inode number and its fingerprint (size, mtime, ctime). When SOURCE shows

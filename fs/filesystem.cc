@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -816,17 +817,37 @@ void OpAccess(fuse_req_t req, fuse_ino_t ino, int mask) {
 // followed any further, even for a symlink, so no call here can reach an
 // object outside SOURCE (the same holds for chmod and truncate above).
 
+constexpr char kCapabilityXattr[] = "security.capability";
+
+int64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags) {
   Inode* inode = In(req, ino);
+  inode->no_capability_until = 0;
   int res = setxattr(inode->ProcPath().c_str(), name, value, size, flags);
   fuse_reply_err(req, res == -1 ? errno : 0);
 }
 
 void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   Inode* inode = In(req, ino);
+  // The kernel asks for file capabilities before every write (to drop them);
+  // an absence seen on SOURCE is trusted for attr_timeout, like any
+  // attribute (contract 5), instead of a slow-store round trip per write.
+  const bool capability = std::strcmp(name, kCapabilityXattr) == 0;
+  if (capability && inode->no_capability_until.load() > SteadyNowNs()) {
+    return ReplyErr(req, ENODATA);
+  }
   std::vector<char> buf(size);
   ssize_t n = getxattr(inode->ProcPath().c_str(), name, size ? buf.data() : nullptr, size);
+  if (n == -1 && errno == ENODATA && capability) {
+    inode->no_capability_until =
+        SteadyNowNs() + static_cast<int64_t>(Fs(req).options().attr_timeout * 1e9);
+  }
   if (n == -1) return ReplyErr(req, errno);
   if (size == 0) return static_cast<void>(fuse_reply_xattr(req, static_cast<size_t>(n)));
   fuse_reply_buf(req, buf.data(), static_cast<size_t>(n));
@@ -843,6 +864,7 @@ void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 
 void OpRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   Inode* inode = In(req, ino);
+  inode->no_capability_until = 0;
   int res = removexattr(inode->ProcPath().c_str(), name);
   fuse_reply_err(req, res == -1 ? errno : 0);
 }

@@ -17,6 +17,7 @@
 #include <fuse_lowlevel.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -50,6 +51,11 @@ class Inode {
   // unbound or uncached.
   std::shared_ptr<CachedFile> cached() const;
   void set_cached(std::shared_ptr<CachedFile> cached);
+
+  // Until when (steady clock, ns) SOURCE is known to have no
+  // "security.capability" on this file: the kernel asks before every write,
+  // and asking a slow store each time costs a round trip per write. 0: not known.
+  std::atomic<int64_t> no_capability_until{0};
 
  private:
   friend class InodeTable;

@@ -19,6 +19,7 @@
 
 #include "cache/engine.h"
 #include "cmd/cli.h"
+#include "cmd/control_server.h"
 #include "common/log.h"
 #include "fs/filesystem.h"
 #include "fs/mount.h"
@@ -131,9 +132,13 @@ int Serve(const DaemonConfig& cfg) {
     LogError(mount.status().message());
     return kExitFailure;
   }
+  // cachefsctl's socket, ready before the command returns; gone at unmount.
+  std::unique_ptr<ControlServer> control =
+      StartDaemonControl(source, Canonical(cfg.mountpoint), cfg, engine.value().get());
   if (report_fd >= 0) FinishDetach(report_fd);
   LogInfo("mounted " + source + " on " + Canonical(cfg.mountpoint));
   s = mount.value()->Run();
+  control.reset();
   mount.value().reset();
   if (!s.ok()) {
     LogError(s.message());

@@ -1,0 +1,269 @@
+#include "cmd/stats_format.h"
+
+#include <cmath>
+#include <cstdio>
+#include <string_view>
+
+namespace cachefs {
+namespace {
+
+JsonValue Ratio(uint64_t hits, uint64_t misses) {
+  if (hits + misses == 0) return JsonValue();
+  return static_cast<double>(hits) / static_cast<double>(hits + misses);
+}
+
+}  // namespace
+
+// clang-format off
+// One line per field: CACHEFS_STAT(member of EngineStats, unit, kind, help).
+#define CACHEFS_STAT(field, unit, kind, help) \
+  StatField{#field, unit, StatKind::kind, help, \
+            [](const EngineStats& s) { return JsonValue(s.field); }}
+// A ratio hits / (hits + misses) of two counter members.
+#define CACHEFS_RATIO(name, hits, misses, help) \
+  StatField{#name, "ratio", StatKind::kGauge, help, \
+            [](const EngineStats& s) { return Ratio(s.hits, s.misses); }, #hits, #misses}
+
+const std::vector<StatField>& StatFields() {
+  static const std::vector<StatField> fields = {
+      CACHEFS_STAT(read_hits, "blocks", kCounter, "Blocks read from the cache"),
+      CACHEFS_STAT(read_misses, "blocks", kCounter, "Blocks fetched from SOURCE on a read"),
+      CACHEFS_STAT(fetch_waits, "reads", kCounter, "Reads that waited for another's fetch"),
+      CACHEFS_STAT(readahead_blocks, "blocks", kCounter, "Blocks fetched ahead of a sequential reader"),
+      CACHEFS_STAT(bytes_from_cache, "bytes", kCounter, "Bytes read from the cache"),
+      CACHEFS_STAT(bytes_from_source, "bytes", kCounter, "Bytes fetched from SOURCE"),
+      CACHEFS_STAT(crc_errors, "blocks", kCounter, "Cached blocks that failed their CRC check"),
+      CACHEFS_STAT(evictions, "blocks", kCounter, "Blocks evicted to make room"),
+      CACHEFS_STAT(invalidations, "files", kCounter, "Files whose blocks were dropped for a change in SOURCE"),
+      CACHEFS_STAT(write_hits, "blocks", kCounter, "Blocks written into the cache"),
+      CACHEFS_STAT(blocks_dirty, "blocks", kGauge, "Blocks not yet written back to SOURCE"),
+      CACHEFS_STAT(bytes_written_back, "bytes", kCounter, "Bytes written back to SOURCE"),
+      CACHEFS_STAT(writeback_errors, "attempts", kCounter, "Failed writeback attempts (retried)"),
+      CACHEFS_STAT(conflicts, "files", kCounter, "Files changed outside while they had dirty data"),
+      CACHEFS_STAT(persists, "syncs", kCounter, "Persists of the store and syncs of the metadata"),
+      CACHEFS_STAT(blocks_cached, "blocks", kGauge, "Blocks in the cache"),
+      CACHEFS_STAT(slots, "blocks", kGauge, "Blocks the cache can hold"),
+      CACHEFS_STAT(block_size, "bytes", kGauge, "Size of a cache block"),
+      CACHEFS_STAT(index_memory, "bytes", kGauge, "RAM of the block index and the policy"),
+      CACHEFS_RATIO(read_hit_ratio, read_hits, read_misses, "read_hits / (read_hits + read_misses) since mount"),
+  };
+  return fields;
+}
+// clang-format on
+
+#undef CACHEFS_STAT
+#undef CACHEFS_RATIO
+
+JsonValue StatsToJson(const EngineStats& stats) {
+  JsonValue out = JsonValue::MakeObject();
+  for (const StatField& f : StatFields()) out.Set(f.name, f.get(stats));
+  return out;
+}
+
+std::string PrometheusName(const StatField& field) {
+  std::string name = std::string("cachefs_") + field.name;
+  if (std::string_view(field.unit) == "bytes" && name.find("bytes") == std::string::npos) {
+    name += "_bytes";
+  }
+  if (field.kind == StatKind::kCounter) name += "_total";
+  return name;
+}
+
+std::string HumanBytes(double bytes) {
+  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  size_t u = 0;
+  double v = bytes;
+  while (std::fabs(v) >= 1024 && u + 1 < std::size(kUnits)) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[64];
+  if (u == 0) {
+    std::snprintf(buf, sizeof(buf), "%.0f B", v);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.1f %s", v, kUnits[u]);
+  }
+  return buf;
+}
+
+namespace {
+
+std::string Fixed(double v, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", decimals, v);
+  return buf;
+}
+
+std::string Percent(double ratio) { return Fixed(ratio * 100, 1) + "%"; }
+
+const std::string* StringMember(const JsonValue& obj, std::string_view key) {
+  const JsonValue* v = obj.Find(key);
+  return v != nullptr ? v->as_string() : nullptr;
+}
+
+std::string Text(const JsonValue& obj, std::string_view key) {
+  const std::string* s = StringMember(obj, key);
+  return s != nullptr ? *s : "?";
+}
+
+bool Number(const JsonValue& obj, std::string_view key, double* out) {
+  const JsonValue* v = obj.Find(key);
+  return v != nullptr && v->as_double(out);
+}
+
+// A value with its unit, for people.
+std::string ShowValue(const JsonValue& v, std::string_view unit) {
+  if (v.is_null()) return "-";
+  if (unit == "ratio") {
+    double d = 0;
+    return v.as_double(&d) ? Percent(d) : v.Serialize();
+  }
+  if (unit == "bytes") {
+    uint64_t n = 0;
+    if (v.as_uint64(&n) && n >= 1024)
+      return HumanBytes(static_cast<double>(n)) + " (" + std::to_string(n) + ")";
+    double d = 0;
+    return v.as_double(&d) ? HumanBytes(d) : v.Serialize();
+  }
+  return v.Serialize() + " " + std::string(unit);
+}
+
+// The change of a counter per second, for people.
+std::string ShowRate(double per_second, std::string_view unit) {
+  if (unit == "bytes") return HumanBytes(per_second) + "/s";
+  return Fixed(per_second, 1) + "/s";
+}
+
+std::string PadRight(std::string s, size_t width) {
+  if (s.size() < width) s.append(width - s.size(), ' ');
+  return s;
+}
+
+std::string Duration(double seconds) {
+  auto total = static_cast<uint64_t>(seconds);
+  uint64_t d = total / 86400;
+  uint64_t h = total / 3600 % 24;
+  uint64_t m = total / 60 % 60;
+  uint64_t s = total % 60;
+  std::string out;
+  if (d > 0) out += std::to_string(d) + "d";
+  if (d > 0 || h > 0) out += std::to_string(h) + "h";
+  if (d > 0 || h > 0 || m > 0) out += std::to_string(m) + "m";
+  return out + std::to_string(s) + "s";
+}
+
+// The interval column of one row, or "" when it has none.
+std::string IntervalCell(const StatField& f, const JsonValue& now, const JsonValue& before,
+                         double interval_s) {
+  if (f.kind == StatKind::kCounter && interval_s > 0) {
+    double a = 0;
+    double b = 0;
+    if (!Number(now, f.name, &a) || !Number(before, f.name, &b)) return "";
+    return ShowRate((a - b) / interval_s, f.unit);
+  }
+  if (f.ratio_hits != nullptr) {
+    double h1 = 0, h0 = 0, m1 = 0, m0 = 0;
+    if (!Number(now, f.ratio_hits, &h1) || !Number(before, f.ratio_hits, &h0) ||
+        !Number(now, f.ratio_misses, &m1) || !Number(before, f.ratio_misses, &m0)) {
+      return "";
+    }
+    double total = (h1 - h0) + (m1 - m0);
+    return total > 0 ? Percent((h1 - h0) / total) : "-";
+  }
+  return "";
+}
+
+// A Prometheus label value: backslash, double quote and newline escaped.
+std::string LabelValue(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// A Prometheus sample value: integers exactly, NaN for null.
+std::string SampleValue(const JsonValue& v) {
+  uint64_t u = 0;
+  if (v.as_uint64(&u)) return std::to_string(u);
+  double d = 0;
+  if (!v.as_double(&d)) return "NaN";
+  if (std::isnan(d)) return "NaN";
+  if (std::isinf(d)) return d > 0 ? "+Inf" : "-Inf";
+  return v.Serialize();
+}
+
+const JsonValue& MemberOrEmpty(const JsonValue& obj, std::string_view key) {
+  static const JsonValue kEmpty = JsonValue::MakeObject();
+  const JsonValue* v = obj.Find(key);
+  return v != nullptr && v->is_object() ? *v : kEmpty;
+}
+
+}  // namespace
+
+std::string FormatStatsTable(const JsonValue& reply, const JsonValue* previous, double interval_s) {
+  const JsonValue& mount = MemberOrEmpty(reply, "mount");
+  const JsonValue& stats = MemberOrEmpty(reply, "stats");
+  std::string out = Text(mount, "mount_point") + ": source " + Text(mount, "source") + ", cache " +
+                    Text(mount, "cache_dir") + "\n";
+  out += "mode " + Text(mount, "mode");
+  double n = 0;
+  if (Number(mount, "block_size", &n)) out += ", block size " + HumanBytes(n);
+  if (Number(mount, "cache_size", &n)) out += ", cache size " + HumanBytes(n);
+  out += ", " + Text(mount, "state");
+  if (Number(mount, "uptime_seconds", &n)) out += ", up " + Duration(n);
+  out += "\n\n";
+  const bool rates = previous != nullptr;
+  const JsonValue& before = rates ? MemberOrEmpty(*previous, "stats") : stats;
+  constexpr size_t kNameWidth = 20;
+  constexpr size_t kValueWidth = 30;
+  out += PadRight("FIELD", kNameWidth) + (rates ? PadRight("VALUE", kValueWidth) : "VALUE");
+  if (rates) out += "LAST " + Fixed(interval_s, 1) + " s";
+  out += "\n";
+  for (const StatField& f : StatFields()) {
+    const JsonValue* v = stats.Find(f.name);
+    if (v == nullptr) continue;  // a daemon that does not know the field yet
+    std::string row = PadRight(f.name, kNameWidth);
+    if (rates) {
+      row +=
+          PadRight(ShowValue(*v, f.unit), kValueWidth) + IntervalCell(f, stats, before, interval_s);
+    } else {
+      row += ShowValue(*v, f.unit);
+    }
+    while (!row.empty() && row.back() == ' ') row.pop_back();
+    out += row + "\n";
+  }
+  return out;
+}
+
+std::string FormatStatsPrometheus(const JsonValue& reply) {
+  const JsonValue& mount = MemberOrEmpty(reply, "mount");
+  const JsonValue& stats = MemberOrEmpty(reply, "stats");
+  const std::string label = "mount=\"" + LabelValue(Text(mount, "mount_point")) + "\"";
+  std::string out;
+  out += "# HELP cachefs_info The mount and its cache; the value is always 1.\n";
+  out += "# TYPE cachefs_info gauge\n";
+  out += "cachefs_info{" + label + ",source=\"" + LabelValue(Text(mount, "source")) +
+         "\",cache_dir=\"" + LabelValue(Text(mount, "cache_dir")) + "\",mode=\"" +
+         LabelValue(Text(mount, "mode")) + "\"} 1\n";
+  for (const StatField& f : StatFields()) {
+    const JsonValue* v = stats.Find(f.name);
+    if (v == nullptr) continue;
+    const std::string name = PrometheusName(f);
+    out.append("# HELP ").append(name).append(" ").append(f.help).append(".\n");
+    out.append("# TYPE ").append(name).append(f.kind == StatKind::kCounter ? " counter\n"
+                                                                           : " gauge\n");
+    out.append(name).append("{").append(label).append("} ").append(SampleValue(*v)).append("\n");
+  }
+  return out;
+}
+
+}  // namespace cachefs

@@ -1,0 +1,225 @@
+#include "cmd/stats_format.h"
+
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+
+namespace cachefs {
+namespace {
+
+// The number of members of an aggregate: the most initialisers it takes.
+struct AnyMember {
+  template <typename T>
+  operator T() const;  // NOLINT(google-explicit-constructor): only ever unevaluated
+};
+template <typename T, typename... A>
+constexpr size_t CountMembers() {
+  if constexpr (requires { T{A{}..., AnyMember{}}; }) {
+    return CountMembers<T, A..., AnyMember>();
+  } else {
+    return sizeof...(A);
+  }
+}
+
+// A new member of EngineStats must be shown: one line in StatFields().
+TEST(StatsFormat, EveryEngineStatsMemberHasAField) {
+  size_t members = 0;
+  for (const StatField& f : StatFields()) {
+    if (f.ratio_hits == nullptr) ++members;
+  }
+  EXPECT_EQ(members, CountMembers<EngineStats>())
+      << "EngineStats gained or lost a member: add or remove its line in cmd/stats_format.cc";
+}
+
+EngineStats Sample() {
+  EngineStats s;
+  s.read_hits = 30;
+  s.read_misses = 10;
+  s.fetch_waits = 2;
+  s.bytes_from_cache = 30ull << 16;
+  s.bytes_from_source = 10ull << 16;
+  s.crc_errors = 1;
+  s.evictions = 4;
+  s.invalidations = 5;
+  s.blocks_cached = 40;
+  s.slots = 1024;
+  s.block_size = 65536;
+  s.index_memory = 123456;
+  return s;
+}
+
+TEST(StatsFormat, JsonHasEveryFieldInOrder) {
+  JsonValue j = StatsToJson(Sample());
+  ASSERT_EQ(j.members().size(), StatFields().size());
+  for (size_t i = 0; i < StatFields().size(); ++i) {
+    EXPECT_EQ(j.members()[i].first, StatFields()[i].name);
+  }
+  const EngineStats in = Sample();
+  EXPECT_EQ(j.Find("read_hits")->Serialize(), "30");
+  EXPECT_EQ(j.Find("read_misses")->Serialize(), "10");
+  EXPECT_EQ(j.Find("fetch_waits")->Serialize(), "2");
+  EXPECT_EQ(j.Find("bytes_from_cache")->Serialize(), std::to_string(in.bytes_from_cache));
+  EXPECT_EQ(j.Find("bytes_from_source")->Serialize(), std::to_string(in.bytes_from_source));
+  EXPECT_EQ(j.Find("crc_errors")->Serialize(), "1");
+  EXPECT_EQ(j.Find("evictions")->Serialize(), "4");
+  EXPECT_EQ(j.Find("invalidations")->Serialize(), "5");
+  EXPECT_EQ(j.Find("blocks_cached")->Serialize(), "40");
+  EXPECT_EQ(j.Find("slots")->Serialize(), "1024");
+  EXPECT_EQ(j.Find("block_size")->Serialize(), "65536");
+  EXPECT_EQ(j.Find("index_memory")->Serialize(), "123456");
+  EXPECT_EQ(j.Find("read_hit_ratio")->Serialize(), "0.75");
+  EXPECT_EQ(j.members().back().first, "read_hit_ratio") << "derived fields come last";
+}
+
+TEST(StatsFormat, RatioIsNullBeforeAnyRead) {
+  JsonValue j = StatsToJson(EngineStats{});
+  ASSERT_NE(j.Find("read_hit_ratio"), nullptr);
+  EXPECT_TRUE(j.Find("read_hit_ratio")->is_null());
+}
+
+TEST(StatsFormat, PrometheusNamesFollowTheConventions) {
+  std::set<std::string> names;
+  for (const StatField& f : StatFields()) {
+    std::string n = PrometheusName(f);
+    EXPECT_TRUE(std::regex_match(n, std::regex("cachefs_[a-z_]+"))) << n;
+    EXPECT_EQ(f.kind == StatKind::kCounter, n.size() > 6 && n.substr(n.size() - 6) == "_total")
+        << n;
+    if (std::string(f.unit) == "bytes") {
+      EXPECT_NE(n.find("bytes"), std::string::npos) << n;
+    }
+    EXPECT_TRUE(names.insert(n).second) << "twice: " << n;
+  }
+  EXPECT_TRUE(names.count("cachefs_read_hits_total"));
+  EXPECT_TRUE(names.count("cachefs_bytes_from_cache_total"));
+  EXPECT_TRUE(names.count("cachefs_block_size_bytes"));
+  EXPECT_TRUE(names.count("cachefs_read_hit_ratio"));
+}
+
+JsonValue Reply(const EngineStats& s, const std::string& mount_point = "/mnt/x") {
+  JsonValue mount = JsonValue::MakeObject();
+  mount.Set("mount_point", mount_point);
+  mount.Set("source", "/slow");
+  mount.Set("cache_dir", "/var/cache/cachefs/slow");
+  mount.Set("mode", "writethrough");
+  mount.Set("block_size", 65536);
+  mount.Set("cache_size", 64ull << 20);
+  mount.Set("state", "running");
+  mount.Set("uptime_seconds", 3725.5);
+  JsonValue r = JsonValue::MakeObject();
+  r.Set("version", 1);
+  r.Set("mount", mount);
+  r.Set("stats", StatsToJson(s));
+  return r;
+}
+
+// The text exposition format, line by line: HELP and TYPE before the first
+// sample of a metric, samples as name{labels} value.
+TEST(StatsFormat, PrometheusTextParses) {
+  const std::string text = FormatStatsPrometheus(Reply(Sample(), "/mnt/we\"ird\\ na\nme"));
+  const std::regex help(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) [^\n]+)");
+  const std::regex type(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge))");
+  const std::regex label(R"([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\["\\n])*")");
+  const std::regex sample(
+      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\["\\n])*",?)+)\} )"
+      R"(([-+]?(?:[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|NaN|Inf)))");
+  std::istringstream in(text);
+  std::string line;
+  std::set<std::string> helped, typed, sampled;
+  size_t samples = 0;
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_match(line, m, help)) {
+      helped.insert(m[1]);
+    } else if (std::regex_match(line, m, type)) {
+      EXPECT_TRUE(helped.count(m[1])) << "TYPE before HELP: " << line;
+      typed.insert(m[1]);
+    } else if (std::regex_match(line, m, sample)) {
+      EXPECT_TRUE(typed.count(m[1])) << "sample before its TYPE: " << line;
+      EXPECT_TRUE(sampled.insert(m[1]).second) << "sampled twice: " << line;
+      std::string labels = m[2];
+      EXPECT_EQ(labels.rfind(R"(mount="/mnt/we\"ird\\ na\nme")", 0), 0u) << line;
+      ++samples;
+    } else {
+      ADD_FAILURE() << "not exposition format: " << line;
+    }
+  }
+  EXPECT_EQ(samples, StatFields().size() + 1);  // and cachefs_info
+  EXPECT_NE(text.find("cachefs_read_hits_total{mount=\"/mnt/we\\\"ird\\\\ na\\nme\"} 30\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("cachefs_read_hit_ratio{mount=\"/mnt/we\\\"ird\\\\ na\\nme\"} 0.75\n"),
+            std::string::npos);
+  EXPECT_NE(text.find(",mode=\"writethrough\"} 1\n"), std::string::npos);
+  // Before any read the ratio has no value: NaN, which the format allows.
+  EXPECT_NE(FormatStatsPrometheus(Reply(EngineStats{}))
+                .find("cachefs_read_hit_ratio{mount=\"/mnt/x\"} NaN"),
+            std::string::npos);
+}
+
+TEST(StatsFormat, TableShowsEveryFieldWithItsUnit) {
+  const std::string t = FormatStatsTable(Reply(Sample()));
+  EXPECT_EQ(t.rfind("/mnt/x: source /slow, cache /var/cache/cachefs/slow\n"
+                    "mode writethrough, block size 64.0 KiB, cache size 64.0 MiB, running, "
+                    "up 1h2m5s\n",
+                    0),
+            0u)
+      << t;
+  for (const StatField& f : StatFields()) {
+    EXPECT_NE(t.find(std::string("\n") + f.name + " "), std::string::npos) << f.name << "\n" << t;
+  }
+  EXPECT_NE(t.find("read_hits           30 blocks\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("bytes_from_cache    1.9 MiB (1966080)\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("read_hit_ratio      75.0%\n"), std::string::npos) << t;
+  EXPECT_NE(FormatStatsTable(Reply(EngineStats{})).find("read_hit_ratio      -\n"),
+            std::string::npos);
+}
+
+TEST(StatsFormat, TableWithAnEarlierReplyShowsRatesOverTheInterval) {
+  EngineStats before = Sample();
+  EngineStats after = before;
+  after.read_hits += 20;   // 10/s over 2 s
+  after.read_misses += 0;  // all hits in the interval
+  after.bytes_from_cache += 2ull << 20;
+  after.blocks_cached += 7;  // a gauge: no rate
+  JsonValue prev = Reply(before);
+  const std::string t = FormatStatsTable(Reply(after), &prev, 2.0);
+  EXPECT_NE(t.find("LAST 2.0 s\n"), std::string::npos) << t;
+  std::regex row_hits(R"(\nread_hits +50 blocks +10\.0/s\n)");
+  std::regex row_bytes(R"(\nbytes_from_cache +[0-9.]+ MiB \([0-9]+\) +1\.0 MiB/s\n)");
+  std::regex row_ratio(R"(\nread_hit_ratio +83\.3% +100\.0%\n)");
+  std::regex row_gauge(R"(\nblocks_cached +47 blocks\n)");
+  EXPECT_TRUE(std::regex_search(t, row_hits)) << t;
+  EXPECT_TRUE(std::regex_search(t, row_bytes)) << t;
+  EXPECT_TRUE(std::regex_search(t, row_ratio)) << t;
+  EXPECT_TRUE(std::regex_search(t, row_gauge)) << t;
+  // No reads at all in the interval: the interval ratio is "-".
+  const std::string idle = FormatStatsTable(prev, &prev, 1.0);
+  EXPECT_TRUE(std::regex_search(idle, std::regex(R"(\nread_hit_ratio +75\.0% +-\n)"))) << idle;
+}
+
+TEST(StatsFormat, FieldsTheDaemonDoesNotSendAreLeftOut) {
+  JsonValue r = Reply(Sample());
+  JsonValue partial = JsonValue::MakeObject();
+  partial.Set("read_hits", 1);
+  r.Set("stats", partial);
+  const std::string t = FormatStatsTable(r);
+  EXPECT_NE(t.find("read_hits"), std::string::npos);
+  EXPECT_EQ(t.find("read_misses"), std::string::npos);
+  EXPECT_EQ(FormatStatsPrometheus(r).find("read_misses"), std::string::npos);
+}
+
+TEST(StatsFormat, HumanBytes) {
+  EXPECT_EQ(HumanBytes(0), "0 B");
+  EXPECT_EQ(HumanBytes(1023), "1023 B");
+  EXPECT_EQ(HumanBytes(1024), "1.0 KiB");
+  EXPECT_EQ(HumanBytes(1536), "1.5 KiB");
+  EXPECT_EQ(HumanBytes(64 << 20), "64.0 MiB");
+  EXPECT_EQ(HumanBytes(3.0 * (1ull << 40)), "3.0 TiB");
+}
+
+}  // namespace
+}  // namespace cachefs

@@ -1,0 +1,430 @@
+// cachefsctl against live mounts: the control socket's life and
+// permissions, list, stats (table, JSON, Prometheus, watch), get, and the
+// one-line errors of bad use.
+//
+// The cachefsctl binary is the one next to the cachefs under test (or
+// $CACHEFSCTL_BIN). Every command names its mount by path, as other mounts
+// (other tests, other people) may be up at the same time.
+#include <fcntl.h>
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/json.h"
+#include "tests/mount/mount_fixture.h"
+
+namespace cachefs::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr size_t kBlock = 64 << 10;
+
+std::string CtlBinary() {
+  const char* b = std::getenv("CACHEFSCTL_BIN");
+  if (b != nullptr) return b;
+  std::string cachefs = CachefsBinary();
+  return cachefs.substr(0, cachefs.rfind('/') + 1) + "cachefsctl";
+}
+
+struct CtlResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs cachefsctl with `args`, as `uid` (and gid) when it is not 0.
+CtlResult RunCtl(const std::vector<std::string>& args, uid_t uid = 0) {
+  std::vector<std::string> argv_s = {CtlBinary()};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int out[2];
+  int err[2];
+  CtlResult r;
+  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+    ADD_FAILURE() << "pipe: " << std::strerror(errno);
+    return r;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    dup2(err[1], STDERR_FILENO);
+    if (uid != 0 && (setgroups(0, nullptr) != 0 || setgid(uid) != 0 || setuid(uid) != 0)) {
+      _exit(126);
+    }
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  close(err[1]);
+  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  std::string* sinks[2] = {&r.out, &r.err};
+  int open_fds = 2;
+  while (open_fds > 0 && poll(fds, 2, 30000) > 0) {
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      char buf[4096];
+      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      if (n > 0) {
+        sinks[i]->append(buf, static_cast<size_t>(n));
+      } else {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+  }
+  for (auto& f : fds) {
+    if (f.fd >= 0) close(f.fd);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+std::string Describe(const CtlResult& r) {
+  return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out + "stderr:\n" + r.err;
+}
+
+// A failure as the brief of every cachefs tool wants it: nothing on
+// stdout, one line on stderr that says `says`, a non-zero exit.
+void ExpectOneLineError(const CtlResult& r, const std::string& says, int exit_code) {
+  EXPECT_EQ(r.exit_code, exit_code) << Describe(r);
+  EXPECT_EQ(r.out, "") << Describe(r);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << Describe(r);
+  EXPECT_EQ(r.err.rfind("cachefsctl: ", 0), 0u) << Describe(r);
+  EXPECT_NE(r.err.find(says), std::string::npos) << Describe(r);
+}
+
+JsonValue ParseOut(const CtlResult& r) {
+  EXPECT_EQ(r.exit_code, 0) << Describe(r);
+  auto j = ParseJson(r.out);
+  EXPECT_TRUE(j.ok()) << j.status().message() << "\n" << Describe(r);
+  return j.ok() ? j.value() : JsonValue();
+}
+
+uint64_t Uint(const JsonValue& obj, const char* key) {
+  const JsonValue* v = obj.Find(key);
+  uint64_t n = 0;
+  EXPECT_TRUE(v != nullptr && v->as_uint64(&n)) << key << " in " << obj.Serialize();
+  return n;
+}
+
+std::string Str(const JsonValue& obj, const char* key) {
+  const JsonValue* v = obj.Find(key);
+  EXPECT_TRUE(v != nullptr && v->is_string()) << key << " in " << obj.Serialize();
+  return v != nullptr && v->is_string() ? *v->as_string() : "";
+}
+
+// Reads all of `path` in block-sized O_DIRECT reads: each read reaches the
+// daemon as one request for one whole block, whatever the kernel cached.
+void ReadDirect(const std::string& path, size_t size) {
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, kBlock), 0);
+  for (size_t off = 0; off < size; off += kBlock) {
+    EXPECT_EQ(pread(fd, buf, kBlock, static_cast<off_t>(off)), static_cast<ssize_t>(kBlock))
+        << "at " << off << ": " << std::strerror(errno);
+  }
+  free(buf);
+  close(fd);
+}
+
+class CtlTest : public ::testing::Test {
+ protected:
+  void TearDown() override { cachefs_.reset(); }
+
+  // Mounts a fresh cache of 64 KiB blocks and waits for its control socket.
+  bool Mount(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"--block_size=64K"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    cachefs_ = MountedCachefs::Start(args);
+    if (cachefs_ == nullptr) return false;
+    struct stat st;
+    if (stat(mnt().c_str(), &st) != 0) {
+      ADD_FAILURE() << mnt() << ": " << std::strerror(errno);
+      return false;
+    }
+    socket_ = "/run/cachefs/" + std::to_string(major(st.st_dev)) + ":" +
+              std::to_string(minor(st.st_dev)) + ".sock";
+    // The daemon makes the socket right after the mount appears.
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (!Connectable(socket_)) {
+      if (Clock::now() > deadline) {
+        ADD_FAILURE() << "no control socket " << socket_;
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return true;
+  }
+
+  static bool Connectable(const std::string& path) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    bool ok = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+    close(fd);
+    return ok;
+  }
+
+  const std::string& mnt() const { return cachefs_->mnt(); }
+  const std::string& src() const { return cachefs_->src(); }
+
+  std::unique_ptr<MountedCachefs> cachefs_;
+  std::string socket_;
+};
+
+TEST_F(CtlTest, SocketIsTheOwnersAndGoesAwayAtUnmount) {
+  ASSERT_TRUE(Mount());
+  struct stat st;
+  ASSERT_EQ(lstat(socket_.c_str(), &st), 0) << socket_;
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(st.st_uid, getuid());
+  struct stat dir;
+  ASSERT_EQ(stat("/run/cachefs", &dir), 0);
+  EXPECT_EQ(dir.st_mode & 07777, 0755u);
+  int status = cachefs_->Unmount();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_NE(lstat(socket_.c_str(), &st), 0) << socket_ << " outlived the mount";
+  EXPECT_EQ(errno, ENOENT);
+  ExpectOneLineError(RunCtl({"stats", mnt()}), "is not on a cachefs mount", 1);
+}
+
+TEST_F(CtlTest, ListShowsTheMount) {
+  ASSERT_TRUE(Mount());
+  CtlResult r = RunCtl({"list"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(r.out.rfind("MOUNT ", 0), 0u) << r.out;
+  std::regex row("\n" + mnt() + " +" + src() + " +" + cachefs_->base() +
+                 "/cache +writethrough +64\\.0 KiB +64\\.0 MiB +running\n");
+  EXPECT_TRUE(std::regex_search(r.out, row)) << r.out;
+
+  JsonValue doc = ParseOut(RunCtl({"list", "--json"}));
+  EXPECT_EQ(Uint(doc, "version"), 1u);
+  const JsonValue* mounts = doc.Find("mounts");
+  ASSERT_TRUE(mounts != nullptr && mounts->is_array()) << doc.Serialize();
+  int found = 0;
+  for (const JsonValue& m : mounts->items()) {
+    if (Str(m, "mount_point") != mnt()) continue;
+    ++found;
+    EXPECT_EQ(Str(m, "source"), src());
+    EXPECT_EQ(Str(m, "cache_dir"), cachefs_->base() + "/cache");
+    EXPECT_EQ(Str(m, "mode"), "writethrough");
+    EXPECT_EQ(Str(m, "state"), "running");
+    EXPECT_EQ(Uint(m, "block_size"), kBlock);
+    EXPECT_EQ(Uint(m, "cache_size"), 64u << 20);
+    EXPECT_EQ(Uint(m, "pid"), static_cast<uint64_t>(cachefs_->daemon_pid()));
+  }
+  EXPECT_EQ(found, 1) << doc.Serialize();
+}
+
+TEST_F(CtlTest, StatsCountTheBlocksOfAFileReadTwice) {
+  // Without readahead, each block is fetched by the read that asks for it.
+  ASSERT_TRUE(Mount({"--readahead=0"}));
+  constexpr size_t kBlocks = 8;
+  WriteFile(src() + "/f", std::string(kBlocks * kBlock, 'x'));
+
+  JsonValue before = ParseOut(RunCtl({"stats", "--json", mnt()}));
+  EXPECT_EQ(Uint(before, "version"), 1u);
+  EXPECT_EQ(before.Find("ok"), nullptr) << "the envelope is not part of the output";
+  const JsonValue* mount = before.Find("mount");
+  ASSERT_NE(mount, nullptr);
+  EXPECT_EQ(Str(*mount, "mount_point"), mnt());
+  EXPECT_EQ(Str(*mount, "source"), src());
+  EXPECT_EQ(Uint(*mount, "block_size"), kBlock);
+  const JsonValue* s0 = before.Find("stats");
+  ASSERT_NE(s0, nullptr);
+  EXPECT_EQ(Uint(*s0, "read_hits"), 0u);
+  EXPECT_EQ(Uint(*s0, "read_misses"), 0u);
+  EXPECT_EQ(Uint(*s0, "slots"), (64u << 20) / kBlock);
+  EXPECT_TRUE(s0->Find("read_hit_ratio") != nullptr && s0->Find("read_hit_ratio")->is_null());
+
+  ReadDirect(mnt() + "/f", kBlocks * kBlock);
+  ReadDirect(mnt() + "/f", kBlocks * kBlock);
+
+  // Any path inside the mount finds it.
+  JsonValue after = ParseOut(RunCtl({"stats", "--json", mnt() + "/f"}));
+  const JsonValue* s = after.Find("stats");
+  ASSERT_NE(s, nullptr) << after.Serialize();
+  EXPECT_EQ(Uint(*s, "read_misses"), kBlocks) << s->Serialize();
+  EXPECT_EQ(Uint(*s, "read_hits"), kBlocks) << s->Serialize();
+  EXPECT_EQ(Uint(*s, "bytes_from_source"), kBlocks * kBlock);
+  EXPECT_EQ(Uint(*s, "bytes_from_cache"), kBlocks * kBlock);
+  EXPECT_EQ(Uint(*s, "blocks_cached"), kBlocks);
+  EXPECT_EQ(Uint(*s, "crc_errors"), 0u);
+  EXPECT_EQ(Uint(*s, "evictions"), 0u);
+  EXPECT_GT(Uint(*s, "index_memory"), 0u);
+  double ratio = 0;
+  ASSERT_TRUE(s->Find("read_hit_ratio")->as_double(&ratio));
+  EXPECT_DOUBLE_EQ(ratio, 0.5);
+
+  // The same numbers in the table.
+  CtlResult table = RunCtl({"stats", mnt()});
+  ASSERT_EQ(table.exit_code, 0) << Describe(table);
+  EXPECT_NE(table.out.find("\nread_hits           8 blocks\n"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("\nread_misses         8 blocks\n"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("\nread_hit_ratio      50.0%\n"), std::string::npos) << table.out;
+}
+
+TEST_F(CtlTest, PrometheusLinesParse) {
+  ASSERT_TRUE(Mount());
+  WriteFile(src() + "/f", std::string(2 * kBlock, 'y'));
+  ReadDirect(mnt() + "/f", 2 * kBlock);
+  CtlResult r = RunCtl({"stats", "--prometheus", mnt()});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(r.err, "");
+  const std::regex comment(R"(# (HELP [a-z_]+ .+|TYPE [a-z_]+ (counter|gauge)))");
+  const std::regex sample(
+      R"re(([a-z_]+)\{mount="([^"\\]*)"(,[a-z_]+="[^"\\]*")*\} ([0-9.eE+-]+|NaN))re");
+  std::istringstream in(r.out);
+  std::string line;
+  int samples = 0;
+  bool misses = false;
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_match(line, comment)) continue;
+    ASSERT_TRUE(std::regex_match(line, m, sample)) << "not exposition format: " << line;
+    EXPECT_EQ(m[1].str().rfind("cachefs_", 0), 0u) << line;
+    EXPECT_EQ(m[2].str(), mnt()) << line;
+    ++samples;
+    if (m[1] == "cachefs_read_misses_total") {
+      misses = true;
+      EXPECT_EQ(m[4].str(), "2") << line;
+    }
+  }
+  EXPECT_GE(samples, 13) << r.out;
+  EXPECT_TRUE(misses) << r.out;
+}
+
+TEST_F(CtlTest, WatchRedrawsWithRatesOverTheInterval) {
+  ASSERT_TRUE(Mount());
+  auto start = Clock::now();
+  CtlResult r = RunCtl({"stats", "--watch", "0.2", "--count", "3", mnt()});
+  auto took = Clock::now() - start;
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  // The first table has totals only, each later one a column for the interval.
+  size_t tables = 0;
+  for (size_t at = 0; (at = r.out.find(mnt() + ": source ", at)) != std::string::npos; ++at) {
+    ++tables;
+  }
+  EXPECT_EQ(tables, 3u) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(LAST 0\.[1-9] s\n)"))) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(\nread_hits +0 blocks +0\.0/s\n)"))) << r.out;
+  EXPECT_GE(took, std::chrono::milliseconds(400));
+  EXPECT_LT(took, std::chrono::seconds(5));
+}
+
+TEST_F(CtlTest, GetShowsTheLiveOptions) {
+  ASSERT_TRUE(Mount({"--verify=off", "-o", "attr_timeout=2.5,policy=lru"}));
+  CtlResult r = RunCtl({"get", mnt()});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  std::istringstream in(r.out);
+  std::string line;
+  std::vector<std::string> keys;
+  while (std::getline(in, line)) {
+    ASSERT_TRUE(std::regex_match(line, std::regex(R"([a-z_]+ [^ ]+)"))) << line;
+    keys.push_back(line.substr(0, line.find(' ')));
+  }
+  EXPECT_EQ(keys,
+            (std::vector<std::string>{"policy", "writeback_threads", "dirty_high", "dirty_low",
+                                      "writeback_delay", "migration_threshold", "commit_interval",
+                                      "sequential_threshold", "readahead", "verify", "attr_timeout",
+                                      "entry_timeout", "flush_timeout", "source_timeout"}));
+  EXPECT_NE(r.out.find("\nverify off\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\nattr_timeout 2.5\n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.rfind("policy lru\n", 0), 0u) << r.out;
+
+  CtlResult one = RunCtl({"get", "verify", mnt()});
+  EXPECT_EQ(one.exit_code, 0) << Describe(one);
+  EXPECT_EQ(one.out, "verify off\n");
+  JsonValue doc = ParseOut(RunCtl({"get", "--json", "attr_timeout", mnt()}));
+  EXPECT_EQ(doc.Serialize(), "{\"version\":1,\"mount_point\":\"" + mnt() +
+                                 "\",\"options\":{\"attr_timeout\":\"2.5\"}}");
+  ExpectOneLineError(RunCtl({"get", "bogus", mnt()}), "'bogus' is not a tunable", 2);
+}
+
+TEST_F(CtlTest, OtherUsersAreRefused) {
+  ASSERT_TRUE(Mount());
+  // Without allow_other the mount itself turns uid 65534 away; the socket
+  // (0600) does too.
+  CtlResult r = RunCtl({"stats", mnt()}, 65534);
+  ExpectOneLineError(r, "permission denied", 1);
+  EXPECT_NE(r.err.find(mnt()), std::string::npos) << r.err;
+  CtlResult l = RunCtl({"list"}, 65534);
+  EXPECT_EQ(l.exit_code, 0) << Describe(l);
+  EXPECT_TRUE(std::regex_search(l.out, std::regex("\n" + mnt() + " .* permission denied\n")))
+      << l.out;
+}
+
+TEST_F(CtlTest, OtherUsersAreRefusedWithAllowOther) {
+  ASSERT_TRUE(Mount({"-o", "allow_other"}));
+  // uid 65534 can reach the path, but not the daemon.
+  CtlResult r = RunCtl({"stats", "--json", mnt()}, 65534);
+  ExpectOneLineError(r, "permission denied: only the mount's owner (uid 0) or root", 1);
+}
+
+TEST_F(CtlTest, DeadDaemonShowsAsNotResponding) {
+  ASSERT_TRUE(Mount());
+  ASSERT_EQ(kill(cachefs_->daemon_pid(), SIGKILL), 0);
+  // The mount stays until cleared (ENOTCONN); so does the socket file.
+  auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (Connectable(socket_) && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CtlResult l = RunCtl({"list"});
+  EXPECT_EQ(l.exit_code, 0) << Describe(l);
+  EXPECT_TRUE(std::regex_search(l.out, std::regex("\n" + mnt() + " .* not responding\n"))) << l.out;
+  ExpectOneLineError(RunCtl({"stats", mnt()}), "not responding", 1);
+  // The dead daemon's socket: removed while the stale mount still holds
+  // the device number, so that it cannot be a new mount's socket yet.
+  unlink(socket_.c_str());
+  cachefs_->Unmount();
+}
+
+TEST(CtlUsage, BadUseGivesOneLine) {
+  std::string dir = MakeTempDir("ctl");
+  ASSERT_FALSE(dir.empty());
+  ExpectOneLineError(RunCtl({"stats", dir}), dir + " is not on a cachefs mount", 1);
+  ExpectOneLineError(RunCtl({"stats", dir + "/missing"}), "No such file or directory", 1);
+  ExpectOneLineError(RunCtl({"frobnicate"}), "unknown command 'frobnicate'", 2);
+  ExpectOneLineError(RunCtl({"stats", "--bogus", dir}), "--bogus", 2);
+  ExpectOneLineError(RunCtl({"stats", "--json", "--prometheus", dir}), "excludes", 2);
+  ExpectOneLineError(RunCtl({"stats", "--watch", "0", dir}), "--watch", 2);
+  ExpectOneLineError(RunCtl({"stats", "--count", "2", dir}), "--count requires --watch", 2);
+  ExpectOneLineError(RunCtl({}), "subcommand is required", 2);
+  CtlResult help = RunCtl({"--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  for (const char* word : {"list", "stats", "get", "PATH"}) {
+    EXPECT_NE(help.out.find(word), std::string::npos) << help.out;
+  }
+  RemoveTree(dir);
+}
+
+}  // namespace
+}  // namespace cachefs::testing

@@ -568,6 +568,10 @@ Status Engine::MarkConflict(uint64_t file_id, CachedFile* live) {
            "' changed in SOURCE while it had data not yet written back; the cached data is kept "
            "and not written back (cachefsctl conflicts)");
   r.flags |= FileRecord::kConflict;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    conflict_files_.insert(file_id);
+  }
   MetaBatch batch;
   batch.Put(r);
   return meta_->Commit(batch, false);

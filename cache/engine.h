@@ -46,6 +46,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -226,6 +227,16 @@ class Engine {
   // on SOURCE, or the first error that stops it (a conflict is skipped and
   // reported, not an error).
   Status Flush();
+  // Wakes the writer now; returns the dirty index's newest entry (0: none),
+  // the mark for FlushProgress.
+  uint64_t StartFlush();
+  // Dirty blocks from before `mark` still to be written back, and how many
+  // of them belong to files in conflict (never written back by themselves).
+  struct FlushLeft {
+    uint64_t blocks = 0;
+    uint64_t conflicted = 0;
+  };
+  FlushLeft FlushProgress(uint64_t mark);
   // Returns once every block fetched so far is installed in the cache (reads
   // reply before their blocks are written to the store).
   void WaitForInstalls();
@@ -362,6 +373,7 @@ class Engine {
   std::vector<uint32_t> quarantine_ GUARDED_BY(mu_);    // freed at the next persist
   std::map<uint64_t, BlockKey> dirty_ GUARDED_BY(mu_);  // the dirty index, by seq
   std::unordered_map<uint64_t, uint64_t> dirty_per_file_ GUARDED_BY(mu_);  // dirty blocks
+  std::set<uint64_t> conflict_files_ GUARDED_BY(mu_);  // files flagged kConflict
   uint64_t next_dirty_seq_ GUARDED_BY(mu_) = 1;
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Fetch>> fetches_ GUARDED_BY(mu_);
   uint64_t next_generation_ GUARDED_BY(mu_) = 1;

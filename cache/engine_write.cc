@@ -446,7 +446,11 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
                                      " has no file record: kept aside");
   }
   FileRecord file_rec = *frec.value();
-  if (file_rec.flags & FileRecord::kConflict) return Status::Ok();  // reported already
+  if (file_rec.flags & FileRecord::kConflict) {  // reported already
+    std::lock_guard<std::mutex> lock(mu_);
+    conflict_files_.insert(file_id);
+    return Status::Ok();
+  }
   auto live = LiveFile(file_id);
   int fd = config_.source_is_file
                ? open(config_.source.c_str(), O_WRONLY | O_CLOEXEC)
@@ -653,6 +657,30 @@ Status Engine::Flush() {
     if (!s.ok()) return s;
   }
   return Status::Ok();
+}
+
+uint64_t Engine::StartFlush() {
+  uint64_t mark;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    mark = dirty_.empty() ? 0 : dirty_.rbegin()->first;
+  }
+  {
+    std::lock_guard<std::mutex> lock(wb_mu_);
+    wb_kick_ = true;
+  }
+  wb_cv_.notify_all();
+  return mark;
+}
+
+Engine::FlushLeft Engine::FlushProgress(uint64_t mark) {
+  FlushLeft left;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = dirty_.begin(); it != dirty_.end() && it->first <= mark; ++it) {
+    left.blocks++;
+    if (conflict_files_.count(it->second.file_id) != 0) left.conflicted++;
+  }
+  return left;
 }
 
 void Engine::WritebackLoop() {

@@ -36,7 +36,7 @@ constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
 constexpr int kTimeoutMs = 5000;
 
-const std::vector<std::string> kCommands = {"list", "stats", "get"};
+const std::vector<std::string> kCommands = {"list", "stats", "get", "flush"};
 
 // A failure that ends the program: one line on stderr and an exit status.
 struct Failure {
@@ -284,6 +284,72 @@ int Get(const std::vector<std::string>& args, bool json) {
   return 0;
 }
 
+// `flush [--wait] [PATH]`: writes back what is dirty now; with --wait,
+// returns 0 only once all of it is on the slow store.
+int Flush(const std::string& path, bool wait) {
+  Failure failure;
+  auto mount = ResolveMount(path, &failure);
+  if (!mount) return Fail(failure);
+  auto started = Ask(*mount, "flush");
+  if (!started.ok()) return Fail({kExitFailure, Explain(*mount, started.status())});
+  uint64_t mark = 0;
+  const JsonValue* m = started->Find("mark");
+  if (m == nullptr || !m->as_uint64(&mark)) {
+    return Fail({kExitFailure, mount->mount_point + ": the daemon sent no flush mark"});
+  }
+  if (!wait) return 0;
+  const bool tty = isatty(STDOUT_FILENO) != 0;
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point begin = Clock::now();
+  uint64_t first_bytes = 0;
+  bool have_first = false;
+  while (true) {
+    JsonValue req = JsonValue::MakeObject();
+    req.Set("version", kControlProtocolVersion);
+    req.Set("cmd", "flush_status");
+    req.Set("mark", mark);
+    auto st = ControlCall(ControlSocketPath(mount->dev), req, kTimeoutMs);
+    if (!st.ok()) return Fail({kExitFailure, Explain(*mount, st.status())});
+    uint64_t blocks = 0, bytes = 0, conflicted = 0;
+    const JsonValue* v = st->Find("blocks_left");
+    if (v != nullptr) v->as_uint64(&blocks);
+    v = st->Find("bytes_left");
+    if (v != nullptr) v->as_uint64(&bytes);
+    v = st->Find("blocks_in_conflict");
+    if (v != nullptr) v->as_uint64(&conflicted);
+    if (!have_first) {
+      first_bytes = bytes;
+      have_first = true;
+    }
+    double secs = std::chrono::duration<double>(Clock::now() - begin).count();
+    double rate =
+        secs > 0 ? static_cast<double>(first_bytes - std::min(first_bytes, bytes)) / secs : 0;
+    std::string line = "flush: " + HumanBytes(bytes) + " left";
+    if (rate > 0) {
+      line += ", " + HumanBytes(static_cast<uint64_t>(rate)) + "/s, about " +
+              std::to_string(static_cast<uint64_t>(static_cast<double>(bytes) / rate)) + " s to go";
+    }
+    if (blocks == 0) {
+      std::printf("%sflush: everything dirty at the call is on the slow store\n",
+                  tty ? "\r\033[K" : "");
+      return 0;
+    }
+    if (blocks == conflicted) {
+      std::printf("%s", tty ? "\n" : "");
+      return Fail({kExitFailure, mount->mount_point + ": " + std::to_string(conflicted) +
+                                     " blocks of files in conflict are not written back "
+                                     "(changed in SOURCE meanwhile)"});
+    }
+    if (tty) {
+      std::printf("\r\033[K%s", line.c_str());
+      std::fflush(stdout);
+    } else {
+      std::printf("%s\n", line.c_str());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 200 : 1000));
+  }
+}
+
 int Main(int argc, char** argv) {
   // An unknown command is named as such, not as an unexpected argument.
   for (int i = 1; i < argc; ++i) {
@@ -335,6 +401,13 @@ int Main(int argc, char** argv) {
       ->expected(0, 2);
   get->add_flag("--json", get_json, "JSON output (docs/control.md)");
 
+  std::string flush_path;
+  bool flush_wait = false;
+  CLI::App* flush = app.add_subcommand("flush", "write back everything dirty now (mode=writeback)");
+  flush->add_option("path", flush_path, "a path inside the mount")->type_name("PATH");
+  flush->add_flag("--wait", flush_wait,
+                  "wait until it is all on the slow store, showing what is left; exit 0 only then");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -346,6 +419,7 @@ int Main(int argc, char** argv) {
   }
   if (list->parsed()) return List(list_json);
   if (stats->parsed()) return Stats(stats_args);
+  if (flush->parsed()) return Flush(flush_path, flush_wait);
   return Get(get_args, get_json);
 }
 

@@ -320,6 +320,8 @@ Result<JsonValue> DaemonControlHandler::Handle(const JsonValue& request) {
       {"info", &DaemonControlHandler::Info},
       {"stats", &DaemonControlHandler::Stats},
       {"get", &DaemonControlHandler::Get},
+      {"flush", &DaemonControlHandler::Flush},
+      {"flush_status", &DaemonControlHandler::FlushStatus},
   };
   const std::string& cmd = *request.Find("cmd")->as_string();
   auto it = kCommands.find(cmd);
@@ -365,6 +367,28 @@ Result<JsonValue> DaemonControlHandler::Stats(const JsonValue& /*request*/) {
 Result<JsonValue> DaemonControlHandler::Get(const JsonValue& /*request*/) {
   JsonValue r = JsonValue::MakeObject();
   r.Set("options", LiveOptionsJson(info_.config));
+  return r;
+}
+
+// {"cmd":"flush"}: wakes the writer; "mark" names what was dirty then.
+Result<JsonValue> DaemonControlHandler::Flush(const JsonValue& /*request*/) {
+  JsonValue r = JsonValue::MakeObject();
+  r.Set("mark", info_.engine->StartFlush());
+  return r;
+}
+
+// {"cmd":"flush_status","mark":N}: what is left of it.
+Result<JsonValue> DaemonControlHandler::FlushStatus(const JsonValue& request) {
+  const JsonValue* mark = request.Find("mark");
+  uint64_t value = 0;
+  if (mark == nullptr || !mark->as_uint64(&value)) {
+    return Status::Invalid("flush_status needs \"mark\" (from flush)");
+  }
+  Engine::FlushLeft left = info_.engine->FlushProgress(value);
+  JsonValue r = JsonValue::MakeObject();
+  r.Set("blocks_left", left.blocks);
+  r.Set("bytes_left", left.blocks * info_.engine->block_size());
+  r.Set("blocks_in_conflict", left.conflicted);
   return r;
 }
 

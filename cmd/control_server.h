@@ -123,6 +123,8 @@ class DaemonControlHandler : public ControlHandler {
   Result<JsonValue> Info(const JsonValue& request);
   Result<JsonValue> Stats(const JsonValue& request);
   Result<JsonValue> Get(const JsonValue& request);
+  Result<JsonValue> Flush(const JsonValue& request);
+  Result<JsonValue> FlushStatus(const JsonValue& request);
 
   const DaemonInfo info_;
   const std::chrono::steady_clock::time_point started_;

@@ -426,5 +426,30 @@ TEST(CtlUsage, BadUseGivesOneLine) {
   RemoveTree(dir);
 }
 
+TEST_F(CtlTest, FlushWaitPutsWritebackDataOnTheSlowStore) {
+  // The writer would not run on its own for an hour: only the flush does it.
+  ASSERT_TRUE(Mount({"--mode=writeback", "--writeback_delay=3600"}));
+  const std::string data(3 * kBlock + 123, 'w');
+  WriteFile(mnt() + "/f", data);
+  struct stat st;
+  ASSERT_EQ(stat((src() + "/f").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 0) << "written back before any flush";
+  ASSERT_EQ(stat((mnt() + "/f").c_str(), &st), 0);
+  EXPECT_EQ(static_cast<size_t>(st.st_size), data.size()) << "the mount shows the cached size";
+  JsonValue stats = ParseOut(RunCtl({"stats", "--json", mnt()}));
+  const JsonValue* s = stats.Find("stats");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(Uint(*s, "blocks_dirty"), 4u);
+  CtlResult r = RunCtl({"flush", "--wait", mnt()});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_NE(r.out.find("on the slow store"), std::string::npos) << r.out;
+  EXPECT_EQ(ReadFile(src() + "/f"), data);
+  stats = ParseOut(RunCtl({"stats", "--json", mnt()}));
+  EXPECT_EQ(Uint(*stats.Find("stats"), "blocks_dirty"), 0u);
+  // Nothing dirty: returns at once.
+  r = RunCtl({"flush", "--wait", mnt()});
+  EXPECT_EQ(r.exit_code, 0) << Describe(r);
+}
+
 }  // namespace
 }  // namespace cachefs::testing

@@ -32,7 +32,7 @@ constexpr uint64_t kLateReadSlack = 1u << 20;
 // Readahead reads SOURCE in pieces of this size (or one block, if larger),
 // so a reader waiting for the first block of a window does not wait for all
 // of it, and several pieces are in flight at once.
-constexpr uint64_t kReadaheadRunBytes = 256 * 1024;
+constexpr uint64_t kReadaheadRunBytes = uint64_t{256} * 1024;
 // Readahead threads: reads of SOURCE in flight ahead of sequential readers.
 constexpr int kReadaheadThreads = 4;
 // Fetched runs waiting for the installer at most; past it readers install
@@ -1148,7 +1148,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
     }
     // Only the sub-blocks asked for (docs/benchmarks.md: whole blocks cost
     // random reads more than they give back).
-    const uint64_t from = index * bs + begin / kSubBlockSize * kSubBlockSize;
+    const uint64_t from = index * bs + uint64_t{begin / kSubBlockSize} * kSubBlockSize;
     const uint64_t stop = std::min(pos + want, (index + run.size()) * bs);
     const uint64_t to = AlignedBuffer::RoundUp(stop);
     const bool fill = run.front()->fill;
@@ -1227,7 +1227,7 @@ void Engine::MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t of
     }
     file.next_offset_ = off + len;
     // One block's worth in a row (a stream from offset 0 qualifies at once).
-    if (file.sequential_bytes_ < std::min<uint64_t>(bs, 128 * 1024)) return;
+    if (file.sequential_bytes_ < std::min<uint64_t>(bs, uint64_t{128} * 1024)) return;
     const uint64_t next = (off + len + bs - 1) / bs;  // the first block after this read
     // Refill when less than half the window is left ahead of the reader.
     if (file.ahead_until_ >= next + window / 2 + 1) return;

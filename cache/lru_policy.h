@@ -1,7 +1,11 @@
-// LruPolicy: evicts the least recently used slot.
+// LruPolicy: caches every miss and evicts the least recently used slot.
 //
-// An intrusive doubly linked list over slot numbers (two uint32_t per slot).
-// Not scan-resistant: one pass over more data than the cache flushes it.
+// One intrusive queue over slot numbers (8 bytes per slot) plus a tracked bit.
+// Not scan-resistant: one pass over more data than the cache flushes it; kept
+// as the baseline the simulator compares against and for workloads that are
+// purely recency-driven. Hints: each slot's recency rank in 256 buckets.
+//
+// Thread-safety: none (see Policy).
 #pragma once
 
 #include <vector>
@@ -15,26 +19,21 @@ class LruPolicy final : public Policy {
   explicit LruPolicy(uint32_t slot_count);
 
   const char* name() const override { return "lru"; }
+  bool Admit(uint64_t key_hash, bool must_evict) override;
   void Track(uint32_t slot) override;
   void Touch(uint32_t slot) override;
   void Remove(uint32_t slot) override;
   std::optional<uint32_t> Victim() override;
-  bool IsTracked(uint32_t slot) const override;
+  bool IsTracked(uint32_t slot) const override { return tracked_[slot]; }
+  std::string SaveHints() const override;
+  Status LoadHints(std::string_view hints) override;
   PolicyCounters counters() const override { return counters_; }
   size_t MemoryUsed() const override;
 
  private:
-  static constexpr uint32_t kNone = UINT32_MAX;
-  void Unlink(uint32_t slot);
-  void PushFront(uint32_t slot);
-
-  // prev_[s] == kNone && head_ != s means untracked; kept as two arrays so a
-  // slot costs 8 bytes.
-  std::vector<uint32_t> prev_;
-  std::vector<uint32_t> next_;
+  uint32_t slot_count_;
+  SlotQueues queue_;  // one queue, least recent at the front
   std::vector<bool> tracked_;
-  uint32_t head_ = kNone;  // most recent
-  uint32_t tail_ = kNone;  // least recent
   PolicyCounters counters_;
 };
 

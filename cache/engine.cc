@@ -280,6 +280,13 @@ Status Engine::Recover() {
     LogInfo("cache '" + dir_ + "' was not shut down cleanly; recovered " +
             std::to_string(index_->size()) + " blocks from the metadata");
   }
+  if (ms.clean_shutdown && ms.policy == policy_->name() && !ms.policy_hints.empty()) {
+    // dm-cache style hints: the policy's state from a clean unmount. After
+    // a crash (or with another policy) it starts cold; the blocks stay.
+    Status hs = policy_->LoadHints(ms.policy_hints);
+    if (!hs.ok()) LogWarning("cache '" + dir_ + "': policy hints not used: " + hs.message());
+  }
+  ms.policy_hints.clear();  // used once: a crash from here on must not reuse them
   ms.clean_shutdown = false;
   ms.mount_count++;
   drop.Put(ms);
@@ -330,7 +337,11 @@ Engine::~Engine() {
     auto state = meta_->GetMountState();
     MountState ms = state.ok() ? state.value().value_or(MountState{}) : MountState{};
     ms.clean_shutdown = true;
-    ms.policy = policy_ ? policy_->name() : "";
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ms.policy = policy_ ? policy_->name() : "";
+      ms.policy_hints = policy_ ? policy_->SaveHints() : "";
+    }
     MetaBatch batch;
     batch.Put(ms);
     s = meta_->Commit(batch, true);
@@ -733,7 +744,14 @@ void Engine::ReleaseReader(uint32_t slot) {
   }
 }
 
-std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch) {
+std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch, const BlockKey* admit) {
+  // A read miss is cached only if the policy admits it (scan resistance);
+  // dirty data always is.
+  if (admit != nullptr &&
+      !policy_->Admit(BlockKeyHash(admit->file_id, admit->index), free_slots_.empty())) {
+    counters_.not_admitted++;
+    return std::nullopt;
+  }
   if (!free_slots_.empty()) {
     uint32_t slot = free_slots_.back();
     free_slots_.pop_back();
@@ -918,7 +936,7 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
       readers_[*slot]++;  // not evicted or reused while we fill it
       fill = true;
     } else {
-      slot = AllocateSlot(evicted);
+      slot = AllocateSlot(evicted, &key);
       if (!slot) return;
       generation = next_generation_++;
     }
@@ -990,7 +1008,7 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
       ReleaseReader(*slot);
     } else if (committed && current && !index_->Find(key)) {
       index_->Insert(key, *slot);
-      policy_->Track(*slot);
+      policy_->TrackAdmitted(*slot, BlockKeyHash(key.file_id, key.index));
     } else {
       FreeSlot(*slot);
       undo = committed;
@@ -1312,6 +1330,7 @@ EngineStats Engine::stats() const {
   s.writeback_errors = counters_.writeback_errors;
   s.conflicts = counters_.conflicts;
   s.persists = counters_.persists;
+  s.not_admitted = counters_.not_admitted;
   s.bytes_from_cache = counters_.bytes_from_cache;
   s.bytes_from_source = counters_.bytes_from_source;
   s.crc_errors = counters_.crc_errors;

@@ -97,6 +97,7 @@ struct EngineStats {
   uint64_t writeback_errors = 0;  // failed attempts (retried)
   uint64_t conflicts = 0;         // files changed outside while dirty
   uint64_t persists = 0;          // store persists + WAL syncs (fsync group commit)
+  uint64_t not_admitted = 0;      // read misses served uncached by the policy's choice
   uint64_t blocks_cached = 0;
   uint64_t slots = 0;
   uint32_t block_size = 0;
@@ -343,7 +344,9 @@ class Engine {
                          uint64_t to_index) LOCKS_EXCLUDED(files_mu_);
   // Finds a slot for a new block, evicting if needed; adds the evicted block's
   // removal to `batch`. REQUIRES mu_ held.
-  std::optional<uint32_t> AllocateSlot(MetaBatch& batch) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // With `admit` (a read miss of that block), only if the policy admits it.
+  std::optional<uint32_t> AllocateSlot(MetaBatch& batch, const BlockKey* admit = nullptr)
+      EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseReader(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlot(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PersistLoop();
@@ -386,7 +389,8 @@ class Engine {
   struct Counters {
     std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, readahead_blocks{0},
         bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0},
-        write_hits{0}, bytes_written_back{0}, writeback_errors{0}, conflicts{0}, persists{0};
+        write_hits{0}, bytes_written_back{0}, writeback_errors{0}, conflicts{0}, persists{0},
+        not_admitted{0};
   };
   mutable Counters counters_;
 

@@ -215,6 +215,7 @@ std::string EncodeMountState(const MountState& s) {
   e.PutU8(s.clean_shutdown ? 1 : 0);
   e.PutU64(s.mount_count);
   e.PutString(s.policy);
+  e.PutString(s.policy_hints);
   return e.Take();
 }
 
@@ -225,6 +226,8 @@ Result<MountState> DecodeMountState(std::string_view value) {
   s.clean_shutdown = GetBool(&d);
   s.mount_count = d.GetU64();
   s.policy = d.GetString();
+  // Absent in mount states written before hints were kept.
+  if (d.remaining() > 0) s.policy_hints = d.GetString();
   Status st = d.Finish("mount state");
   if (!st.ok()) return st;
   return s;

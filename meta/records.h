@@ -43,6 +43,9 @@ struct MountState {
   bool clean_shutdown = false;  // the last mount ended with a clean unmount
   uint64_t mount_count = 0;
   std::string policy;  // policy whose hints were saved at the last clean unmount
+  // The policy's cheap per-slot state (Policy::SaveHints) from that unmount;
+  // empty when none.
+  std::string policy_hints;
 
   bool operator==(const MountState&) const = default;
 };

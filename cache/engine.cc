@@ -495,7 +495,11 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
       file->mtime_ns_ = rec.value()->mtime_ns;
       file->fingerprint_ = rec.value()->fingerprint;
       file->conflict_ = (rec.value()->flags & FileRecord::kConflict) != 0;
-      if (!matches && !file->conflict_) {
+      if (!matches && (rec.value()->flags & FileRecord::kWritingBack) != 0) {
+        // Our own writeback, cut short: SOURCE holds part of our data, the
+        // blocks stay dirty and the writer writes them again.
+        file->fingerprint_ = now;
+      } else if (!matches && !file->conflict_) {
         Status s = MarkConflict(file_id, file.get());
         if (!s.ok()) return s;
       }
@@ -1172,15 +1176,94 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
     const bool fill = run.front()->fill;
     auto fetched = FetchRun(file, fd, from, to, run, /*defer_install=*/!fill);
     if (!fetched.ok()) return fetched.status();
-    if (fill) continue;  // the block's own sub-blocks win: served from the cache
+    if (fill) {
+      // The block's own sub-blocks win over SOURCE's bytes. Sub-blocks the
+      // fill could not provide (past SOURCE's end) come from the mix.
+      auto hit = TryHit(file, index, begin, end, out);
+      if (!hit.ok()) return hit.status();
+      if (hit.value()) return size_t{end - begin};
+      return ReadMixed(file, fd, index, begin, end, out);
+    }
     const auto& [data, got] = fetched.value();
     if (from + got <= pos) return size_t{0};  // end of file
     size_t served = static_cast<size_t>(std::min<uint64_t>(from + got, stop) - pos);
     std::memcpy(out, data.get() + (pos - from), served);
     return served;
   }
-  // Three rounds lost to invalidations: serve straight from SOURCE.
-  return backing_->Read(fd, pos, end - begin, out);
+  // Three rounds lost to invalidations: sub-block by sub-block, the cache's
+  // where it has them (they may be dirty), SOURCE's elsewhere.
+  return ReadMixed(file, fd, index, begin, end, out);
+}
+
+Result<size_t> Engine::ReadMixed(CachedFile& file, int fd, uint64_t index, uint32_t begin,
+                                 uint32_t end, char* out) {
+  const uint64_t id = file.file_id_;
+  const uint64_t bs = sb_.block_size;
+  bool overlay;
+  {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    overlay = file.overlay_;
+  }
+  auto block_lock = LockBlock(id, index);
+  std::optional<uint32_t> slot;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    slot = index_->Find({id, index});
+    if (slot) readers_[*slot]++;
+  }
+  std::optional<BlockRecord> rec;
+  if (slot) {
+    auto r = meta_->GetBlock(id, index);
+    if (r.ok() && r.value() && r.value()->slot == *slot) rec = *r.value();
+  }
+  const uint32_t first = begin / kSubBlockSize;
+  const uint32_t last = (end + kSubBlockSize - 1) / kSubBlockSize;
+  const size_t span = static_cast<size_t>(last - first) * kSubBlockSize;
+  thread_local std::unique_ptr<AlignedBuffer> tmp;
+  if (!tmp || tmp->size < span) tmp = std::make_unique<AlignedBuffer>(span);
+  Status status;
+  size_t have = span;  // bytes of tmp that hold the file (less at SOURCE's end)
+  for (uint32_t i = first; i < last && status.ok();) {
+    char* dst = tmp->data + static_cast<size_t>(i - first) * kSubBlockSize;
+    if (rec && rec->IsValid(i)) {
+      Status s = ReadSubBlocks(*rec, i, i + 1, dst);
+      if (s.ok() || rec->IsDirty(i)) {
+        status = s;  // a bad dirty sub-block has nothing correct to serve
+        ++i;
+        continue;
+      }
+    }
+    uint32_t n = 1;
+    while (i + n < last && !(rec && rec->IsValid(i + n))) ++n;
+    const size_t want = static_cast<size_t>(n) * kSubBlockSize;
+    auto got = backing_->Read(fd, index * bs + uint64_t{i} * kSubBlockSize, want, dst);
+    if (!got.ok()) {
+      status = got.status();
+      break;
+    }
+    if (got.value() < want) {
+      if (overlay) {
+        // Past SOURCE's end inside the file as the mount shows it: zeros
+        // until written back.
+        std::memset(dst + got.value(), 0, want - got.value());
+      } else {
+        have = static_cast<size_t>(i - first) * kSubBlockSize + got.value();
+        break;
+      }
+    }
+    i += n;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (slot) ReleaseReader(*slot);
+  }
+  UnlockBlock(id, block_lock);
+  if (!status.ok()) return status;
+  const size_t skip = begin - first * kSubBlockSize;
+  if (have <= skip) return size_t{0};
+  const size_t served = std::min<size_t>(end - begin, have - skip);
+  std::memcpy(out, tmp->data + skip, served);
+  return served;
 }
 
 Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,

@@ -206,6 +206,11 @@ class Engine {
   // also persists before returning. Fails without a change (EIO, ENOSPC).
   Status Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data, size_t len,
                bool sync);
+  // mode=writethrough, before the FUSE layer writes [off, off + len) to
+  // SOURCE: the cached copies of those sub-blocks stop being valid (in the
+  // metadata), so a crash between the SOURCE write and WriteThrough cannot
+  // leave the cache serving the old bytes.
+  Status BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len);
   // mode=writethrough: `len` bytes at `off` were written to SOURCE (which
   // now looks like `st`); the cache takes them too, clean. A block that
   // cannot be updated is dropped.
@@ -282,6 +287,11 @@ class Engine {
   // Serves the part of [pos, pos + want) that lies in pos's block, or more
   // when a run of missing blocks was fetched; 0 at end of file.
   Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out);
+  // Serves [begin, end) of block `index` sub-block by sub-block: the
+  // cache's valid sub-blocks (dirty ones included), SOURCE's bytes for the
+  // others, zeros past SOURCE's end where the mount shows the file longer.
+  Result<size_t> ReadMixed(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
+                           char* out);
   // Tries the cache; true when `out` was filled from it. A block without
   // every sub-block of the range is a miss (the fetch fills it in).
   Result<bool> TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out);

@@ -235,7 +235,7 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
     }
     if (!fresh) {
       release_old();
-      return Status::Error(ENOSPC, "cache full of dirty data");
+      return Status::Error(ENOSPC, "no free cache slot (quarantined or dirty)");
     }
     if (!batch.empty()) {
       Status s = meta_->Commit(batch, false);  // the victim's record first
@@ -332,30 +332,20 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
   if (len == 0) return Status::Ok();
   const uint64_t bs = sb_.block_size;
   uint64_t source_size;
-  FileRecord rec;
+  bool grows;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
     source_size = file.fingerprint_.size;
+    grows = !file.overlay_ || off + len > file.size_;
     if (!file.overlay_) {
       file.overlay_ = true;
       file.size_ = file.fingerprint_.size;
     }
     file.size_ = std::max<uint64_t>(file.size_, off + len);
     file.mtime_ns_ = NowNs();
-    rec.size = file.size_;
-    rec.mtime_ns = file.mtime_ns_;
+    file.record_stale_ = true;  // the mtime at least: written at close
   }
-  // The file as the mount shows it goes with the first block's batch.
-  MetaBatch file_batch;
-  {
-    auto existing = meta_->GetFile(file.file_id_);
-    if (existing.ok() && existing.value()) {
-      FileRecord f = *existing.value();
-      f.size = rec.size;
-      f.mtime_ns = rec.mtime_ns;
-      file_batch.Put(f);
-    }
-  }
+  MetaBatch file_batch;  // nothing: the file record is committed on its own
   size_t done = 0;
   while (done < len) {
     uint64_t pos = off + done;
@@ -381,10 +371,54 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
       }
     }
     if (!s.ok()) return s;
-    file_batch.Clear();
     done += end - begin;
   }
+  if (grows) {
+    // The size the mount shows, after the data (a crash in between hides an
+    // unacknowledged write's tail, nothing else). Under files_mu_, like
+    // every read-modify-write of a file record (the writer's flags too).
+    std::lock_guard<std::mutex> lock(files_mu_);
+    Status s = WriteFileRecord(file);
+    if (!s.ok()) return s;
+  }
   if (sync) return Persist();
+  return Status::Ok();
+}
+
+Status Engine::BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len) {
+  if (len == 0) return Status::Ok();
+  const uint64_t bs = sb_.block_size;
+  const uint64_t id = file.file_id_;
+  file.epoch_++;  // fetches that read SOURCE before the write are stale
+  for (uint64_t index = off / bs; index <= (off + len - 1) / bs; ++index) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!index_->Find({id, index})) continue;
+    }
+    auto block = LockBlock(id, index);
+    auto r = meta_->GetBlock(id, index);
+    Status s = r.ok() ? Status::Ok() : r.status();
+    if (s.ok() && r.value()) {
+      BlockRecord rec = *r.value();
+      const uint64_t start = index * bs;
+      const uint32_t begin = static_cast<uint32_t>(std::max(off, start) - start);
+      const uint32_t end = static_cast<uint32_t>(std::min(off + len, start + bs) - start);
+      bool changed = false;
+      for (uint32_t i = begin / kSubBlockSize; i < (end + kSubBlockSize - 1) / kSubBlockSize; ++i) {
+        if (rec.IsValid(i) && !rec.IsDirty(i)) {
+          rec.SetValid(i, false);
+          changed = true;
+        }
+      }
+      if (changed) {
+        MetaBatch batch;
+        batch.Put(rec);
+        s = meta_->Commit(batch, false);
+      }
+    }
+    UnlockBlock(id, block);
+    if (!s.ok()) return s;
+  }
   return Status::Ok();
 }
 
@@ -404,6 +438,13 @@ Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t of
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
     s = WriteBlock(file, fd->get(), index, begin, end, data + done,
                    static_cast<uint64_t>(st.st_size), none, /*dirty=*/false);
+    if (s.code() == ENOSPC) {
+      s = Persist();  // releases the slots of replaced data
+      if (s.ok()) {
+        s = WriteBlock(file, fd->get(), index, begin, end, data + done,
+                       static_cast<uint64_t>(st.st_size), none, /*dirty=*/false);
+      }
+    }
     if (!s.ok()) {
       // The cached copy must not stay behind SOURCE: it goes.
       LogWarning("caching a written block failed (dropped): " + s.message());
@@ -486,9 +527,28 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     }
   } done{live};
   if (FingerprintOfStat(st) != expected) {
-    // Changed outside while we held dirty data (contract 5): not ours to
-    // overwrite. Kept, flagged, reported.
-    return MarkConflict(file_id, live.get());
+    if ((file_rec.flags & FileRecord::kWritingBack) == 0) {
+      // Changed outside while we held dirty data (contract 5): not ours to
+      // overwrite. Kept, flagged, reported.
+      return MarkConflict(file_id, live.get());
+    }
+    // Our own writeback, cut short by a crash: SOURCE holds some of our
+    // data. The blocks are still dirty: written again in full below.
+  }
+  {
+    // The intent goes first (synced: after a power loss too), so a crash
+    // after SOURCE changed is not taken for an outside change.
+    std::lock_guard<std::mutex> lock(files_mu_);
+    auto r = meta_->GetFile(file_id);
+    if (!r.ok()) return r.status();
+    if (r.value() && (r.value()->flags & FileRecord::kWritingBack) == 0) {
+      FileRecord f = *r.value();
+      f.flags |= FileRecord::kWritingBack;
+      MetaBatch batch;
+      batch.Put(f);
+      Status s = meta_->Commit(batch, true);
+      if (!s.ok()) return s;
+    }
   }
 
   // Copy out what is dirty now, remembering each block's generation.
@@ -496,6 +556,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     uint64_t index;
     uint64_t generation;
     std::vector<uint64_t> dirty;
+    std::vector<uint64_t> clipped;  // dirty sub-blocks not (all) written: past `size`
   };
   std::vector<Taken> taken;
   Buffer block = AllocAligned(bs);
@@ -516,6 +577,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     UnlockBlock(file_id, lock);
     if (!s.ok()) return s;
     if (!r.value() || !r.value()->AnyDirty()) continue;
+    std::vector<uint64_t> clipped(rec.dirty.size(), 0);
     // Dirty runs to SOURCE, clipped at the file's size.
     for (uint32_t i = 0; i < rec.sub_blocks();) {
       if (!rec.IsDirty(i)) {
@@ -526,6 +588,11 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       while (i + n < rec.sub_blocks() && rec.IsDirty(i + n)) ++n;
       uint64_t pos = index * bs + static_cast<uint64_t>(i) * kSubBlockSize;
       uint64_t len = static_cast<uint64_t>(n) * kSubBlockSize;
+      for (uint32_t k = 0; k < n; ++k) {
+        if (pos + (uint64_t{k} + 1) * kSubBlockSize > size) {
+          clipped[(i + k) / 64] |= uint64_t{1} << ((i + k) % 64);
+        }
+      }
       if (pos < size) {
         len = std::min<uint64_t>(len, size - pos);
         s = backing_->Write(fd, pos, static_cast<size_t>(len),
@@ -535,7 +602,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       }
       i += n;
     }
-    taken.push_back(Taken{index, rec.generation, rec.dirty});
+    taken.push_back(Taken{index, rec.generation, rec.dirty, std::move(clipped)});
   }
   if (static_cast<uint64_t>(st.st_size) != size) {
     if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
@@ -557,16 +624,26 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
   // SOURCE's new look is ours: recorded before the blocks turn clean, so a
   // crash in between rewrites the same data rather than seeing a conflict.
   Fingerprint now = FingerprintOfStat(st);
-  file_rec.fingerprint = now;
+  bool size_moved = false;
   {
-    MetaBatch batch;
-    batch.Put(file_rec);
-    s = meta_->Commit(batch, false);
-    if (!s.ok()) return s;
-  }
-  if (live) {
-    std::lock_guard<std::mutex> lock(live->mu_);
-    live->fingerprint_ = now;
+    // A fresh read: writes meanwhile may have grown the file's record.
+    std::lock_guard<std::mutex> lock(files_mu_);
+    auto r = meta_->GetFile(file_id);
+    if (!r.ok()) return r.status();
+    if (r.value()) {
+      FileRecord f = *r.value();
+      f.fingerprint = now;
+      f.flags &= ~FileRecord::kWritingBack;
+      MetaBatch batch;
+      batch.Put(f);
+      s = meta_->Commit(batch, false);
+      if (!s.ok()) return s;
+    }
+    if (live) {
+      std::lock_guard<std::mutex> l(live->mu_);
+      live->fingerprint_ = now;
+      size_moved = live->overlay_ && live->size_ != size;
+    }
   }
   bool all_clean = true;
   for (const Taken& t : taken) {
@@ -577,8 +654,12 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       MetaBatch batch;
       if (rec.generation == t.generation) {
         // Written again in place meanwhile? Only sub-blocks that were not
-        // valid can have been: those stay dirty.
-        for (size_t w = 0; w < rec.dirty.size(); ++w) rec.dirty[w] &= ~t.dirty[w];
+        // valid can have been: those stay dirty. So do sub-blocks past the
+        // size we wrote up to, if the file grew since: not on SOURCE yet.
+        for (size_t w = 0; w < rec.dirty.size(); ++w) {
+          uint64_t written = t.dirty[w] & ~(size_moved ? t.clipped[w] : 0);
+          rec.dirty[w] &= ~written;
+        }
       }
       uint64_t seq = rec.dirty_seq;
       bool clean = !rec.AnyDirty();

@@ -580,7 +580,11 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
     if (got < 0) return ReplyErr(req, static_cast<int>(-got));
     const size_t n = static_cast<size_t>(got);
     if (mode == CacheMode::kWritethrough) {
-      // SOURCE first, then the cache; acknowledged after both.
+      // SOURCE first, then the cache; acknowledged after both. The cached
+      // copy of the range stops being valid first, so a crash in between
+      // cannot leave it serving the old bytes.
+      Status before = engine->BeforeWriteThrough(*fh->cached, static_cast<uint64_t>(off), n);
+      if (!before.ok()) return ReplyErr(req, ErrnoOf(before));
       ssize_t res = pwrite(fh->fd, buf.data(), n, off);
       if (res < 0) return ReplyErr(req, errno);
       struct stat st;

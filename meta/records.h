@@ -67,6 +67,9 @@ struct FileRecord {
     kUnlinked = 1u << 1,   // last name gone; data kept until the last handle closes
     kUnmatched = 1u << 2,  // could not be matched at recovery: kept aside, reported
     kPinned = 1u << 3,     // never evicted
+    // The writer is changing SOURCE's copy: a fingerprint that differs is
+    // then its own unfinished change, not a conflict (cleared when done).
+    kWritingBack = 1u << 4,
   };
   uint64_t file_id = 0;
   std::string path;  // relative to SOURCE, no leading '/'; "" for the image itself

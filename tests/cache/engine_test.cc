@@ -741,6 +741,32 @@ TEST_F(EngineTest, WritethroughUpdatesTheCachedBlocks) {
   EXPECT_EQ(e->stats().blocks_cached, 2u);
 }
 
+TEST_F(EngineTest, WritebackReadsDirtyDataInTheBlockHoldingSourcesEnd) {
+  // Found by the crash test: the block holding SOURCE's end has sub-blocks
+  // past it that no fetch can fill; reading it must still serve the dirty
+  // sub-blocks, not SOURCE's old bytes.
+  std::string data = Pattern(100000, 110);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = Config();
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;
+  auto e = OpenEngine(c);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  const std::string a(100, 'A');
+  const std::string b(100, 'B');
+  ASSERT_TRUE(e->Write(*f.value(), fd, 70000, a.data(), a.size(), false).ok());
+  ASSERT_TRUE(e->Write(*f.value(), fd, 130000, b.data(), b.size(), false).ok());
+  std::string expect = data;
+  expect.replace(70000, a.size(), a);
+  expect.resize(130000, '\0');
+  expect += b;
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, expect.size()), expect);
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 69000, 2000), expect.substr(69000, 2000));
+  ASSERT_TRUE(e->Flush().ok());
+  EXPECT_EQ(ReadSource(source_ + "/f"), expect);
+}
+
 TEST_F(EngineTest, GroupCommitSharesPersists) {
   EngineConfig c = Config();
   c.options.mode = CacheMode::kWriteback;

@@ -221,6 +221,12 @@ class Engine {
   // Shows the file as the mount sees it: size and mtime of data not yet
   // written back replace SOURCE's in `st`.
   void Overlay(CachedFile& file, struct stat* st);
+  // The same for a file the FUSE layer has not bound yet (after a remount,
+  // before its first open), by its path relative to SOURCE; cheap when
+  // nothing is dirty.
+  void OverlayPath(const std::string& path, struct stat* st);
+  // True while some data is not yet written back.
+  bool HasAnyDirty();
   // Writes the file's dirty data back to SOURCE now and syncs it there
   // (before an operation that must see the data on SOURCE: truncate,
   // fallocate, copy_file_range, SEEK_DATA, rename over another file).
@@ -340,7 +346,6 @@ class Engine {
   void AddDirty(uint64_t seq, const BlockKey& key) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseDirty(uint64_t seq) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasDirty(uint64_t file_id);
-  bool HasAnyDirty();
   // Drops the cached blocks of `file_id` with from_index <= index < to_index
   // from the index at once and from the metadata with `batch`
   // (DropBlocksInto) or with a commit of its own (DropBlocks).

@@ -330,6 +330,13 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
 Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
                      size_t len, bool sync) {
   if (len == 0) return Status::Ok();
+  if (file.detached_) {
+    // Its last name is gone (or another file took it): no record to hang
+    // dirty data on. Its open handles read SOURCE's file: write there.
+    Status s = backing_->Write(fd->get(), off, len, data);
+    if (s.ok() && sync) s = backing_->Sync(fd->get());
+    return s;
+  }
   const uint64_t bs = sb_.block_size;
   uint64_t source_size;
   bool grows;
@@ -457,6 +464,18 @@ Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t of
 }
 
 Status Engine::Sync(CachedFile& /*file*/) { return Persist(); }
+
+void Engine::OverlayPath(const std::string& path, struct stat* st) {
+  if (!HasAnyDirty()) return;
+  auto id = meta_->LookupPath(path);
+  if (!id.ok() || !id.value() || !HasDirty(*id.value())) return;
+  if (auto live = LiveFile(*id.value())) return Overlay(*live, st);
+  auto rec = meta_->GetFile(*id.value());
+  if (!rec.ok() || !rec.value()) return;
+  st->st_size = static_cast<off_t>(rec.value()->size);
+  st->st_mtim.tv_sec = static_cast<time_t>(rec.value()->mtime_ns / 1000000000);
+  st->st_mtim.tv_nsec = static_cast<long>(rec.value()->mtime_ns % 1000000000);
+}
 
 void Engine::Overlay(CachedFile& file, struct stat* st) {
   std::lock_guard<std::mutex> lock(file.mu_);
@@ -733,11 +752,14 @@ Status Engine::Flush() {
     for (const auto& [seq, key] : dirty_) by_file[key.file_id].insert(key.index);
   }
   std::lock_guard<std::mutex> lock(writeback_mu_);
+  // One file failing (SOURCE refuses it, its record is gone) does not hold
+  // the others back; the first error is returned.
+  Status first;
   for (const auto& [file_id, set] : by_file) {
     Status s = WriteBackFile(file_id, std::vector<uint64_t>(set.begin(), set.end()));
-    if (!s.ok()) return s;
+    if (!s.ok() && first.ok()) first = s;
   }
-  return Status::Ok();
+  return first;
 }
 
 uint64_t Engine::StartFlush() {

@@ -346,7 +346,9 @@ int Flush(const std::string& path, bool wait) {
     } else {
       std::printf("%s\n", line.c_str());
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 200 : 1000));
+    // Quick at first (a small flush is done in milliseconds), then calmer.
+    const bool early = std::chrono::duration<double>(Clock::now() - begin).count() < 1.0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(early ? 50 : (tty ? 200 : 1000)));
   }
 }
 

@@ -153,6 +153,8 @@ int DoLookup(fuse_req_t req, Inode* parent, const char* name, fuse_entry_param* 
   Inode* inode = fs.inodes().Acquire(fd, e->attr);
   if (auto cached = inode->cached(); cached && fs.engine() != nullptr) {
     fs.engine()->Overlay(*cached, &e->attr);  // data not yet written back
+  } else if (fs.engine() != nullptr && S_ISREG(e->attr.st_mode) && fs.engine()->HasAnyDirty()) {
+    if (auto path = RelPath(fs, parent, name)) fs.engine()->OverlayPath(*path, &e->attr);
   }
   e->ino = fs.inodes().FuseIno(inode);
   e->generation = inode->generation();
@@ -243,6 +245,10 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
     auto changed = Fs(req).engine()->Revalidate(*cached, st);
     if (!changed.ok()) CacheWarning("revalidate", changed.status());
     Fs(req).engine()->Overlay(*cached, &st);  // data not yet written back
+  } else if (Fs(req).engine() != nullptr && S_ISREG(st.st_mode) &&
+             Fs(req).engine()->HasAnyDirty()) {
+    // Not opened since a remount, but with data in the cache.
+    if (auto path = RelPath(Fs(req), inode)) Fs(req).engine()->OverlayPath(*path, &st);
   }
   fuse_reply_attr(req, &st, Fs(req).options().attr_timeout);
 }

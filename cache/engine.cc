@@ -39,14 +39,6 @@ constexpr int kReadaheadThreads = 4;
 // their own (the store cannot keep up, so waiting is the right brake).
 constexpr size_t kMaxQueuedInstalls = 64;
 
-Fingerprint FingerprintOf(const struct stat& st) {
-  Fingerprint fp;
-  fp.size = static_cast<uint64_t>(st.st_size);
-  fp.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  fp.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
-  return fp;
-}
-
 // A buffer aligned for O_DIRECT stores.
 struct AlignedBuffer {
   explicit AlignedBuffer(size_t n)
@@ -78,6 +70,14 @@ Status Fixed(const std::string& dir, const std::string& what, const std::string&
 }
 
 }  // namespace
+
+Fingerprint FingerprintOf(const struct stat& st) {
+  Fingerprint fp;
+  fp.size = static_cast<uint64_t>(st.st_size);
+  fp.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  fp.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+  return fp;
+}
 
 Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   std::unique_ptr<Engine> e(new Engine());
@@ -1155,13 +1155,19 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
       }
     }
     if (other) {
-      counters_.fetch_waits++;
       std::unique_lock<std::mutex> lock(other->mu);
+      // Fetched already, waiting only to be installed: in memory, a hit.
+      const bool waited = !other->done;
+      if (waited) counters_.fetch_waits++;
       other->cv.wait(lock, [&] { return other->done; });
       if (!other->status.ok()) return other->status;
       if (!other->fill && other->epoch == file.epoch_.load() && other->data &&
           other->from <= begin && other->from + other->bytes >= end) {
         std::memcpy(out, other->data.get() + other->data_off + (begin - other->from), end - begin);
+        if (!waited) {
+          counters_.read_hits++;
+          counters_.bytes_from_cache += end - begin;
+        }
         return size_t{end - begin};
       }
       // Stale, or not the part we need: look again once it is installed.

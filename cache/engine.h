@@ -106,6 +106,9 @@ struct EngineStats {
 
 // The cache state of one source file while the FUSE layer knows it. Shared by
 // every handle and name (hard link) of the file.
+// How SOURCE's attributes `st` look to the cache (contract 4).
+Fingerprint FingerprintOf(const struct stat& st);
+
 class CachedFile : public std::enable_shared_from_this<CachedFile> {
  public:
   uint64_t file_id() const { return file_id_; }
@@ -331,7 +334,11 @@ class Engine {
   // Writes [begin, end) of block `index` into the cache, dirty or (for
   // writethrough, SOURCE having it already) clean.
   Status WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                    const char* data, uint64_t source_size, MetaBatch& file_batch, bool dirty);
+                    const char* data, uint64_t source_size, bool dirty);
+  // WriteBlock, and when no slot is free: after a persist (releasing
+  // quarantined slots), then (dirty data) after writing back.
+  Status WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
+                            const char* data, uint64_t source_size, bool dirty);
   // Reads the valid sub-blocks [first, last) of `rec` from the store into
   // `out`, checking their CRCs.
   Status ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t last, char* out);

@@ -39,14 +39,6 @@
 namespace cachefs {
 namespace {
 
-Fingerprint FingerprintOfStat(const struct stat& st) {
-  Fingerprint fp;
-  fp.size = static_cast<uint64_t>(st.st_size);
-  fp.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  fp.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
-  return fp;
-}
-
 int64_t NowNs() {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -148,8 +140,7 @@ Status Engine::ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t la
 }
 
 Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                          const char* data, uint64_t source_size, MetaBatch& file_batch,
-                          bool dirty) {
+                          const char* data, uint64_t source_size, bool dirty) {
   const uint64_t id = file.file_id_;
   const uint64_t bs = sb_.block_size;
   const uint32_t first = begin / kSubBlockSize;
@@ -294,9 +285,6 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   }
   if (newly_dirty) batch.Put(DirtyRecord{out.dirty_seq, id, index});
   batch.Put(out);
-  for (const auto& op : file_batch.ops()) {
-    if (const auto* f = std::get_if<MetaBatch::PutFile>(&op)) batch.Put(f->file);
-  }
   // Data in the store, then the record that points at it, in the log
   // before the reply (contracts 1a and 2).
   s = meta_->Commit(batch, false);
@@ -327,6 +315,21 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   return Status::Ok();
 }
 
+Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin,
+                                  uint32_t end, const char* data, uint64_t source_size,
+                                  bool dirty) {
+  Status s = WriteBlock(file, fd, index, begin, end, data, source_size, dirty);
+  if (s.code() != ENOSPC) return s;
+  // No free slot: the slots of replaced data wait for a persist, and dirty
+  // blocks for the writer. Free them, then try again.
+  s = Persist();
+  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, source_size, dirty);
+  if (s.code() != ENOSPC || !dirty) return s;
+  s = Flush();
+  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, source_size, dirty);
+  return s;
+}
+
 Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
                      size_t len, bool sync) {
   if (len == 0) return Status::Ok();
@@ -352,31 +355,14 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     file.mtime_ns_ = NowNs();
     file.record_stale_ = true;  // the mtime at least: written at close
   }
-  MetaBatch file_batch;  // nothing: the file record is committed on its own
   size_t done = 0;
   while (done < len) {
     uint64_t pos = off + done;
     uint64_t index = pos / bs;
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
-    Status s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch,
-                          /*dirty=*/true);
-    if (s.code() == ENOSPC) {
-      // No free slot: the slots of overwritten data wait for a persist, and
-      // dirty blocks for the writer. Free them, then try again.
-      s = Persist();
-      if (s.ok()) {
-        s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch,
-                       /*dirty=*/true);
-      }
-      if (s.code() == ENOSPC) {
-        s = Flush();
-        if (s.ok()) {
-          s = WriteBlock(file, fd->get(), index, begin, end, data + done, source_size, file_batch,
-                         /*dirty=*/true);
-        }
-      }
-    }
+    Status s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, source_size,
+                                  /*dirty=*/true);
     if (!s.ok()) return s;
     done += end - begin;
   }
@@ -436,22 +422,14 @@ Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t of
   // before are stale).
   Status s = CommitOwnChange(file, st, 0, 0);
   if (!s.ok()) return s;
-  MetaBatch none;
   size_t done = 0;
   while (done < len) {
     uint64_t pos = off + done;
     uint64_t index = pos / bs;
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
-    s = WriteBlock(file, fd->get(), index, begin, end, data + done,
-                   static_cast<uint64_t>(st.st_size), none, /*dirty=*/false);
-    if (s.code() == ENOSPC) {
-      s = Persist();  // releases the slots of replaced data
-      if (s.ok()) {
-        s = WriteBlock(file, fd->get(), index, begin, end, data + done,
-                       static_cast<uint64_t>(st.st_size), none, /*dirty=*/false);
-      }
-    }
+    s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done,
+                           static_cast<uint64_t>(st.st_size), /*dirty=*/false);
     if (!s.ok()) {
       // The cached copy must not stay behind SOURCE: it goes.
       LogWarning("caching a written block failed (dropped): " + s.message());
@@ -545,7 +523,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       }
     }
   } done{live};
-  if (FingerprintOfStat(st) != expected) {
+  if (FingerprintOf(st) != expected) {
     if ((file_rec.flags & FileRecord::kWritingBack) == 0) {
       // Changed outside while we held dirty data (contract 5): not ours to
       // overwrite. Kept, flagged, reported.
@@ -642,7 +620,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
 
   // SOURCE's new look is ours: recorded before the blocks turn clean, so a
   // crash in between rewrites the same data rather than seeing a conflict.
-  Fingerprint now = FingerprintOfStat(st);
+  Fingerprint now = FingerprintOf(st);
   bool size_moved = false;
   {
     // A fresh read: writes meanwhile may have grown the file's record.

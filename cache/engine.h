@@ -82,7 +82,7 @@ struct EngineConfig {
 
 // Counters of one mount (cachefsctl stats will show them).
 struct EngineStats {
-  uint64_t read_hits = 0;         // blocks served from the cache
+  uint64_t read_hits = 0;         // blocks served from the cache (or a fetch already done)
   uint64_t read_misses = 0;       // blocks fetched from SOURCE
   uint64_t fetch_waits = 0;       // readers that waited for another's fetch
   uint64_t readahead_blocks = 0;  // blocks fetched ahead of a sequential reader

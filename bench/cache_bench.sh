@@ -200,8 +200,10 @@ fresh_cachefs() {
   if [ -n "$cachefs_pid" ]; then bench_stop_mount "$mnt_cachefs" "$cachefs_pid"; fi
   is_mounted "$mnt_cachefs" && die "cannot unmount $mnt_cachefs"
   rm -rf "$work/cachefs-cache"
+  # The cold sequential read is what fills the cache for the warm runs: the
+  # bypass of long sequential streams (sequential_threshold) is switched off.
   local cmd=("$cachefs_bin" "$mnt_slow" "$mnt_cachefs" -f "--cache=$work/cachefs-cache"
-    "--cache_size=$cache_size")
+    "--cache_size=$cache_size" "--sequential_threshold=4294967296")
   [ -n "$bs" ] && cmd+=("--block_size=$bs")
   cmd+=("${cachefs_opts[@]}")
   bench_start_mount cachefs "$mnt_cachefs" "$work/cachefs.log" "${cmd[@]}"

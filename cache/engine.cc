@@ -1084,7 +1084,9 @@ Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
 
 void Engine::InstallRun(CachedFile& file, const std::vector<std::shared_ptr<Fetch>>& run) {
   for (const auto& f : run) {
-    if (f->status.ok() && f->data) {
+    if (f->no_install) {
+      counters_.bypassed++;
+    } else if (f->status.ok() && f->data) {
       Install(file, f->index, f->epoch, f->data.get() + f->data_off, f->from / kSubBlockSize,
               f->bytes);
     }
@@ -1122,7 +1124,8 @@ void Engine::WaitForInstalls() {
   install_cv_.wait(lock, [this] { return install_queue_.empty() && installs_running_ == 0; });
 }
 
-Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out) {
+Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out,
+                              bool bypass) {
   const uint64_t bs = sb_.block_size;
   const uint64_t id = file.file_id_;
   const uint64_t index = pos / bs;
@@ -1149,6 +1152,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
           if (b > index && (fetches_.count({id, b}) != 0 || index_->Find({id, b}))) break;
           auto f = std::make_shared<Fetch>(b, epoch);
           f->fill = index_->Find({id, b}).has_value();
+          f->no_install = bypass && !f->fill;
           fetches_[{id, b}] = f;
           run.push_back(std::move(f));
         }
@@ -1284,10 +1288,10 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
   }
   if (off >= size || len == 0) return size_t{0};
   len = static_cast<size_t>(std::min<uint64_t>(len, size - off));
-  MaybeReadahead(file, fd, off, len, size);
+  const bool bypass = FollowStream(file, fd, off, len, size);
   size_t done = 0;
   while (done < len) {
-    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done);
+    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done, bypass);
     if (!n.ok()) return n.status();
     if (n.value() == 0 && overlay) {
       // Past SOURCE's end but inside the file as written through the mount:
@@ -1310,14 +1314,16 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
 
 // --- readahead ----------------------------------------------------------------
 
-void Engine::MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                            uint64_t file_size) {
-  if (readahead_bytes_ == 0) return;
+bool Engine::FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
+                          uint64_t file_size) {
   const uint64_t bs = sb_.block_size;
+  const uint64_t limit = config_.options.file_size_limit;
+  const bool too_big = limit > 0 && file_size > limit;
   const uint64_t window = std::max<uint64_t>(1, readahead_bytes_ / bs);
   const uint64_t file_blocks = (file_size + bs - 1) / bs;
   uint64_t from, to;
   bool advise;
+  bool bypass;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
     // Sequential: this read starts where the last one ended, or overlaps
@@ -1327,20 +1333,25 @@ void Engine::MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t of
     if (off <= next_offset && off + len > next_offset) {
       file.sequential_bytes_ += len;
     } else if (off + len <= next_offset && next_offset - off <= kLateReadSlack) {
-      return;
+      return too_big || file.bypass_;
     } else {
       file.sequential_bytes_ = 0;
       file.ahead_until_ = 0;
     }
     file.next_offset_ = off + len;
+    // A long stream (a backup, a scan) bypasses the cache: its misses are
+    // served, not kept, so it cannot evict the working set (admission).
+    bypass = too_big || file.sequential_bytes_ >= config_.options.sequential_threshold * bs;
+    file.bypass_ = bypass;
+    if (readahead_bytes_ == 0) return bypass;
     // One block's worth in a row (a stream from offset 0 qualifies at once).
-    if (file.sequential_bytes_ < std::min<uint64_t>(bs, uint64_t{128} * 1024)) return;
+    if (file.sequential_bytes_ < std::min<uint64_t>(bs, uint64_t{128} * 1024)) return bypass;
     const uint64_t next = (off + len + bs - 1) / bs;  // the first block after this read
     // Refill when less than half the window is left ahead of the reader.
-    if (file.ahead_until_ >= next + window / 2 + 1) return;
+    if (file.ahead_until_ >= next + window / 2 + 1) return bypass;
     from = std::max(file.ahead_until_, next);
     to = std::min(file_blocks, next + window);
-    if (from >= to) return;
+    if (from >= to) return bypass;
     file.ahead_until_ = to;
     advise = !file.advised_;
     file.advised_ = true;
@@ -1357,12 +1368,13 @@ void Engine::MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t of
   auto shared = file.shared_from_this();
   {
     std::lock_guard<std::mutex> lock(ra_mu_);
-    if (ra_stopping_) return;
+    if (ra_stopping_) return bypass;
     for (uint64_t b = from; b < to; b += max_run) {
-      ra_queue_.push_back(ReadaheadJob{shared, fd, b, std::min(to, b + max_run)});
+      ra_queue_.push_back(ReadaheadJob{shared, fd, b, std::min(to, b + max_run), bypass});
     }
   }
   ra_cv_.notify_all();
+  return bypass;
 }
 
 void Engine::ReadaheadLoop() {
@@ -1395,6 +1407,7 @@ void Engine::RunReadahead(const ReadaheadJob& job) {
       while (b < job.to_index && run.size() < max_run && fetches_.count({id, b}) == 0 &&
              !index_->Find({id, b})) {
         auto f = std::make_shared<Fetch>(b, epoch);
+        f->no_install = job.bypass;
         fetches_[{id, b}] = f;
         run.push_back(std::move(f));
         ++b;
@@ -1420,6 +1433,7 @@ EngineStats Engine::stats() const {
   s.conflicts = counters_.conflicts;
   s.persists = counters_.persists;
   s.not_admitted = counters_.not_admitted;
+  s.bypassed = counters_.bypassed;
   s.bytes_from_cache = counters_.bytes_from_cache;
   s.bytes_from_source = counters_.bytes_from_source;
   s.crc_errors = counters_.crc_errors;

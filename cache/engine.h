@@ -98,6 +98,7 @@ struct EngineStats {
   uint64_t conflicts = 0;         // files changed outside while dirty
   uint64_t persists = 0;          // store persists + WAL syncs (fsync group commit)
   uint64_t not_admitted = 0;      // read misses served uncached by the policy's choice
+  uint64_t bypassed = 0;          // blocks of long sequential streams or big files served uncached
   uint64_t blocks_cached = 0;
   uint64_t slots = 0;
   uint32_t block_size = 0;
@@ -133,6 +134,7 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   uint64_t sequential_bytes_ = 0;
   uint64_t ahead_until_ = 0;
   bool advised_ = false;  // POSIX_FADV_SEQUENTIAL given to SOURCE
+  bool bypass_ = false;   // the current stream bypasses the cache
   // Writeback mode, guarded by mu_: the file as the mount shows it while
   // some of it is not yet written back (overlay_), and whether the writer is
   // changing SOURCE right now (its own change, not an outside one).
@@ -279,12 +281,14 @@ class Engine {
     // over what SOURCE says: its buffer is not served; the cache is, once
     // the fill is installed.
     bool fill = false;
+    bool no_install = false;  // read for a stream that bypasses the cache: served, not kept
   };
   struct ReadaheadJob {
     std::shared_ptr<CachedFile> file;
     SourceFdRef fd;
     uint64_t from_index = 0;
     uint64_t to_index = 0;  // exclusive
+    bool bypass = false;    // the stream bypasses the cache: fetched, not installed
   };
   struct InstallJob {
     std::shared_ptr<CachedFile> file;
@@ -295,7 +299,8 @@ class Engine {
   Status Recover();
   // Serves the part of [pos, pos + want) that lies in pos's block, or more
   // when a run of missing blocks was fetched; 0 at end of file.
-  Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out);
+  Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out,
+                        bool bypass);
   // Serves [begin, end) of block `index` sub-block by sub-block: the
   // cache's valid sub-blocks (dirty ones included), SOURCE's bytes for the
   // others, zeros past SOURCE's end where the mount shows the file longer.
@@ -320,9 +325,12 @@ class Engine {
   // a new slot, or the not yet valid sub-blocks of the block's slot.
   void Install(CachedFile& file, uint64_t index, uint64_t epoch, const char* data,
                uint32_t first_sub, size_t bytes);
-  // Sequential stream detection; queues readahead past [off, off + len).
-  void MaybeReadahead(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                      uint64_t file_size);
+  // Sequential stream detection for a read of [off, off + len): queues
+  // readahead past it, and returns whether the read bypasses the cache (a
+  // stream longer than sequential_threshold blocks, or a file larger than
+  // file_size_limit): its misses are then served but not cached.
+  bool FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
+                    uint64_t file_size);
   void ReadaheadLoop();
   void RunReadahead(const ReadaheadJob& job);
 
@@ -412,7 +420,7 @@ class Engine {
     std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, readahead_blocks{0},
         bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0},
         write_hits{0}, bytes_written_back{0}, writeback_errors{0}, conflicts{0}, persists{0},
-        not_admitted{0};
+        not_admitted{0}, bypassed{0};
   };
   mutable Counters counters_;
 

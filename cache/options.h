@@ -49,6 +49,9 @@ struct CacheOptions {
   uint64_t commit_interval_ms = 1000;
   // Contiguous blocks before a stream bypasses the cache. Default: 512.
   uint64_t sequential_threshold = 512;
+  // Files larger than this are not cached on read (served from SOURCE);
+  // 0: no limit. Default: 0.
+  uint64_t file_size_limit = 0;
   // Prefetch on sequential streams; unset picks the measured default.
   std::optional<uint64_t> readahead;
   // Check the CRC of every hit. Default: on.

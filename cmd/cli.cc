@@ -98,6 +98,10 @@ const std::vector<OptionSpec>& Specs() {
          return Assign(ParseUint(v, 1, 1ull << 32),
                        [&](uint64_t n) { c.cache.sequential_threshold = n; });
        }},
+      {"file_size_limit", "files larger than this are read uncached; 0 = no limit [0]", true,
+       [](DaemonConfig& c, const std::string& v) {
+         return Assign(ParseSize(v), [&](uint64_t b) { c.cache.file_size_limit = b; });
+       }},
       {"readahead", "prefetch size on sequential streams", true,
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSize(v), [&](uint64_t b) { c.cache.readahead = b; });

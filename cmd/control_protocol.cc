@@ -163,11 +163,10 @@ std::string ControlErrorReply(const std::string& message) {
 
 const std::vector<std::string>& LiveOptionNames() {
   static const std::vector<std::string> names = {
-      "policy",          "writeback_threads",    "dirty_high",
-      "dirty_low",       "writeback_delay",      "migration_threshold",
-      "commit_interval", "sequential_threshold", "readahead",
-      "verify",          "attr_timeout",         "entry_timeout",
-      "flush_timeout",   "source_timeout"};
+      "policy",          "writeback_threads",   "dirty_high",      "dirty_low",
+      "writeback_delay", "migration_threshold", "commit_interval", "sequential_threshold",
+      "file_size_limit", "readahead",           "verify",          "attr_timeout",
+      "entry_timeout",   "flush_timeout",       "source_timeout"};
   return names;
 }
 

@@ -301,6 +301,7 @@ JsonValue LiveOptionsJson(const DaemonConfig& config) {
   o.Set("migration_threshold", SizeText(c.migration_threshold));
   o.Set("commit_interval", std::to_string(c.commit_interval_ms));
   o.Set("sequential_threshold", std::to_string(c.sequential_threshold));
+  o.Set("file_size_limit", SizeText(c.file_size_limit));
   o.Set("readahead", c.readahead ? SizeText(*c.readahead) : "auto");
   o.Set("verify", c.verify ? "on" : "off");
   o.Set("attr_timeout", NumberText(config.fs.attr_timeout));

@@ -43,6 +43,8 @@ const std::vector<StatField>& StatFields() {
       CACHEFS_STAT(persists, "syncs", kCounter, "Persists of the store and syncs of the metadata"),
       CACHEFS_STAT(not_admitted, "blocks", kCounter,
                    "Read misses served uncached because the policy did not admit them"),
+      CACHEFS_STAT(bypassed, "blocks", kCounter,
+                   "Blocks of long sequential streams or big files served uncached"),
       CACHEFS_STAT(blocks_cached, "blocks", kGauge, "Blocks in the cache"),
       CACHEFS_STAT(slots, "blocks", kGauge, "Blocks the cache can hold"),
       CACHEFS_STAT(block_size, "bytes", kGauge, "Size of a cache block"),

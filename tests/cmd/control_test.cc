@@ -422,7 +422,7 @@ TEST(DaemonControl, GetReportsEveryLiveOptionInOrder) {
   EXPECT_EQ(o.Serialize(),
             R"({"policy":"lru","writeback_threads":"auto","dirty_high":"60","dirty_low":"40",)"
             R"("writeback_delay":"2.5","migration_threshold":"3G","commit_interval":"250",)"
-            R"("sequential_threshold":"512","readahead":"1M","verify":"off",)"
+            R"("sequential_threshold":"512","file_size_limit":"0","readahead":"1M","verify":"off",)"
             R"("attr_timeout":"0.25","entry_timeout":"1","flush_timeout":"60",)"
             R"("source_timeout":"60"})");
   DaemonConfig odd;

@@ -351,11 +351,11 @@ TEST_F(CtlTest, GetShowsTheLiveOptions) {
     ASSERT_TRUE(std::regex_match(line, std::regex(R"([a-z_]+ [^ ]+)"))) << line;
     keys.push_back(line.substr(0, line.find(' ')));
   }
-  EXPECT_EQ(keys,
-            (std::vector<std::string>{"policy", "writeback_threads", "dirty_high", "dirty_low",
-                                      "writeback_delay", "migration_threshold", "commit_interval",
-                                      "sequential_threshold", "readahead", "verify", "attr_timeout",
-                                      "entry_timeout", "flush_timeout", "source_timeout"}));
+  EXPECT_EQ(keys, (std::vector<std::string>{
+                      "policy", "writeback_threads", "dirty_high", "dirty_low", "writeback_delay",
+                      "migration_threshold", "commit_interval", "sequential_threshold",
+                      "file_size_limit", "readahead", "verify", "attr_timeout", "entry_timeout",
+                      "flush_timeout", "source_timeout"}));
   EXPECT_NE(r.out.find("\nverify off\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\nattr_timeout 2.5\n"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.rfind("policy lru\n", 0), 0u) << r.out;

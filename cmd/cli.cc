@@ -41,7 +41,7 @@ const std::vector<OptionSpec>& Specs() {
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSizeOrPercent(v), [&](SizeOrPercent s) { c.cache.cache_size = s; });
        }},
-      {"block_size", "cache block size, a power of two from 4K to 4M", true,
+      {"block_size", "cache block size, a power of two from 4K to 4M [64K]", true,
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSize(v), [&](uint64_t b) { c.cache.block_size = b; });
        }},
@@ -80,7 +80,7 @@ const std::vector<OptionSpec>& Specs() {
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseUint(v, 0, 100), [&](uint64_t n) { c.cache.dirty_low = unsigned(n); });
        }},
-      {"writeback_delay", "seconds a dirty block ages before write back [5]", true,
+      {"writeback_delay", "seconds between writeback rounds [5]", true,
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSeconds(v), [&](double s) { c.cache.writeback_delay = s; });
        }},
@@ -102,7 +102,7 @@ const std::vector<OptionSpec>& Specs() {
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSize(v), [&](uint64_t b) { c.cache.file_size_limit = b; });
        }},
-      {"readahead", "prefetch size on sequential streams", true,
+      {"readahead", "prefetch size on sequential streams; 0 = off [1M]", true,
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSize(v), [&](uint64_t b) { c.cache.readahead = b; });
        }},

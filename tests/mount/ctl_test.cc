@@ -38,13 +38,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr size_t kBlock = 64 << 10;
 
-std::string CtlBinary() {
-  const char* b = std::getenv("CACHEFSCTL_BIN");
-  if (b != nullptr) return b;
-  std::string cachefs = CachefsBinary();
-  return cachefs.substr(0, cachefs.rfind('/') + 1) + "cachefsctl";
-}
-
 struct CtlResult {
   int exit_code = -1;
   std::string out;
@@ -53,7 +46,7 @@ struct CtlResult {
 
 // Runs cachefsctl with `args`, as `uid` (and gid) when it is not 0.
 CtlResult RunCtl(const std::vector<std::string>& args, uid_t uid = 0) {
-  std::vector<std::string> argv_s = {CtlBinary()};
+  std::vector<std::string> argv_s = {CachefsctlBinary()};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());

@@ -108,6 +108,13 @@ std::string CachefsBinary() {
   return b != nullptr ? b : CACHEFS_BIN_DEFAULT;
 }
 
+std::string CachefsctlBinary() {
+  const char* b = std::getenv("CACHEFSCTL_BIN");
+  if (b != nullptr) return b;
+  std::string cachefs = CachefsBinary();
+  return cachefs.substr(0, cachefs.rfind('/') + 1) + "cachefsctl";
+}
+
 std::vector<std::string> TestCacheArgs() {
   static int counter = 0;
   std::string dir =

@@ -107,6 +107,8 @@ SlowfsStats SlowfsDelta(const SlowfsStats& before, const SlowfsStats& after);
 
 // The path of the cachefs binary under test.
 std::string CachefsBinary();
+// cachefsctl: $CACHEFSCTL_BIN, or the one built beside CachefsBinary().
+std::string CachefsctlBinary();
 // Cache options every test mount gets unless it passes its own: a cache
 // directory of its own under $TMPDIR and a small store, so tests never use
 // /var/cache or 10% of the disk.

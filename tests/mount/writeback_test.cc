@@ -35,13 +35,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr size_t kBlock = 64 << 10;
 
-std::string CtlBinary() {
-  const char* b = std::getenv("CACHEFSCTL_BIN");
-  if (b != nullptr) return b;
-  std::string cachefs = CachefsBinary();
-  return cachefs.substr(0, cachefs.rfind('/') + 1) + "cachefsctl";
-}
-
 std::string Quoted(const std::string& s) { return "'" + s + "'"; }
 
 // `n` bytes that differ from block to block and from `seed` to seed, so a
@@ -56,7 +49,8 @@ std::string Pattern(size_t n, int seed) {
 
 // The counters of `cachefsctl stats --json MNT` (the "stats" object).
 JsonValue Stats(const std::string& mnt) {
-  CommandResult r = RunCommand(CtlBinary() + " stats --json " + Quoted(mnt) + " 2>/dev/null");
+  CommandResult r =
+      RunCommand(CachefsctlBinary() + " stats --json " + Quoted(mnt) + " 2>/dev/null");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   auto j = ParseJson(r.output);
   EXPECT_TRUE(j.ok()) << r.output;
@@ -84,8 +78,9 @@ struct FlushResult {
 };
 FlushResult FlushWait(const std::string& mnt) {
   // The subshell keeps RunCommand's own 2>&1 from undoing the redirection.
-  CommandResult r = RunCommand("(timeout " + std::to_string(kFlushLimitSec) + " " + CtlBinary() +
-                               " flush --wait " + Quoted(mnt) + " 2>&1 >/dev/null)");
+  CommandResult r =
+      RunCommand("(timeout " + std::to_string(kFlushLimitSec) + " " + CachefsctlBinary() +
+                 " flush --wait " + Quoted(mnt) + " 2>&1 >/dev/null)");
   return {r.exit_code, r.output};
 }
 
@@ -93,8 +88,8 @@ FlushResult FlushWait(const std::string& mnt) {
 // after the mount appears).
 bool WaitForControl(const std::string& mnt) {
   const auto deadline = Clock::now() + std::chrono::seconds(5);
-  while (RunCommand(CtlBinary() + " stats --json " + Quoted(mnt) + " >/dev/null 2>&1").exit_code !=
-         0) {
+  while (RunCommand(CachefsctlBinary() + " stats --json " + Quoted(mnt) + " >/dev/null 2>&1")
+             .exit_code != 0) {
     if (Clock::now() > deadline) {
       ADD_FAILURE() << "no control socket for " << mnt;
       return false;

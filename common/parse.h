@@ -30,4 +30,8 @@ Result<double> ParseSeconds(const std::string& text);
 // A decimal integer in [min, max].
 Result<uint64_t> ParseUint(const std::string& text, uint64_t min, uint64_t max);
 
+// Undoes the octal escapes (\040 for a space, \012, \134, ...) that
+// /proc/self/mountinfo and /proc/mounts use in their fields.
+std::string UnescapeOctal(const std::string& s);
+
 }  // namespace cachefs

@@ -14,32 +14,10 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/parse.h"
 
 namespace cachefs {
 namespace {
-
-// Undoes the octal escapes (\040 for a space, ...) of /proc/self/mountinfo.
-std::string UnescapeMountField(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      int v = 0;
-      bool octal = true;
-      for (size_t j = 1; j <= 3; ++j) {
-        char c = s[i + j];
-        if (c < '0' || c > '7') octal = false;
-        v = v * 8 + (c - '0');
-      }
-      if (octal) {
-        out += static_cast<char>(v);
-        i += 3;
-        continue;
-      }
-    }
-    out += s[i];
-  }
-  return out;
-}
 
 // Escapes ',' and '\' for a libfuse -o value.
 std::string EscapeOptionValue(const std::string& s) {
@@ -91,7 +69,7 @@ std::vector<MountEntry> ReadMounts() {
     }
     std::string fs_type;
     fields >> fs_type;
-    mounts.push_back({UnescapeMountField(mount_point), fs_type});
+    mounts.push_back({UnescapeOctal(mount_point), fs_type});
   }
   return mounts;
 }

@@ -62,5 +62,12 @@ TEST(ParseUint, Range) {
   EXPECT_FALSE(ParseUint("+5", 1, 10).ok());
 }
 
+TEST(UnescapeOctal, UndoesMountinfoEscapes) {
+  EXPECT_EQ(UnescapeOctal("/mnt/a\\040b"), "/mnt/a b");
+  EXPECT_EQ(UnescapeOctal("x\\012y\\134z"), "x\ny\\z");
+  EXPECT_EQ(UnescapeOctal("keep\\09 and \\1"), "keep\\09 and \\1");  // not three octal digits
+  EXPECT_EQ(UnescapeOctal(""), "");
+}
+
 }  // namespace
 }  // namespace cachefs

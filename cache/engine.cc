@@ -1295,16 +1295,13 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
     if (!n.ok()) return n.status();
     if (n.value() == 0 && overlay) {
       // Past SOURCE's end but inside the file as written through the mount:
-      // cached sub-blocks, and zeros between them until written back.
+      // its cached sub-blocks, zeros between them until written back.
       const uint64_t pos = off + done;
       const uint32_t begin = static_cast<uint32_t>(pos % sb_.block_size);
-      const uint32_t step = std::min<uint32_t>(static_cast<uint32_t>(len - done),
-                                               kSubBlockSize - begin % kSubBlockSize);
-      auto hit = TryHit(file, pos / sb_.block_size, begin, begin + step, buf + done);
-      if (!hit.ok()) return hit.status();
-      if (!hit.value()) std::memset(buf + done, 0, step);
-      done += step;
-      continue;
+      const uint32_t end =
+          static_cast<uint32_t>(std::min<uint64_t>(sb_.block_size, begin + (len - done)));
+      n = ReadMixed(file, fd->get(), pos / sb_.block_size, begin, end, buf + done);
+      if (!n.ok()) return n.status();
     }
     if (n.value() == 0) break;  // SOURCE is shorter than we knew: end of file
     done += n.value();

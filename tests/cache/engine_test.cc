@@ -71,6 +71,15 @@ class EngineTest : public ::testing::Test {
     return c;
   }
 
+  // mode=writeback with a writer that never runs by itself: only Flush()
+  // writes back.
+  EngineConfig WritebackConfig() {
+    EngineConfig c = Config();
+    c.options.mode = CacheMode::kWriteback;
+    c.options.writeback_delay = 3600;
+    return c;
+  }
+
   std::unique_ptr<Engine> OpenEngine(const EngineConfig& c) {
     auto e = Engine::Open(c);
     EXPECT_TRUE(e.ok()) << e.status().message();
@@ -546,9 +555,7 @@ std::string ReadSource(const std::string& path) {
 TEST_F(EngineTest, WritebackWritesLandInTheCacheAndReachSourceOnFlush) {
   std::string data = Pattern(3 * kBlock, 30);
   auto fd = MakeFile("f", data);
-  EngineConfig c = Config();
-  c.options.mode = CacheMode::kWriteback;
-  c.options.writeback_delay = 3600;  // only Flush writes back
+  EngineConfig c = WritebackConfig();
   auto e = OpenEngine(c);
   ASSERT_NE(e, nullptr);
   auto f = e->OpenFile("f", Stat(fd));
@@ -590,9 +597,7 @@ TEST_F(EngineTest, WritebackWritesLandInTheCacheAndReachSourceOnFlush) {
 TEST_F(EngineTest, WritebackDirtyDataSurvivesKillAndIsWrittenBackAfter) {
   std::string data = Pattern(2 * kBlock, 40);
   auto fd = MakeFile("f", data);
-  EngineConfig c = Config();
-  c.options.mode = CacheMode::kWriteback;
-  c.options.writeback_delay = 3600;
+  EngineConfig c = WritebackConfig();
   std::string w = Pattern(3 * 4096 + 11, 41);
   pid_t pid = fork();
   if (pid == 0) {
@@ -627,9 +632,7 @@ TEST_F(EngineTest, WritebackDirtyDataSurvivesKillAndIsWrittenBackAfter) {
 TEST_F(EngineTest, WritebackConflictIsNeverWrittenOver) {
   std::string data = Pattern(kBlock, 50);
   auto fd = MakeFile("f", data);
-  EngineConfig c = Config();
-  c.options.mode = CacheMode::kWriteback;
-  c.options.writeback_delay = 3600;
+  EngineConfig c = WritebackConfig();
   auto e = OpenEngine(c);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
@@ -647,9 +650,7 @@ TEST_F(EngineTest, WritebackConflictIsNeverWrittenOver) {
 TEST_F(EngineTest, WritebackBlockWrittenDuringItsWritebackStaysDirty) {
   std::string data = Pattern(kBlock, 60);
   auto fd = MakeFile("f", data);
-  EngineConfig c = Config();
-  c.options.mode = CacheMode::kWriteback;
-  c.options.writeback_delay = 3600;
+  EngineConfig c = WritebackConfig();
   auto e = OpenEngine(c);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
@@ -671,9 +672,7 @@ TEST_F(EngineTest, WritebackBlockWrittenDuringItsWritebackStaysDirty) {
 TEST_F(EngineTest, LeavingWritebackDrainsFirst) {
   std::string data = Pattern(kBlock, 80);
   auto fd = MakeFile("f", data);
-  EngineConfig c = Config();
-  c.options.mode = CacheMode::kWriteback;
-  c.options.writeback_delay = 3600;
+  EngineConfig c = WritebackConfig();
   std::string w = Pattern(4096, 81);
   {
     auto e = OpenEngine(c);
@@ -698,9 +697,7 @@ TEST_F(EngineTest, LeavingWritebackDrainsFirst) {
 
 TEST_F(EngineTest, LeavingWritebackWithAConflictIsRefused) {
   auto fd = MakeFile("f", Pattern(kBlock, 90));
-  EngineConfig c = Config();
-  c.options.mode = CacheMode::kWriteback;
-  c.options.writeback_delay = 3600;
+  EngineConfig c = WritebackConfig();
   {
     auto e = OpenEngine(c);
     auto f = e->OpenFile("f", Stat(fd));
@@ -747,9 +744,7 @@ TEST_F(EngineTest, WritebackReadsDirtyDataInTheBlockHoldingSourcesEnd) {
   // sub-blocks, not SOURCE's old bytes.
   std::string data = Pattern(100000, 110);
   auto fd = MakeFile("f", data);
-  EngineConfig c = Config();
-  c.options.mode = CacheMode::kWriteback;
-  c.options.writeback_delay = 3600;
+  EngineConfig c = WritebackConfig();
   auto e = OpenEngine(c);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());

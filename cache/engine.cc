@@ -200,6 +200,8 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   batch.Put(sb);
   Status s = e->meta_->Commit(batch, true);
   if (!s.ok()) return s;
+  e->mode_ = e->sb_.mode;
+  e->SetTunables(o);
   s = e->Recover();
   if (!s.ok()) return s;
 
@@ -220,11 +222,9 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
     s = e->SetMode(*o.mode);
     if (!s.ok()) return s;
   }
-  e->readahead_bytes_ = o.readahead.value_or(EngineConfig::kDefaultReadahead);
-  if (e->readahead_bytes_ > 0) {
-    for (int i = 0; i < kReadaheadThreads; ++i) {
-      e->ra_threads_.emplace_back([raw = e.get()] { raw->ReadaheadLoop(); });
-    }
+  // Started even with readahead=0: cachefsctl set may turn it on.
+  for (int i = 0; i < kReadaheadThreads; ++i) {
+    e->ra_threads_.emplace_back([raw = e.get()] { raw->ReadaheadLoop(); });
   }
   return e;
 }
@@ -350,10 +350,14 @@ Engine::~Engine() {
 }
 
 void Engine::PersistLoop() {
-  auto interval = std::chrono::milliseconds(config_.options.commit_interval_ms);
   std::unique_lock<std::mutex> lock(persist_mu_);
   while (!stopping_) {
-    persist_cv_.wait_for(lock, interval, [this] { return stopping_; });
+    // Read each round: cachefsctl set may change it (and wakes us).
+    auto interval = std::chrono::milliseconds(tunables_.commit_interval_ms.load());
+    const uint64_t seen = persist_reconfigured_;
+    persist_cv_.wait_for(lock, interval,
+                         [&] { return stopping_ || persist_reconfigured_ != seen; });
+    if (persist_reconfigured_ != seen) continue;  // a new interval: start it anew
     if (stopping_) break;
     lock.unlock();
     Status s = Persist();
@@ -366,29 +370,64 @@ Status Engine::SetMode(CacheMode mode) {
   if (mode == CacheMode::kCow) {
     return Status::Invalid("mode=cow is not available yet");
   }
-  if (mode == sb_.mode) return Status::Ok();
-  if (sb_.mode == CacheMode::kWriteback) {
-    // Leaving writeback: everything dirty goes to SOURCE first, so no later
-    // write through SOURCE can be overwritten by older cached data.
-    // REQUIRES (today): no writes through the mount meanwhile (at mount).
-    Status s = Flush();
+  std::lock_guard<std::mutex> switching(mode_switch_mu_);
+  const CacheMode from = this->mode();
+  if (mode == from) return Status::Ok();
+  // Leaving writeback: everything dirty goes to SOURCE first, so no later
+  // write through SOURCE can be overwritten by older cached data. The bulk
+  // is written back while writes go on; the rest with writes held off.
+  Status s = from == CacheMode::kWriteback ? Flush() : Status::Ok();
+  {
+    std::unique_lock<std::mutex> lock(gate_mu_);
+    gate_closed_ = true;
+    gate_cv_.wait(lock, [this] { return gate_writers_ == 0; });
+  }
+  if (s.ok() && from == CacheMode::kWriteback) {
+    s = Flush();
     if (s.ok() && HasAnyDirty()) {
       s = Status::Error(EBUSY, "data of files in conflict is still dirty (cachefsctl conflicts)");
     }
     if (!s.ok()) {
-      return Status::Error(s.code(), std::string("cache '") + dir_ +
-                                         "': cannot leave mode=writeback: " + s.message() +
-                                         " (mount with mode=writeback to keep it)");
+      s = Status::Error(s.code(), std::string("cache '") + dir_ +
+                                      "': cannot leave mode=writeback: " + s.message());
     }
   }
-  Superblock sb = sb_;
-  sb.mode = mode;
-  MetaBatch batch;
-  batch.Put(sb);
-  Status s = meta_->Commit(batch, true);
-  if (!s.ok()) return s;
-  sb_.mode = mode;
-  return Status::Ok();
+  if (s.ok()) {
+    Superblock sb = sb_;
+    sb.mode = mode;
+    MetaBatch batch;
+    batch.Put(sb);
+    s = meta_->Commit(batch, true);
+  }
+  if (s.ok()) mode_.store(mode, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    gate_closed_ = false;
+  }
+  gate_cv_.notify_all();
+  if (s.ok()) {
+    LogInfo(std::string("cache '") + dir_ + "': mode " + CacheModeName(from) + " -> " +
+            CacheModeName(mode));
+  }
+  return s;
+}
+
+Engine::WriteGuard::WriteGuard(Engine* engine) : engine_(engine) {
+  if (engine_ == nullptr) return;
+  std::unique_lock<std::mutex> lock(engine_->gate_mu_);
+  engine_->gate_cv_.wait(lock, [this] { return !engine_->gate_closed_; });
+  engine_->gate_writers_++;
+  mode_ = engine_->mode();
+}
+
+Engine::WriteGuard::~WriteGuard() {
+  if (engine_ == nullptr) return;
+  bool last;
+  {
+    std::lock_guard<std::mutex> lock(engine_->gate_mu_);
+    last = --engine_->gate_writers_ == 0 && engine_->gate_closed_;
+  }
+  if (last) engine_->gate_cv_.notify_all();
 }
 
 Status Engine::Persist() {
@@ -874,7 +913,7 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
       if (!s.ok()) {
         LogWarning("cache store read failed, reading SOURCE instead: " + s.message());
         usable = false;
-      } else if (config_.options.verify) {
+      } else if (tunables_.verify.load(std::memory_order_relaxed)) {
         for (uint32_t i = first; i < last; ++i) {
           const char* sub = tmp->data + static_cast<size_t>(i - first) * kSubBlockSize;
           if (SubBlockCrc(key.file_id, index, r.generation, sub, kSubBlockSize) != r.crc[i]) {
@@ -1314,9 +1353,10 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
 bool Engine::FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
                           uint64_t file_size) {
   const uint64_t bs = sb_.block_size;
-  const uint64_t limit = config_.options.file_size_limit;
+  const uint64_t limit = tunables_.file_size_limit.load(std::memory_order_relaxed);
+  const uint64_t readahead = tunables_.readahead.load(std::memory_order_relaxed);
   const bool too_big = limit > 0 && file_size > limit;
-  const uint64_t window = std::max<uint64_t>(1, readahead_bytes_ / bs);
+  const uint64_t window = std::max<uint64_t>(1, readahead / bs);
   const uint64_t file_blocks = (file_size + bs - 1) / bs;
   uint64_t from, to;
   bool advise;
@@ -1338,9 +1378,10 @@ bool Engine::FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off,
     file.next_offset_ = off + len;
     // A long stream (a backup, a scan) bypasses the cache: its misses are
     // served, not kept, so it cannot evict the working set (admission).
-    bypass = too_big || file.sequential_bytes_ >= config_.options.sequential_threshold * bs;
+    bypass = too_big || file.sequential_bytes_ >=
+                            tunables_.sequential_threshold.load(std::memory_order_relaxed) * bs;
     file.bypass_ = bypass;
-    if (readahead_bytes_ == 0) return bypass;
+    if (readahead == 0) return bypass;
     // One block's worth in a row (a stream from offset 0 qualifies at once).
     if (file.sequential_bytes_ < std::min<uint64_t>(bs, uint64_t{128} * 1024)) return bypass;
     const uint64_t next = (off + len + bs - 1) / bs;  // the first block after this read

@@ -143,6 +143,7 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   int64_t mtime_ns_ = 0;
   bool writing_back_ = false;
   bool conflict_ = false;
+  int writes_ = 0;  // Write() calls in progress (the overlay stays while any is)
 };
 
 class Engine {
@@ -202,10 +203,29 @@ class Engine {
   Status Persist();
 
   // --- write caching (mode=writeback) ---
-  CacheMode mode() const { return sb_.mode; }
-  // Switches the cache's mode and records it; leaving writeback first writes
-  // back everything dirty (and fails, keeping the mode, if it cannot).
+  // The cache's mode now (the superblock's `mode` is the one at open).
+  CacheMode mode() const { return mode_.load(std::memory_order_acquire); }
+  // Switches the cache's mode and records it, while mounted too (cachefsctl
+  // mode). Leaving writeback first writes back everything dirty while writes
+  // go on, then holds new writes off (WriteGuard) for the rest, and fails,
+  // keeping the mode, if something stays dirty (an error, a conflict).
   Status SetMode(CacheMode mode);
+  // Held by the FUSE layer around one operation that changes file data
+  // (write, truncate, fallocate, copy_file_range): its choice of path by
+  // mode() stays right until it is done, because a mode switch waits for
+  // every guard to go and holds new ones off meanwhile.
+  class WriteGuard {
+   public:
+    explicit WriteGuard(Engine* engine);  // nullptr: guards nothing
+    ~WriteGuard();
+    WriteGuard(const WriteGuard&) = delete;
+    WriteGuard& operator=(const WriteGuard&) = delete;
+    CacheMode mode() const { return mode_; }
+
+   private:
+    Engine* const engine_;
+    CacheMode mode_ = CacheMode::kWritearound;
+  };
   // Writes `len` bytes at `off` into the cache as dirty data, to be written
   // back later. Survives kill -9 once it returns; `sync` (O_SYNC/O_DSYNC)
   // also persists before returning. Fails without a change (EIO, ENOSPC).
@@ -260,6 +280,14 @@ class Engine {
 
   EngineStats stats() const;
 
+  // --- runtime control (cachefsctl; cache/engine_control.cc) ---
+  // Takes the options of `options` that may change while mounted
+  // (policy, writeback_delay, commit_interval, sequential_threshold,
+  // file_size_limit, readahead, verify); the others are ignored. A policy
+  // change keeps every cached block (the new policy starts cold).
+  Status Reconfigure(const CacheOptions& options);
+  std::string policy_name() const;
+
  private:
   // One in-flight fetch of a block, or a writer holding the block (no data).
   struct Fetch {
@@ -295,6 +323,17 @@ class Engine {
     std::vector<std::shared_ptr<Fetch>> run;
   };
   Engine() = default;
+
+  // Options that may change while mounted (Reconfigure); read without a lock.
+  struct Tunables {
+    std::atomic<uint64_t> writeback_delay_ms{5000};
+    std::atomic<uint64_t> commit_interval_ms{1000};
+    std::atomic<uint64_t> sequential_threshold{512};
+    std::atomic<uint64_t> file_size_limit{0};
+    std::atomic<uint64_t> readahead{0};  // bytes; 0: off
+    std::atomic<bool> verify{true};
+  };
+  void SetTunables(const CacheOptions& options);
 
   Status Recover();
   // Serves the part of [pos, pos + want) that lies in pos's block, or more
@@ -340,13 +379,15 @@ class Engine {
   std::shared_ptr<Fetch> LockBlock(uint64_t file_id, uint64_t index);
   void UnlockBlock(uint64_t file_id, const std::shared_ptr<Fetch>& lock);
   // Writes [begin, end) of block `index` into the cache, dirty or (for
-  // writethrough, SOURCE having it already) clean.
+  // writethrough, SOURCE having it already) clean. The rest of a partly
+  // written sub-block comes from the cache, else from SOURCE (`fd`) up to
+  // the file's fingerprint size, else zeros.
   Status WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                    const char* data, uint64_t source_size, bool dirty);
+                    const char* data, bool dirty);
   // WriteBlock, and when no slot is free: after a persist (releasing
   // quarantined slots), then (dirty data) after writing back.
   Status WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                            const char* data, uint64_t source_size, bool dirty);
+                            const char* data, bool dirty);
   // Reads the valid sub-blocks [first, last) of `rec` from the store into
   // `out`, checking their CRCs.
   Status ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t last, char* out);
@@ -424,7 +465,14 @@ class Engine {
   };
   mutable Counters counters_;
 
-  uint64_t readahead_bytes_ = 0;  // 0: off
+  Tunables tunables_;
+  std::atomic<CacheMode> mode_{CacheMode::kWritethrough};
+  std::mutex mode_switch_mu_;  // one mode switch at a time
+  // WriteGuards: how many are held, and whether a mode switch holds new ones off.
+  std::mutex gate_mu_;
+  std::condition_variable gate_cv_;
+  int gate_writers_ = 0;      // guarded by gate_mu_
+  bool gate_closed_ = false;  // guarded by gate_mu_
   std::mutex ra_mu_;
   std::condition_variable ra_cv_;
   std::deque<ReadaheadJob> ra_queue_;     // guarded by ra_mu_
@@ -441,6 +489,7 @@ class Engine {
   std::mutex wb_mu_;
   std::condition_variable wb_cv_;
   bool wb_kick_ = false;      // guarded by wb_mu_
+  uint64_t flush_goal_ = 0;   // guarded by wb_mu_: the newest StartFlush mark not yet reached
   bool wb_stopping_ = false;  // guarded by wb_mu_
   std::thread writeback_thread_;
   // Group commit: each Persist() call takes a ticket; one persist covers
@@ -451,7 +500,8 @@ class Engine {
 
   std::mutex persist_mu_;
   std::condition_variable persist_cv_;
-  bool stopping_ = false;  // guarded by persist_mu_
+  bool stopping_ = false;              // guarded by persist_mu_
+  uint64_t persist_reconfigured_ = 0;  // guarded by persist_mu_: bumped by Reconfigure
   std::thread persist_thread_;
 };
 

@@ -39,6 +39,15 @@
 namespace cachefs {
 namespace {
 
+// The writer's shortest pause between rounds, and its pause between rounds
+// while it drains (cleaner policy, or a flush waited for), longer when
+// the last round failed.
+constexpr uint64_t kMinWritebackDelayMs = 50;
+constexpr uint64_t kDrainPauseMs = 10;
+constexpr uint64_t kFailedDrainPauseMs = 1000;  // after a round that failed
+// How often a write that finds no free slot frees some and tries again.
+constexpr int kRoomRounds = 8;
+
 int64_t NowNs() {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -140,7 +149,7 @@ Status Engine::ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t la
 }
 
 Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                          const char* data, uint64_t source_size, bool dirty) {
+                          const char* data, bool dirty) {
   const uint64_t id = file.file_id_;
   const uint64_t bs = sb_.block_size;
   const uint32_t first = begin / kSubBlockSize;
@@ -153,6 +162,14 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
     ~Unlock() { e->UnlockBlock(id, l); }
   } unlock{this, id, lock};
 
+  // SOURCE's size as of now, with the block held: a writeback that put
+  // this block on SOURCE (and then maybe saw it evicted) recorded SOURCE's
+  // new size before it let go of the block.
+  uint64_t source_size;
+  {
+    std::lock_guard<std::mutex> l(file.mu_);
+    source_size = file.fingerprint_.size;
+  }
   std::optional<uint32_t> old_slot;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -316,17 +333,18 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
 }
 
 Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin,
-                                  uint32_t end, const char* data, uint64_t source_size,
-                                  bool dirty) {
-  Status s = WriteBlock(file, fd, index, begin, end, data, source_size, dirty);
-  if (s.code() != ENOSPC) return s;
+                                  uint32_t end, const char* data, bool dirty) {
+  Status s = WriteBlock(file, fd, index, begin, end, data, dirty);
   // No free slot: the slots of replaced data wait for a persist, and dirty
-  // blocks for the writer. Free them, then try again.
-  s = Persist();
-  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, source_size, dirty);
-  if (s.code() != ENOSPC || !dirty) return s;
-  s = Flush();
-  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, source_size, dirty);
+  // blocks for the writer. Free them, then try again; other writers may
+  // take what was freed first, so a few rounds.
+  for (int round = 0; round < kRoomRounds && s.code() == ENOSPC; ++round) {
+    s = Persist();
+    if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty);
+    if (s.code() != ENOSPC || !dirty) continue;
+    s = Flush();
+    if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty);
+  }
   return s;
 }
 
@@ -341,11 +359,9 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     return s;
   }
   const uint64_t bs = sb_.block_size;
-  uint64_t source_size;
   bool grows;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
-    source_size = file.fingerprint_.size;
     grows = !file.overlay_ || off + len > file.size_;
     if (!file.overlay_) {
       file.overlay_ = true;
@@ -354,15 +370,22 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     file.size_ = std::max<uint64_t>(file.size_, off + len);
     file.mtime_ns_ = NowNs();
     file.record_stale_ = true;  // the mtime at least: written at close
+    file.writes_++;
   }
+  struct WriteDone {
+    CachedFile& f;
+    ~WriteDone() {
+      std::lock_guard<std::mutex> lock(f.mu_);
+      f.writes_--;
+    }
+  } write_done{file};
   size_t done = 0;
   while (done < len) {
     uint64_t pos = off + done;
     uint64_t index = pos / bs;
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
-    Status s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, source_size,
-                                  /*dirty=*/true);
+    Status s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, /*dirty=*/true);
     if (!s.ok()) return s;
     done += end - begin;
   }
@@ -428,8 +451,7 @@ Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t of
     uint64_t index = pos / bs;
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
-    s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done,
-                           static_cast<uint64_t>(st.st_size), /*dirty=*/false);
+    s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, /*dirty=*/false);
     if (!s.ok()) {
       // The cached copy must not stay behind SOURCE: it goes.
       LogWarning("caching a written block failed (dropped): " + s.message());
@@ -506,12 +528,12 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
   uint64_t size = file_rec.size;
   int64_t mtime_ns = file_rec.mtime_ns;
   if (live) {
+    // The live file knows better than its record, which may lag behind
+    // writes in progress: without an overlay the mount shows SOURCE's size.
     std::lock_guard<std::mutex> lock(live->mu_);
     expected = live->fingerprint_;
-    if (live->overlay_) {
-      size = live->size_;
-      mtime_ns = live->mtime_ns_;
-    }
+    size = live->overlay_ ? live->size_ : live->fingerprint_.size;
+    mtime_ns = live->overlay_ ? live->mtime_ns_ : live->fingerprint_.mtime_ns;
     live->writing_back_ = true;
   }
   struct Done {
@@ -684,7 +706,9 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
   }
   if (all_clean && live && !HasDirty(file_id)) {
     std::lock_guard<std::mutex> lock(live->mu_);
-    if (live->size_ == now.size) live->overlay_ = false;
+    // Not while a write is between growing size_ and registering its
+    // dirty blocks: its data is not on SOURCE yet.
+    if (live->size_ == now.size && live->writes_ == 0) live->overlay_ = false;
   }
   return Status::Ok();
 }
@@ -749,6 +773,7 @@ uint64_t Engine::StartFlush() {
   {
     std::lock_guard<std::mutex> lock(wb_mu_);
     wb_kick_ = true;
+    flush_goal_ = std::max(flush_goal_, mark);
   }
   wb_cv_.notify_all();
   return mark;
@@ -765,16 +790,34 @@ Engine::FlushLeft Engine::FlushProgress(uint64_t mark) {
 }
 
 void Engine::WritebackLoop() {
-  auto delay = std::chrono::milliseconds(
-      static_cast<int64_t>(std::max(0.05, config_.options.writeback_delay) * 1000));
   std::unique_lock<std::mutex> lock(wb_mu_);
+  bool failed = false;
   while (!wb_stopping_) {
-    wb_cv_.wait_for(lock, delay, [this] { return wb_stopping_ || wb_kick_; });
+    // Read each round: cachefsctl set may change the delay or the policy
+    // (and wakes us). The cleaner policy drains without waiting, and so
+    // does a flush someone waits for while blocks it covers are still
+    // dirty (written again while they were being written back).
+    bool drain;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      drain = policy_->DrainsDirty() && !dirty_.empty();
+    }
+    if (!drain && flush_goal_ > 0) {
+      FlushLeft left = FlushProgress(flush_goal_);
+      drain = left.blocks > left.conflicted;
+      if (!drain) flush_goal_ = 0;
+    }
+    uint64_t pause_ms =
+        std::max<uint64_t>(kMinWritebackDelayMs, tunables_.writeback_delay_ms.load());
+    if (drain) pause_ms = failed ? kFailedDrainPauseMs : kDrainPauseMs;
+    wb_cv_.wait_for(lock, std::chrono::milliseconds(pause_ms),
+                    [this] { return wb_stopping_ || wb_kick_; });
     if (wb_stopping_) break;
     wb_kick_ = false;
     lock.unlock();
     Status s = Flush();
-    if (!s.ok()) {
+    failed = !s.ok();
+    if (failed) {
       counters_.writeback_errors++;
       LogWarning("writeback: " + s.message() + " (kept dirty, retried)");
     }

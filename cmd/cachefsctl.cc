@@ -3,6 +3,9 @@
 //   cachefsctl list [--json]
 //   cachefsctl stats [PATH] [--json | --prometheus | --watch SECONDS [--count N]]
 //   cachefsctl get [KEY] [PATH] [--json]
+//   cachefsctl set KEY VALUE [PATH]
+//   cachefsctl mode MODE [PATH]
+//   cachefsctl flush [--wait] [PATH]
 //
 // PATH is any path inside a cachefs mount (default: the only one there
 // is). The daemon is found through the device number of PATH and asked
@@ -36,7 +39,11 @@ constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
 constexpr int kTimeoutMs = 5000;
 
-const std::vector<std::string> kCommands = {"list", "stats", "get", "flush"};
+// A mode switch out of writeback ends with a last write-back while writes
+// are held off: allow it this long.
+constexpr int kModeTimeoutMs = 600 * 1000;
+
+const std::vector<std::string> kCommands = {"list", "stats", "get", "set", "mode", "flush"};
 
 // A failure that ends the program: one line on stderr and an exit status.
 struct Failure {
@@ -105,11 +112,15 @@ std::string Explain(const MountInfo& m, const Status& s) {
   }
 }
 
-Result<JsonValue> Ask(const MountInfo& m, const std::string& cmd) {
+// Sends `cmd` with the members of `fields` to the daemon of `m`.
+Result<JsonValue> Ask(const MountInfo& m, const std::string& cmd,
+                      const JsonValue& fields = JsonValue::MakeObject(),
+                      int timeout_ms = kTimeoutMs) {
   JsonValue req = JsonValue::MakeObject();
   req.Set("version", kControlProtocolVersion);
   req.Set("cmd", cmd);
-  return ControlCall(ControlSocketPath(m.dev), req, kTimeoutMs);
+  for (const auto& [key, value] : fields.members()) req.Set(key, value);
+  return ControlCall(ControlSocketPath(m.dev), req, timeout_ms);
 }
 
 // The reply without its "ok", as cachefsctl's JSON output (schema version 1).
@@ -304,11 +315,9 @@ int Flush(const std::string& path, bool wait) {
   uint64_t first_bytes = 0;
   bool have_first = false;
   while (true) {
-    JsonValue req = JsonValue::MakeObject();
-    req.Set("version", kControlProtocolVersion);
-    req.Set("cmd", "flush_status");
-    req.Set("mark", mark);
-    auto st = ControlCall(ControlSocketPath(mount->dev), req, kTimeoutMs);
+    JsonValue fields = JsonValue::MakeObject();
+    fields.Set("mark", mark);
+    auto st = Ask(*mount, "flush_status", fields);
     if (!st.ok()) return Fail({kExitFailure, Explain(*mount, st.status())});
     uint64_t blocks = 0, bytes = 0, conflicted = 0;
     const JsonValue* v = st->Find("blocks_left");
@@ -350,6 +359,46 @@ int Flush(const std::string& path, bool wait) {
     const bool early = std::chrono::duration<double>(Clock::now() - begin).count() < 1.0;
     std::this_thread::sleep_for(std::chrono::milliseconds(early ? 50 : (tty ? 200 : 1000)));
   }
+}
+
+// `set KEY VALUE [PATH]`: changes a live tunable; prints its new value.
+int Set(const std::vector<std::string>& args) {
+  Failure failure;
+  auto mount = ResolveMount(args.size() > 2 ? args[2] : "", &failure);
+  if (!mount) return Fail(failure);
+  JsonValue fields = JsonValue::MakeObject();
+  fields.Set("name", args[0]);
+  fields.Set("value", args[1]);
+  auto reply = Ask(*mount, "set", fields);
+  if (!reply.ok()) return Fail({kExitFailure, Explain(*mount, reply.status())});
+  const JsonValue* options = reply->Find("options");
+  const JsonValue* now = options != nullptr ? options->Find(args[0]) : nullptr;
+  const std::string* text = now != nullptr ? now->as_string() : nullptr;
+  std::printf("%s %s\n", args[0].c_str(), text != nullptr ? text->c_str() : args[1].c_str());
+  return 0;
+}
+
+// `mode MODE [PATH]`: switches the mode. Out of writeback, the dirty data is
+// written back first with flush's progress lines, so the switch itself
+// (which writes back the rest with writes held off) is short.
+int Mode(const std::string& mode, const std::string& path) {
+  Failure failure;
+  auto mount = ResolveMount(path, &failure);
+  if (!mount) return Fail(failure);
+  auto info = Ask(*mount, "info");
+  if (!info.ok()) return Fail({kExitFailure, Explain(*mount, info.status())});
+  const JsonValue* m = info->Find("mount");
+  const std::string before = m != nullptr ? TextOf(*m, "mode") : "-";
+  if (before == "writeback" && mode != "writeback") {
+    if (int rc = Flush(path.empty() ? mount->mount_point : path, true); rc != 0) return rc;
+  }
+  JsonValue fields = JsonValue::MakeObject();
+  fields.Set("mode", mode);
+  auto reply = Ask(*mount, "mode", fields, kModeTimeoutMs);
+  if (!reply.ok()) return Fail({kExitFailure, Explain(*mount, reply.status())});
+  std::printf("mode: %s -> %s\n", TextOf(reply.value(), "previous").c_str(),
+              TextOf(reply.value(), "mode").c_str());
+  return 0;
 }
 
 int Main(int argc, char** argv) {
@@ -403,6 +452,20 @@ int Main(int argc, char** argv) {
       ->expected(0, 2);
   get->add_flag("--json", get_json, "JSON output (docs/control.md)");
 
+  std::vector<std::string> set_args;
+  CLI::App* set = app.add_subcommand("set", "change a live tunable of a mount");
+  set->add_option("args", set_args, "KEY VALUE [PATH]: the tunable, its new value, the mount")
+      ->type_name("KEY VALUE [PATH]")
+      ->expected(2, 3)
+      ->required();
+
+  std::string mode_name;
+  std::string mode_path;
+  CLI::App* mode = app.add_subcommand(
+      "mode", "switch the mode (writethrough, writeback, writearound, readonly) of a mount");
+  mode->add_option("mode", mode_name, "the new mode")->type_name("MODE")->required();
+  mode->add_option("path", mode_path, "a path inside the mount")->type_name("PATH");
+
   std::string flush_path;
   bool flush_wait = false;
   CLI::App* flush = app.add_subcommand("flush", "write back everything dirty now (mode=writeback)");
@@ -422,6 +485,8 @@ int Main(int argc, char** argv) {
   if (list->parsed()) return List(list_json);
   if (stats->parsed()) return Stats(stats_args);
   if (flush->parsed()) return Flush(flush_path, flush_wait);
+  if (set->parsed()) return Set(set_args);
+  if (mode->parsed()) return Mode(mode_name, mode_path);
   return Get(get_args, get_json);
 }
 

@@ -209,6 +209,27 @@ Status ApplyMountOptions(DaemonConfig& c, const std::string& list) {
 
 }  // namespace
 
+bool IsLiveOption(const std::string& name) {
+  static const std::set<std::string> kLive = {
+      "policy",          "writeback_delay", "commit_interval", "sequential_threshold",
+      "file_size_limit", "readahead",       "verify"};
+  return kLive.count(name) > 0;
+}
+
+Status SetLiveOption(DaemonConfig& c, const std::string& name, const std::string& value) {
+  if (!IsLiveOption(name)) {
+    if (FindSpec(name) == nullptr) return Status::Invalid("unknown option '" + name + "'");
+    return Status::Invalid("option '" + name + "' cannot change while mounted (remount with -o " +
+                           name + "=...)");
+  }
+  DaemonConfig changed = c;
+  Status s = ApplyOption(changed, name, &value);
+  if (s.ok()) s = changed.cache.Validate();
+  if (!s.ok()) return s;
+  c = std::move(changed);
+  return Status::Ok();
+}
+
 Result<ParseOutcome> ParseDaemonArgs(const std::vector<std::string>& args) {
   ParseOutcome out;
   DaemonConfig& c = out.config;

@@ -37,6 +37,13 @@ struct ParseOutcome {
 // Status naming it. The returned config has been validated.
 Result<ParseOutcome> ParseDaemonArgs(const std::vector<std::string>& args);
 
+// Whether option `name` may change while mounted (cachefsctl set).
+bool IsLiveOption(const std::string& name);
+// Sets the live option `name` to `value` in `c`, as -o would, and validates
+// the result; `c` is unchanged on error (a one-line Status: an unknown
+// option, one that is fixed while mounted, a bad value).
+Status SetLiveOption(DaemonConfig& c, const std::string& name, const std::string& value);
+
 extern const char kCachefsVersion[];
 
 }  // namespace cachefs

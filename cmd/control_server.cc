@@ -259,7 +259,9 @@ void ControlServer::Serve(Connection* c) {
                           : ControlErrorReply(fields.status().message());
     }
   }
-  SendAll(c->fd, reply, deadline);
+  // The handler may have worked a long time (a mode switch writes back): the
+  // reply gets its own time.
+  SendAll(c->fd, reply, Clock::now() + kIoTimeout);
   // The peer sees the end now; the descriptor is closed by whoever joins
   // this thread, so that Stop() never touches a number reused meanwhile.
   shutdown(c->fd, SHUT_RDWR);
@@ -312,7 +314,7 @@ JsonValue LiveOptionsJson(const DaemonConfig& config) {
 }
 
 DaemonControlHandler::DaemonControlHandler(DaemonInfo info)
-    : info_(std::move(info)), started_(std::chrono::steady_clock::now()) {}
+    : info_(std::move(info)), config_(info_.config), started_(std::chrono::steady_clock::now()) {}
 
 Result<JsonValue> DaemonControlHandler::Handle(const JsonValue& request) {
   using Command = Result<JsonValue> (DaemonControlHandler::*)(const JsonValue&);
@@ -323,6 +325,8 @@ Result<JsonValue> DaemonControlHandler::Handle(const JsonValue& request) {
       {"get", &DaemonControlHandler::Get},
       {"flush", &DaemonControlHandler::Flush},
       {"flush_status", &DaemonControlHandler::FlushStatus},
+      {"set", &DaemonControlHandler::Set},
+      {"mode", &DaemonControlHandler::Mode},
   };
   const std::string& cmd = *request.Find("cmd")->as_string();
   auto it = kCommands.find(cmd);
@@ -341,7 +345,8 @@ JsonValue DaemonControlHandler::MountJson() const {
   m.Set("source", info_.source);
   m.Set("cache_dir", info_.engine->cache_dir());
   m.Set("device", DeviceName(info_.dev));
-  m.Set("mode", CacheModeName(sb.mode));
+  m.Set("mode", CacheModeName(info_.engine->mode()));
+  m.Set("policy", info_.engine->policy_name());
   m.Set("block_size", sb.block_size);
   m.Set("cache_size", sb.slot_count * sb.block_size);
   m.Set("store", StoreKindName(sb.store_kind));
@@ -367,7 +372,46 @@ Result<JsonValue> DaemonControlHandler::Stats(const JsonValue& /*request*/) {
 
 Result<JsonValue> DaemonControlHandler::Get(const JsonValue& /*request*/) {
   JsonValue r = JsonValue::MakeObject();
-  r.Set("options", LiveOptionsJson(info_.config));
+  std::lock_guard<std::mutex> lock(config_mu_);
+  r.Set("options", LiveOptionsJson(config_));
+  return r;
+}
+
+// {"cmd":"set","name":NAME,"value":TEXT}: changes a live option; replies
+// with every option as `get` does.
+Result<JsonValue> DaemonControlHandler::Set(const JsonValue& request) {
+  const JsonValue* name = request.Find("name");
+  const JsonValue* value = request.Find("value");
+  if (name == nullptr || name->as_string() == nullptr || value == nullptr ||
+      value->as_string() == nullptr) {
+    return Status::Invalid("set needs \"name\" and \"value\" (strings)");
+  }
+  std::lock_guard<std::mutex> lock(config_mu_);
+  DaemonConfig changed = config_;
+  Status s = SetLiveOption(changed, *name->as_string(), *value->as_string());
+  if (s.ok()) s = info_.engine->Reconfigure(changed.cache);
+  if (!s.ok()) return s;
+  config_ = std::move(changed);
+  JsonValue r = JsonValue::MakeObject();
+  r.Set("options", LiveOptionsJson(config_));
+  return r;
+}
+
+// {"cmd":"mode","mode":MODE}: switches the cache's mode (leaving writeback
+// writes everything back first, which may take long).
+Result<JsonValue> DaemonControlHandler::Mode(const JsonValue& request) {
+  const JsonValue* mode = request.Find("mode");
+  if (mode == nullptr || mode->as_string() == nullptr) {
+    return Status::Invalid("mode needs \"mode\" (a string)");
+  }
+  auto parsed = ParseCacheMode(*mode->as_string());
+  if (!parsed.ok()) return parsed.status();
+  const CacheMode before = info_.engine->mode();
+  Status s = info_.engine->SetMode(parsed.value());
+  if (!s.ok()) return s;
+  JsonValue r = JsonValue::MakeObject();
+  r.Set("previous", CacheModeName(before));
+  r.Set("mode", CacheModeName(info_.engine->mode()));
   return r;
 }
 

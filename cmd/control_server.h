@@ -109,8 +109,11 @@ struct DaemonInfo {
 // The commands of a mounted daemon:
 //   info   {"mount": MOUNT}
 //   stats  {"mount": MOUNT, "stats": StatsToJson(engine stats)}
-//   get    {"options": {NAME: VALUE, ...}}  every live tunable, values as
+//   get    {"options": {NAME: VALUE, ...}}  every tunable, values as
 //          option text ("64M", "on", "1.5"); "auto" where the daemon picks
+//   set    {"name": NAME, "value": TEXT} -> {"options": ...}  a live option
+//   mode   {"mode": MODE} -> {"previous": MODE, "mode": MODE}
+//   flush, flush_status  (see docs/control.md)
 // MOUNT is {"mount_point", "source", "cache_dir", "device", "mode",
 // "block_size", "cache_size", "store", "state", "pid", "uptime_seconds"}.
 class DaemonControlHandler : public ControlHandler {
@@ -125,8 +128,12 @@ class DaemonControlHandler : public ControlHandler {
   Result<JsonValue> Get(const JsonValue& request);
   Result<JsonValue> Flush(const JsonValue& request);
   Result<JsonValue> FlushStatus(const JsonValue& request);
+  Result<JsonValue> Set(const JsonValue& request);
+  Result<JsonValue> Mode(const JsonValue& request);
 
   const DaemonInfo info_;
+  std::mutex config_mu_;                        // one `set` at a time
+  DaemonConfig config_ GUARDED_BY(config_mu_);  // info_.config with the changes of `set`
   const std::chrono::steady_clock::time_point started_;
 };
 

@@ -25,7 +25,10 @@ namespace {
 // longer than the handle lives).
 struct FileHandle {
   FileHandle(int f, int open_flags)
-      : src(std::make_shared<SourceFd>(f)), fd(f), flags(open_flags) {}
+      : own(std::make_shared<SourceFd>(f)), src(own), fd(f), flags(open_flags) {}
+  SourceFdRef own;  // holds `fd`
+  // What the cache reads SOURCE through: `own`, or a readable twin of a
+  // write-only handle (a write of part of a sub-block fills the rest from SOURCE).
   SourceFdRef src;
   int fd;
   int flags;                           // of the open (O_SYNC, O_DSYNC for cached writes)
@@ -283,6 +286,7 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fus
     if (res == -1) return ReplyErr(req, errno);
   }
   if (valid & FUSE_SET_ATTR_SIZE) {
+    Engine::WriteGuard guard(engine);  // no mode switch until the cache took the new size
     if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
     if (int err = WriteBackFirst(Fs(req), cached); err != 0) return ReplyErr(req, err);
     // The kernel passes a handle only for ftruncate() of a regular file.
@@ -482,6 +486,12 @@ int SourceOpenFlags(int flags) {
 
 void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached) {
   auto* fh = new FileHandle(fd, fi->flags);
+  if (cached && (fi->flags & O_ACCMODE) == O_WRONLY) {
+    // The daemon's own read descriptor: the kernel checked the caller's right
+    // to write, and what is read only completes the caller's own writes.
+    int rfd = open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_CLOEXEC);
+    if (rfd >= 0) fh->src = std::make_shared<SourceFd>(rfd);
+  }
   fh->cached = std::move(cached);
   fi->fh = reinterpret_cast<uint64_t>(fh);
   // Close-to-open coherence: the kernel drops its pages of the file at open.
@@ -491,7 +501,9 @@ void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Inode* inode = In(req, ino);
+  std::optional<Engine::WriteGuard> guard;
   if ((fi->flags & O_TRUNC) != 0) {
+    guard.emplace(Fs(req).engine());
     if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
     if (int err = WriteBackFirst(Fs(req), inode->cached()); err != 0) return ReplyErr(req, err);
   }
@@ -569,9 +581,10 @@ void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fil
 void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
                 fuse_file_info* fi) {
   FileHandle* fh = Fh(fi);
-  if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
   Engine* engine = Fs(req).engine();
-  const CacheMode mode = engine != nullptr ? engine->mode() : CacheMode::kWritearound;
+  Engine::WriteGuard guard(engine);  // the mode stays until the write is done
+  const CacheMode mode = engine != nullptr ? guard.mode() : CacheMode::kWritearound;
+  if (mode == CacheMode::kReadonly) return ReplyErr(req, EROFS);
   if (fh->cached && (mode == CacheMode::kWriteback || mode == CacheMode::kWritethrough)) {
     // The cache takes the bytes: they are needed in memory.
     size_t size = fuse_buf_size(in);
@@ -660,6 +673,7 @@ void OpFsync(fuse_req_t req, fuse_ino_t /*ino*/, int datasync, fuse_file_info* f
 
 void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
+  Engine::WriteGuard guard(Fs(req).engine());
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
   if (int err = WriteBackFirst(Fs(req), Fh(fi)->cached); err != 0) return ReplyErr(req, err);
   int res = fallocate(Fh(fi)->fd, mode, offset, length);
@@ -681,6 +695,7 @@ void OpLseek(fuse_req_t req, fuse_ino_t /*ino*/, off_t off, int whence, fuse_fil
 void OpCopyFileRange(fuse_req_t req, fuse_ino_t /*ino_in*/, off_t off_in, fuse_file_info* fi_in,
                      fuse_ino_t /*ino_out*/, off_t off_out, fuse_file_info* fi_out, size_t len,
                      int flags) {
+  Engine::WriteGuard guard(Fs(req).engine());
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
   if (int err = WriteBackFirst(Fs(req), Fh(fi_in)->cached); err != 0) return ReplyErr(req, err);
   if (int err = WriteBackFirst(Fs(req), Fh(fi_out)->cached); err != 0) return ReplyErr(req, err);

@@ -443,7 +443,7 @@ TEST(DaemonControl, UnknownCommandNamesTheKnownOnes) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(
       r.status().message(),
-      "unknown command 'frobnicate' (this daemon knows flush, flush_status, get, info, stats)");
+      "unknown command 'frobnicate' (this daemon knows flush, flush_status, get, info, mode, set, stats)");
   req.Set("cmd", "get");
   auto g = h.Handle(req);
   ASSERT_TRUE(g.ok()) << g.status().message();

@@ -391,6 +391,26 @@ TEST_F(WritebackNamespaceTest, AppendAndOpenTruncOfDirtyFile) {
   EXPECT_EQ(ReadFile(M("t")), "new");
 }
 
+// A write-only handle on a file SOURCE already holds: a write of part of a
+// sub-block completes it from SOURCE through a descriptor of the daemon's own.
+TEST_F(WritebackNamespaceTest, WriteOnlyHandleOnExistingFileWritesPartialSubBlocks) {
+  const std::string old = Pattern(kBlock + 5000, 13);
+  WriteFile(S("w"), old);
+  int fd = open(M("w").c_str(), O_WRONLY | O_APPEND);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(write(fd, "tail", 4), 4) << std::strerror(errno);
+  ASSERT_EQ(close(fd), 0);
+  fd = open(M("w").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(pwrite(fd, "mid", 3, 100), 3) << std::strerror(errno);
+  ASSERT_EQ(close(fd), 0);
+  std::string expect = old + "tail";
+  expect.replace(100, 3, "mid");
+  EXPECT_EQ(ReadFile(M("w")), expect);
+  FlushAll();
+  EXPECT_EQ(ReadFile(S("w")), expect);
+}
+
 // 8. A file changed in SOURCE while it has dirty data is a conflict: SOURCE
 // keeps the outside change.
 TEST_F(WritebackNamespaceTest, OutsideChangeOfDirtyFileIsAConflict) {

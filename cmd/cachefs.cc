@@ -4,9 +4,16 @@
 // SOURCE, check MOUNTPOINT and /dev/fuse, mount, and only then detach and
 // tell the waiting parent that the mount is up. Any failure before that is one
 // line on stderr and a non-zero exit of the command, with nothing mounted.
+//
+// Under systemd (Type=notify, NOTIFY_SOCKET set) readiness is reported once
+// the mount and the control socket are up: by the serving process itself with
+// -f, else by the parent, which is the unit's main PID and hands that role to
+// the serving child (MAINPID=) in the same message, so the default
+// NotifyAccess=main accepts it and every later message (docs/systemd.md).
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -14,6 +21,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -21,6 +29,7 @@
 #include "cmd/cli.h"
 #include "cmd/control_server.h"
 #include "common/log.h"
+#include "common/notify.h"
 #include "fs/filesystem.h"
 #include "fs/mount.h"
 
@@ -37,6 +46,15 @@ void RaiseFileLimit() {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
   }
+}
+
+// Tells systemd (when it listens) that the mount is up. `main_pid` > 0 names
+// the process that serves, when it is not the caller.
+void NotifyReady(pid_t main_pid) {
+  std::string state = "READY=1";
+  if (main_pid > 0) state = "MAINPID=" + std::to_string(main_pid) + "\n" + state;
+  Status s = NotifyServiceManager(state);
+  if (!s.ok()) LogWarning(s.message());
 }
 
 // Forks. The parent waits for the child to report the mount and exits with
@@ -60,7 +78,10 @@ int Detach() {
     do {
       n = read(fds[0], &c, 1);
     } while (n < 0 && errno == EINTR);
-    if (n == 1) _exit(0);
+    if (n == 1) {
+      NotifyReady(pid);
+      _exit(0);
+    }
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
@@ -85,6 +106,25 @@ void FinishDetach(int report_fd) {
     if (null > STDERR_FILENO) close(null);
   }
   LogToSyslog();
+}
+
+// In image mode the mount is typically the backing file of a loop device.
+// Then memory reclaim can write dirty pages of the loop device, which waits
+// for this daemon, which allocates memory, which waits for reclaim: a
+// deadlock. PR_SET_IO_FLUSHER (Linux 5.6, needs CAP_SYS_RESOURCE) makes the
+// kernel keep this process out of IO reclaim and out of dirty throttling. It
+// is a per-task flag, inherited by the threads created later, so it is set
+// in the serving process before it starts any. Without it the mount works,
+// only that protection is missing: one line in the log.
+void SetIoFlusher() {
+#ifndef PR_SET_IO_FLUSHER
+  constexpr int PR_SET_IO_FLUSHER = 57;  // NOLINT(readability-identifier-naming)
+#endif
+  if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
+    LogWarning(std::string("image mode: cannot set PR_SET_IO_FLUSHER (") + std::strerror(errno) +
+               "): a loop device over this mount may deadlock under memory pressure "
+               "(it needs Linux 5.6 or later and CAP_SYS_RESOURCE)");
+  }
 }
 
 std::string Canonical(const std::string& path) {
@@ -114,6 +154,7 @@ int Serve(const DaemonConfig& cfg) {
     return kExitFailure;
   }
   int report_fd = cfg.foreground ? -1 : Detach();
+  if (!fs.value()->source_is_directory()) SetIoFlusher();
   // The cache is opened and recovered before the mount (contract 3), in the
   // process that will serve: RocksDB's threads do not survive a fork.
   EngineConfig ec;
@@ -135,9 +176,15 @@ int Serve(const DaemonConfig& cfg) {
   // cachefsctl's socket, ready before the command returns; gone at unmount.
   std::unique_ptr<ControlServer> control =
       StartDaemonControl(source, Canonical(cfg.mountpoint), cfg, engine.value().get());
-  if (report_fd >= 0) FinishDetach(report_fd);
+  if (report_fd >= 0) {
+    FinishDetach(report_fd);  // the parent notifies systemd
+  } else {
+    NotifyReady(0);
+  }
   LogInfo("mounted " + source + " on " + Canonical(cfg.mountpoint));
   s = mount.value()->Run();
+  Status stopping = NotifyServiceManager("STOPPING=1");
+  if (!stopping.ok()) LogWarning(stopping.message());
   control.reset();
   mount.value().reset();
   if (!s.ok()) {

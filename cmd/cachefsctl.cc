@@ -6,11 +6,16 @@
 //   cachefsctl set KEY VALUE [PATH]
 //   cachefsctl mode MODE [PATH]
 //   cachefsctl flush [--wait] [PATH]
+//   cachefsctl check CACHE_DIR [--repair | --no-data] [--json]
+//   cachefsctl dump CACHE_DIR [--blocks] [--json]
 //
 // PATH is any path inside a cachefs mount (default: the only one there
 // is). The daemon is found through the device number of PATH and asked
 // over its control socket (cmd/control_protocol.h; docs/control.md).
-// Exit status: 0 done, 1 the mount or its daemon failed us, 2 bad arguments.
+// check and dump work offline, on the cache directory of an unmounted
+// cache (cache/check.h).
+// Exit status: 0 done, 1 the mount or its daemon failed us, 2 bad arguments;
+// check has its own, like fsck (cmd/check_format.h).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,6 +28,8 @@
 #include <thread>
 #include <vector>
 
+#include "cache/check.h"
+#include "cmd/check_format.h"
 #include "cmd/control_protocol.h"
 #include "cmd/stats_format.h"
 #include "common/json.h"
@@ -43,7 +50,8 @@ constexpr int kTimeoutMs = 5000;
 // are held off: allow it this long.
 constexpr int kModeTimeoutMs = 600 * 1000;
 
-const std::vector<std::string> kCommands = {"list", "stats", "get", "set", "mode", "flush"};
+const std::vector<std::string> kCommands = {"list", "stats", "get",   "set",
+                                            "mode", "flush", "check", "dump"};
 
 // A failure that ends the program: one line on stderr and an exit status.
 struct Failure {
@@ -401,6 +409,31 @@ int Mode(const std::string& mode, const std::string& path) {
   return 0;
 }
 
+// `check CACHE_DIR`: the offline check (and repair) of an unmounted cache;
+// the exit status says the verdict (CheckExitCode).
+int Check(const std::string& dir, const CheckOptions& options, bool json) {
+  auto report = CheckCache(dir, options);
+  if (!report.ok()) return Fail({kCheckExitBroken, report.status().message()});
+  if (json) {
+    std::printf("%s\n", CheckReportJson(report.value(), options.repair).Serialize(2).c_str());
+  } else {
+    std::fputs(FormatCheckReport(report.value(), options.repair).c_str(), stdout);
+  }
+  return CheckExitCode(report.value());
+}
+
+// `dump CACHE_DIR`: the metadata of an unmounted cache, read-only.
+int Dump(const std::string& dir, bool blocks, bool json) {
+  auto dump = DumpCache(dir, blocks);
+  if (!dump.ok()) return Fail({kExitFailure, dump.status().message()});
+  if (json) {
+    std::printf("%s\n", CacheDumpJson(dump.value(), blocks).Serialize(2).c_str());
+  } else {
+    std::fputs(FormatCacheDump(dump.value(), blocks).c_str(), stdout);
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   // An unknown command is named as such, not as an unexpected argument.
   for (int i = 1; i < argc; ++i) {
@@ -417,7 +450,9 @@ int Main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "PATH is any path inside a cachefs mount; without it, the only cachefs mount.\n"
-      "Exit status: 0 done, 1 the mount or its daemon failed, 2 bad arguments.\n");
+      "CACHE_DIR is the cache directory of an unmounted cache (check, dump).\n"
+      "Exit status: 0 done, 1 the mount or its daemon failed, 2 bad arguments\n"
+      "(check: see cachefsctl check --help).\n");
 
   bool list_json = false;
   CLI::App* list = app.add_subcommand("list", "every cachefs mount, its cache and its state");
@@ -473,6 +508,37 @@ int Main(int argc, char** argv) {
   flush->add_flag("--wait", flush_wait,
                   "wait until it is all on the slow store, showing what is left; exit 0 only then");
 
+  std::string check_dir;
+  CheckOptions check_options;
+  bool check_no_data = false;
+  bool check_json = false;
+  CLI::App* check =
+      app.add_subcommand("check", "check an unmounted cache offline, and repair it with --repair");
+  check->add_option("cache_dir", check_dir, "the cache directory")
+      ->type_name("CACHE_DIR")
+      ->required();
+  CLI::Option* repair_opt =
+      check->add_flag("--repair", check_options.repair,
+                      "fix what can be fixed (in synced metadata batches), then check again");
+  CLI::Option* no_data_opt = check->add_flag(
+      "--no-data", check_no_data, "check the metadata only: do not read the cached data");
+  no_data_opt->excludes(repair_opt);
+  check->add_flag("--json", check_json, "JSON output, schema version 1 (docs/control.md)");
+  check->footer(
+      "Exit status: 0 clean, 1 repaired, 2 bad arguments, 4 problems --repair fixes without\n"
+      "loss, 8 broken (dirty data lost or kept aside, a fatal problem, or no check possible).\n");
+
+  std::string dump_dir;
+  bool dump_blocks = false;
+  bool dump_json = false;
+  CLI::App* dump = app.add_subcommand(
+      "dump", "show the metadata of an unmounted cache: superblock, files, blocks");
+  dump->add_option("cache_dir", dump_dir, "the cache directory")
+      ->type_name("CACHE_DIR")
+      ->required();
+  dump->add_flag("--blocks", dump_blocks, "also every block: slot, generation, bitmaps, dirty seq");
+  dump->add_flag("--json", dump_json, "JSON output, schema version 1 (docs/control.md)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -487,6 +553,11 @@ int Main(int argc, char** argv) {
   if (flush->parsed()) return Flush(flush_path, flush_wait);
   if (set->parsed()) return Set(set_args);
   if (mode->parsed()) return Mode(mode_name, mode_path);
+  if (check->parsed()) {
+    check_options.verify_data = !check_no_data;
+    return Check(check_dir, check_options, check_json);
+  }
+  if (dump->parsed()) return Dump(dump_dir, dump_blocks, dump_json);
   return Get(get_args, get_json);
 }
 

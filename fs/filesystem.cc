@@ -8,6 +8,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -133,6 +134,71 @@ bool CachesWrites(const Filesystem& fs, const std::shared_ptr<CachedFile>& cache
 
 bool ReadOnlyMode(const Filesystem& fs) {
   return fs.engine() != nullptr && fs.engine()->mode() == CacheMode::kReadonly;
+}
+
+// --- image mode ---------------------------------------------------------------
+// An image is a disk: a loop device, a VM or a filesystem inside it assumes
+// its size does not move while it is in use. So the mount refuses to change
+// it: truncate and O_TRUNC to another size and a growing fallocate give EPERM;
+// a write (or copy_file_range) starting at or past the end gives ENOSPC and
+// one that crosses the end is cut short there, as on a block device.
+
+bool ImageMode(const Filesystem& fs) { return !fs.source_is_directory(); }
+
+// Logs a refused size change, at most once a second (a guest retrying must not
+// flood the log); the lines left out are counted in the next one.
+void LogImageRefusal(const std::string& what) {
+  static std::atomic<int64_t> last_ns{0};
+  static std::atomic<uint64_t> suppressed{0};
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  int64_t last = last_ns.load();
+  if (last != 0 && now - last < 1'000'000'000) {
+    ++suppressed;
+    return;
+  }
+  if (!last_ns.compare_exchange_strong(last, now)) {
+    ++suppressed;
+    return;
+  }
+  std::string line = "image mode: refused " + what +
+                     " (the size of an image is fixed while it is mounted; unmount to resize it)";
+  if (uint64_t n = suppressed.exchange(0); n > 0) {
+    line += "; " + std::to_string(n) + " more refusals since the last line";
+  }
+  LogWarning(line);
+}
+
+// The image's size as the mount shows it (data not yet written back
+// included). Returns an errno.
+int ImageSize(Filesystem& fs, int fd, const std::shared_ptr<CachedFile>& cached, uint64_t* size) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return errno;
+  if (cached && fs.engine() != nullptr) fs.engine()->Overlay(*cached, &st);
+  *size = static_cast<uint64_t>(st.st_size);
+  return 0;
+}
+
+// How many of `len` bytes at `off` a write may put into the image: `len`
+// inside it, what fits before the end when it crosses it. ENOSPC (returned
+// as an errno, *allowed untouched) when it starts at or past the end.
+int ImageWriteRange(Filesystem& fs, int fd, const std::shared_ptr<CachedFile>& cached,
+                    const char* op, uint64_t off, uint64_t len, uint64_t* allowed) {
+  uint64_t size = 0;
+  if (int err = ImageSize(fs, fd, cached, &size); err != 0) return err;
+  if (len == 0 || off + len <= size) {
+    *allowed = len;
+    return 0;
+  }
+  if (off >= size) {
+    LogImageRefusal(std::string(op) + " of " + std::to_string(len) + " bytes at " +
+                    std::to_string(off) + ", at or past the end of the image (" +
+                    std::to_string(size) + " bytes): ENOSPC");
+    return ENOSPC;
+  }
+  *allowed = size - off;
+  return 0;
 }
 
 int StatInode(const Inode* inode, struct stat* st) {
@@ -275,6 +341,18 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fus
       engine == nullptr ? nullptr : (fi != nullptr ? Fh(fi)->cached : inode->cached());
   struct stat before;
   bool adopt = cached && (valid & ~FUSE_SET_ATTR_SIZE) != 0 && StatInode(inode, &before) == 0;
+  if ((valid & FUSE_SET_ATTR_SIZE) != 0 && ImageMode(Fs(req)) && !ReadOnlyMode(Fs(req))) {
+    // Before any other change of the request: it is refused as a whole
+    // (mode=readonly refuses it below, with EROFS).
+    struct stat st;
+    if (int err = StatInode(inode, &st); err != 0) return ReplyErr(req, err);
+    if (cached) engine->Overlay(*cached, &st);
+    if (st.st_size != attr->st_size) {
+      LogImageRefusal("a truncate of the image from " + std::to_string(st.st_size) + " to " +
+                      std::to_string(attr->st_size) + " bytes: EPERM");
+      return ReplyErr(req, EPERM);
+    }
+  }
   if (valid & FUSE_SET_ATTR_MODE) {
     res = fchmodat(AT_FDCWD, inode->ProcPath().c_str(), attr->st_mode, 0);
     if (res == -1) return ReplyErr(req, errno);
@@ -505,6 +583,18 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if ((fi->flags & O_TRUNC) != 0) {
     guard.emplace(Fs(req).engine());
     if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
+    if (ImageMode(Fs(req))) {
+      struct stat st;
+      if (int err = StatInode(inode, &st); err != 0) return ReplyErr(req, err);
+      if (auto cached = inode->cached(); cached && Fs(req).engine() != nullptr) {
+        Fs(req).engine()->Overlay(*cached, &st);
+      }
+      if (st.st_size != 0) {
+        LogImageRefusal("an open with O_TRUNC of the image (" + std::to_string(st.st_size) +
+                        " bytes): EPERM");
+        return ReplyErr(req, EPERM);
+      }
+    }
     if (int err = WriteBackFirst(Fs(req), inode->cached()); err != 0) return ReplyErr(req, err);
   }
   int fd = open(inode->ProcPath().c_str(), SourceOpenFlags(fi->flags));
@@ -585,9 +675,18 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
   Engine::WriteGuard guard(engine);  // the mode stays until the write is done
   const CacheMode mode = engine != nullptr ? guard.mode() : CacheMode::kWritearound;
   if (mode == CacheMode::kReadonly) return ReplyErr(req, EROFS);
+  size_t size = fuse_buf_size(in);
+  if (ImageMode(Fs(req))) {
+    uint64_t allowed = 0;
+    if (int err = ImageWriteRange(Fs(req), fh->fd, fh->cached, "a write",
+                                  static_cast<uint64_t>(off), size, &allowed);
+        err != 0) {
+      return ReplyErr(req, err);
+    }
+    size = static_cast<size_t>(allowed);
+  }
   if (fh->cached && (mode == CacheMode::kWriteback || mode == CacheMode::kWritethrough)) {
     // The cache takes the bytes: they are needed in memory.
-    size_t size = fuse_buf_size(in);
     thread_local std::vector<char> buf;
     if (buf.size() < size) buf.resize(size);
     fuse_bufvec mem;
@@ -634,7 +733,7 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
   }
   // writearound, or a file the cache does not hold: SOURCE only (spliced),
   // and the cached copy of what was written is dropped.
-  fuse_bufvec out = FdBufvec(Fh(fi)->fd, fuse_buf_size(in), off);
+  fuse_bufvec out = FdBufvec(Fh(fi)->fd, size, off);
   ssize_t res = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
   if (res < 0) return ReplyErr(req, static_cast<int>(-res));
   CacheAfterWrite(Fs(req), Fh(fi)->cached, Fh(fi)->fd, static_cast<uint64_t>(off),
@@ -675,6 +774,18 @@ void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off
                  fuse_file_info* fi) {
   Engine::WriteGuard guard(Fs(req).engine());
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
+  if (ImageMode(Fs(req)) && (mode & FALLOC_FL_KEEP_SIZE) == 0) {
+    uint64_t size = 0;
+    if (int err = ImageSize(Fs(req), Fh(fi)->fd, Fh(fi)->cached, &size); err != 0) {
+      return ReplyErr(req, err);
+    }
+    if (static_cast<uint64_t>(offset) + static_cast<uint64_t>(length) > size) {
+      LogImageRefusal("a fallocate to " + std::to_string(offset + length) +
+                      " bytes, past the end of the image (" + std::to_string(size) +
+                      " bytes): EPERM");
+      return ReplyErr(req, EPERM);
+    }
+  }
   if (int err = WriteBackFirst(Fs(req), Fh(fi)->cached); err != 0) return ReplyErr(req, err);
   int res = fallocate(Fh(fi)->fd, mode, offset, length);
   int err = errno;
@@ -699,6 +810,15 @@ void OpCopyFileRange(fuse_req_t req, fuse_ino_t /*ino_in*/, off_t off_in, fuse_f
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
   if (int err = WriteBackFirst(Fs(req), Fh(fi_in)->cached); err != 0) return ReplyErr(req, err);
   if (int err = WriteBackFirst(Fs(req), Fh(fi_out)->cached); err != 0) return ReplyErr(req, err);
+  if (ImageMode(Fs(req))) {
+    uint64_t allowed = 0;
+    if (int err = ImageWriteRange(Fs(req), Fh(fi_out)->fd, Fh(fi_out)->cached, "a copy_file_range",
+                                  static_cast<uint64_t>(off_out), len, &allowed);
+        err != 0) {
+      return ReplyErr(req, err);
+    }
+    len = static_cast<size_t>(allowed);
+  }
   loff_t in = off_in;
   loff_t out = off_out;
   ssize_t res =

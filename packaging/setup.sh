@@ -16,7 +16,8 @@ build=${BUILD_DIR:-$here/build}
 packages=(
   g++ meson ninja-build pkg-config python3
   libfuse3-dev fuse3 librocksdb-dev libpmem2-dev libcli11-dev libgtest-dev libgmock-dev
-  fio attr acl procps util-linux clang-format clang-tidy groff-base
+  fio attr acl procps util-linux mount e2fsprogs qemu-utils clang-format clang-tidy groff-base
+  debhelper dpkg-dev build-essential systemd
 )
 
 die() { echo "setup: $*" >&2; exit 1; }

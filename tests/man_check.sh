@@ -95,7 +95,7 @@ for o in "${documented[@]}"; do
 done
 
 # cachefsctl(8) and cmd/cachefsctl.cc, cmd/control_protocol.cc.
-mapfile -t commands < <(grep -E 'kCommands = \{' cmd/cachefsctl.cc | grep -oE '"[a-z_]+"' |
+mapfile -t commands < <(sed -n '/kCommands = {/,/};/p' cmd/cachefsctl.cc | grep -oE '"[a-z_]+"' |
   tr -d '"')
 expect_names docs/man/cachefsctl.8 "command" "${commands[@]}"
 mapfile -t ctl_flags < <(grep -oE '(add_flag|add_option|set_version_flag)\(\s*"-[^"]*"' \

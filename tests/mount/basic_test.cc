@@ -30,8 +30,8 @@ TEST(BasicMount, SigtermUnmounts) {
   EXPECT_FALSE(IsMountPoint(m->mnt()));
 }
 
-// SOURCE a regular file: the mount is that one file (image mode, passthrough
-// for now), on a regular-file MOUNTPOINT.
+// SOURCE a regular file: the mount is that one file (image mode), on a
+// regular-file MOUNTPOINT. tests/mount/image_test.sh uses it for real.
 TEST(BasicMount, ImageFileOnRegularFileMountpoint) {
   std::string dir = MakeTempDir("image");
   ASSERT_FALSE(dir.empty());

@@ -101,7 +101,8 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
     std::filesystem::remove_all(dir + "/meta", ec);
     std::filesystem::remove(dir + "/store", ec);
   }
-  auto meta = OpenRocksMetaStore(dir + "/meta", true);
+  auto meta = config.open_meta ? config.open_meta(dir + "/meta", true)
+                               : OpenRocksMetaStore(dir + "/meta", true);
   if (!meta.ok()) return meta.status();
   e->meta_ = std::move(meta.value());
   auto existing = e->meta_->GetSuperblock();
@@ -146,6 +147,10 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
     sb.cache_id.assign(id, sizeof(id));
   } else {
     sb = *existing.value();
+    // Older formats are read as they are and their records upgraded as
+    // they are rewritten; the superblock says so first (written below,
+    // before any record), so an older cachefs refuses the cache from then on.
+    sb.format_version = kFormatVersion;
     if (sb.source != config.source) {
       return Status::Invalid("cache '" + dir + "' belongs to SOURCE '" + sb.source + "', not '" +
                              config.source + "' (--reformat starts over)");
@@ -194,6 +199,7 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
                       : store.status().Prefixed("cache '" + dir + "' (--reformat starts over)");
   }
   e->store_ = std::move(store.value());
+  if (config.wrap_store) e->store_ = config.wrap_store(std::move(e->store_));
 
   // The store exists before the superblock that names it is written.
   MetaBatch batch;
@@ -239,14 +245,27 @@ Status Engine::Recover() {
   readers_.assign(slots, 0);
   free_when_unread_.assign(slots, false);
   dirty_slot_.assign(slots, false);
-  MetaBatch drop;
+  auto durable = meta_->GetDurableEpoch();
+  if (!durable.ok()) return durable.status();
+  // Versions of epochs up to `trusted` have their data in the store for sure
+  // (the persist that closed them completed before its marker was written);
+  // later ones may not, after a power loss, and are checked (contract 1c).
+  const uint64_t trusted = durable.value();
+  uint64_t max_epoch = trusted;
+  uint64_t max_seq = 0;
   uint32_t sub_blocks = sb_.block_size / kSubBlockSize;
-  Status s = meta_->ScanAllBlocks([&](const BlockRecord& r) {
-    if (r.slot >= slots || index_->InUse(static_cast<uint32_t>(r.slot)) ||
-        r.sub_blocks() != sub_blocks) {
-      drop.RemoveBlock(r.file_id, r.index);
-      return true;
-    }
+  // Records changed by recovery (rolled back, clean sub-blocks dropped, a
+  // lost slot conflict), written back in one batch at the end; nullopt:
+  // deleted.
+  std::map<std::pair<uint64_t, uint64_t>, std::optional<BlockRecord>> fixed;
+  std::map<uint64_t, uint64_t> dirty_fix;  // seq -> 0 to delete, 1 to (re)write
+  auto fixed_or_stored = [&](const BlockKey& key) -> std::optional<BlockRecord> {
+    auto it = fixed.find({key.file_id, key.index});
+    if (it != fixed.end()) return it->second;
+    auto r = meta_->GetBlock(key.file_id, key.index);
+    return r.ok() ? r.value() : std::nullopt;
+  };
+  auto admit = [&](const BlockRecord& r) {
     uint32_t slot = static_cast<uint32_t>(r.slot);
     index_->Insert({r.file_id, r.index}, slot);
     if (r.AnyDirty()) {
@@ -256,7 +275,107 @@ Status Engine::Recover() {
     } else {
       policy_->Track(slot);
     }
+  };
+  auto evict = [&](const BlockRecord& r) {
+    uint32_t slot = static_cast<uint32_t>(r.slot);
+    index_->Erase(slot);
+    if (dirty_slot_[slot]) {
+      dirty_slot_[slot] = false;
+      EraseDirty(r.dirty_seq);
+    } else {
+      policy_->Remove(slot);
+    }
+  };
+  // Records `chosen` (or the record's removal) in place of `original`, with
+  // the dirty index entries that go with it.
+  auto fix = [&](const BlockRecord& original, const std::optional<BlockRecord>& chosen) {
+    fixed[{original.file_id, original.index}] = chosen;
+    if (original.dirty_seq != 0 && (!chosen || chosen->dirty_seq != original.dirty_seq)) {
+      dirty_fix[original.dirty_seq] = 0;
+    }
+    if (chosen && chosen->dirty_seq != 0) dirty_fix[chosen->dirty_seq] = 1;
+  };
+  auto in_use = [&](uint64_t slot) {
+    return slot >= slots || index_->InUse(static_cast<uint32_t>(slot));
+  };
+  Status s = meta_->ScanAllBlocks([&](const BlockRecord& r) {
+    for (const BlockVersion& v : r.previous) {
+      next_generation_ = std::max(next_generation_, v.generation + 1);
+      max_epoch = std::max(max_epoch, v.epoch);
+      max_seq = std::max(max_seq, v.dirty_seq);
+    }
     next_generation_ = std::max(next_generation_, r.generation + 1);
+    max_epoch = std::max(max_epoch, r.epoch);
+    max_seq = std::max(max_seq, r.dirty_seq);
+    if (r.sub_blocks() != sub_blocks) {
+      fix(r, std::nullopt);
+      return true;
+    }
+    std::optional<BlockRecord> chosen;
+    bool lost = false;
+    if (r.slot < slots && index_->InUse(static_cast<uint32_t>(r.slot))) {
+      // Two records claim one slot (a slot freed before the removal of its
+      // old record was committed, and reused): the one whose data verifies
+      // there wins, the other takes another version or goes.
+      recovery_.checked++;
+      const BlockKey owner_key = index_->Owner(static_cast<uint32_t>(r.slot));
+      std::optional<BlockRecord> owner = fixed_or_stored(owner_key);
+      BlockVersion mine = r.Current();
+      const Verified my_check = VerifyVersion(r.file_id, r.index, &mine);
+      if (owner) {
+        BlockVersion theirs = owner->Current();
+        const Verified their_check = VerifyVersion(owner->file_id, owner->index, &theirs);
+        if (my_check.dirty_ok && my_check.Beats(their_check)) {
+          evict(*owner);
+          BlockRecord winner = r;
+          winner.Restore(mine);
+          if (winner != r) fix(r, winner);
+          admit(winner);
+          // The owner tries its other versions (all of them, as stored),
+          // in slots still free.
+          auto stored = meta_->GetBlock(owner_key.file_id, owner_key.index);
+          const BlockRecord loser = stored.ok() && stored.value() ? *stored.value() : *owner;
+          bool loser_lost = false;
+          std::optional<BlockRecord> other = ChooseVersion(loser, 0, in_use, &loser_lost);
+          if (loser_lost && loser.AnyDirty()) recovery_.lost++;
+          if (other) {
+            recovery_.rolled_back++;
+            admit(*other);
+          }
+          fix(loser, other);
+          return true;
+        }
+      }
+      chosen = ChooseVersion(r, 0, in_use, &lost);
+    } else if (r.epoch > trusted || r.slot >= slots) {
+      recovery_.checked++;
+      chosen = ChooseVersion(r, trusted, in_use, &lost);
+    } else {
+      chosen = r;
+    }
+    if (!chosen) {
+      if (lost && r.AnyDirty()) {
+        recovery_.lost++;
+        LogError("cache '" + dir_ + "': block " + std::to_string(r.index) + " of file " +
+                 std::to_string(r.file_id) +
+                 " lost its dirty data at recovery: no version of it survived");
+      } else {
+        recovery_.rolled_back++;  // to no record: SOURCE's data
+      }
+      fix(r, std::nullopt);
+      return true;
+    }
+    if (*chosen != r) {
+      if (chosen->epoch != r.epoch || chosen->slot != r.slot) recovery_.rolled_back++;
+      const bool empty = std::none_of(chosen->valid.begin(), chosen->valid.end(),
+                                      [](uint64_t w) { return w != 0; });
+      if (empty) {
+        fix(r, std::nullopt);
+        return true;
+      }
+      fix(r, chosen);
+    }
+    admit(*chosen);
     return true;
   });
   if (!s.ok()) return s.Prefixed("cache '" + dir_ + "' recovery");
@@ -266,12 +385,33 @@ Status Engine::Recover() {
   auto max_id = meta_->MaxFileId();
   if (!max_id.ok()) return max_id.status();
   next_file_id_ = max_id.value() + 1;
-  auto max_seq = meta_->MaxDirtySeq();
-  if (!max_seq.ok()) return max_seq.status();
-  next_dirty_seq_ = max_seq.value() + 1;
+  auto max_dirty = meta_->MaxDirtySeq();
+  if (!max_dirty.ok()) return max_dirty.status();
+  next_dirty_seq_ = std::max(max_dirty.value(), max_seq) + 1;
   if (!dirty_.empty()) {
     LogInfo("cache '" + dir_ + "': " + std::to_string(dirty_.size()) +
             " dirty blocks to write back");
+  }
+  if (recovery_.checked > 0) {
+    LogInfo("cache '" + dir_ + "': checked " + std::to_string(recovery_.checked) +
+            " blocks written after the last persist: " + std::to_string(recovery_.rolled_back) +
+            " rolled back, " + std::to_string(recovery_.lost) + " dirty blocks lost");
+  }
+  MetaBatch batch;
+  for (const auto& [key, rec] : fixed) {
+    if (rec) {
+      batch.Put(*rec);
+    } else {
+      batch.RemoveBlock(key.first, key.second);
+    }
+  }
+  for (const auto& [seq, keep] : dirty_fix) {
+    auto it = dirty_.find(seq);
+    if (keep != 0 && it != dirty_.end()) {
+      batch.Put(DirtyRecord{seq, it->second.file_id, it->second.index});
+    } else if (it == dirty_.end()) {
+      batch.RemoveDirty(seq);  // no block kept refers to it
+    }
   }
   auto state = meta_->GetMountState();
   if (!state.ok()) return state.status();
@@ -289,8 +429,81 @@ Status Engine::Recover() {
   ms.policy_hints.clear();  // used once: a crash from here on must not reuse them
   ms.clean_shutdown = false;
   ms.mount_count++;
-  drop.Put(ms);
-  return meta_->Commit(drop, true);
+  batch.Put(ms);
+  // Every record kept now points at data read back from the store (or
+  // trusted): once the store is persisted, all epochs so far are durable,
+  // and this mount's epochs start above every epoch any record holds.
+  s = store_->Persist();
+  if (!s.ok()) return s.Prefixed("cache '" + dir_ + "' recovery");
+  epoch_ = max_epoch + 1;
+  durable_epoch_ = max_epoch;
+  last_used_epoch_ = max_epoch;
+  batch.PutDurable(max_epoch);
+  return meta_->Commit(batch, true);
+}
+
+std::optional<BlockRecord> Engine::ChooseVersion(const BlockRecord& r, uint64_t durable,
+                                                 const std::function<bool(uint64_t)>& taken,
+                                                 bool* lost) {
+  *lost = false;
+  std::vector<BlockVersion> candidates;
+  candidates.push_back(r.Current());
+  candidates.insert(candidates.end(), r.previous.begin(), r.previous.end());
+  for (BlockVersion& v : candidates) {
+    if (taken(v.slot)) {
+      *lost = true;  // its data may be right, but the slot holds another block's now
+      continue;
+    }
+    if (v.epoch > durable && !VerifyVersion(r.file_id, r.index, &v).dirty_ok) continue;
+    BlockRecord chosen = r;
+    chosen.Restore(v);
+    // Durable from here on (recovery persists the store): nothing older is
+    // needed any more.
+    chosen.previous.clear();
+    if (!chosen.AnyDirty() && chosen.dirty_seq != 0) chosen.dirty_seq = 0;
+    *lost = false;
+    return chosen;
+  }
+  // Every version failed its check. The list of versions ends either with
+  // one recovery trusts (which does not fail) or with the first version the
+  // block ever had since it was last not cached: before it, the block's data
+  // was SOURCE's, which is what dropping the record gives back.
+  return std::nullopt;
+}
+
+Engine::Verified Engine::VerifyVersion(uint64_t file_id, uint64_t index, BlockVersion* v) {
+  Verified out;
+  const uint32_t subs = static_cast<uint32_t>(v->crc.size());
+  thread_local std::unique_ptr<AlignedBuffer> tmp;
+  if (!tmp || tmp->size < sb_.block_size) tmp = std::make_unique<AlignedBuffer>(sb_.block_size);
+  auto valid = [&](uint32_t i) { return (v->valid[i / 64] >> (i % 64)) & 1; };
+  auto clear = [&](std::vector<uint64_t>& bits, uint32_t i) {
+    bits[i / 64] &= ~(uint64_t{1} << (i % 64));
+  };
+  for (uint32_t i = 0; i < subs;) {
+    if (!valid(i)) {
+      ++i;
+      continue;
+    }
+    uint32_t n = 1;
+    while (i + n < subs && valid(i + n)) ++n;
+    Status s = store_->Read(v->slot, i * kSubBlockSize, n * kSubBlockSize, tmp->data);
+    for (uint32_t k = i; k < i + n; ++k) {
+      const char* sub = tmp->data + static_cast<size_t>(k - i) * kSubBlockSize;
+      if (s.ok() && SubBlockCrc(file_id, index, v->generation, sub, kSubBlockSize) == v->crc[k]) {
+        out.good++;
+        if ((v->dirty[k / 64] >> (k % 64)) & 1) out.dirty_good++;
+        continue;
+      }
+      if ((v->dirty[k / 64] >> (k % 64)) & 1) {
+        out.dirty_ok = false;
+      } else {
+        clear(v->valid, k);  // clean: fetched again from SOURCE
+      }
+    }
+    i += n;
+  }
+  return out;
 }
 
 Engine::~Engine() {
@@ -436,11 +649,34 @@ Status Engine::Persist() {
   if (sync_done_ >= ticket) return Status::Ok();  // a persist that began after us covered us
   const uint64_t covers = sync_tickets_.load();
   std::vector<uint32_t> released;
+  uint64_t closing;  // the epoch whose data this persist makes durable
+  bool mark;
   {
     std::lock_guard<std::mutex> l(mu_);
     released.swap(quarantine_);
+    // Data tagged with `closing` was written before this point, so the
+    // store persist below covers it; data written from now on gets the next
+    // epoch. After a failed store persist nothing becomes durable again
+    // (the failure is sticky), so the epochs stop: the durable ones stay
+    // those up to epoch_ - 2.
+    closing = epoch_;
+    if (!store_persist_failed_) epoch_++;
+    // A marker only when some record has an epoch it does not cover yet:
+    // an idle persist then costs no WAL sync.
+    mark = last_used_epoch_ > durable_epoch_;
   }
   Status s = store_->Persist();
+  if (!s.ok()) {
+    std::lock_guard<std::mutex> l(mu_);
+    store_persist_failed_ = true;
+  }
+  if (s.ok() && mark) {
+    // After the store persist, in the WAL before the sync: whenever this
+    // marker survives, the data of every epoch up to `closing` is durable.
+    MetaBatch batch;
+    batch.PutDurable(closing);
+    s = meta_->Commit(batch, false);
+  }
   if (s.ok()) s = meta_->SyncWal();
   counters_.persists++;
   std::lock_guard<std::mutex> l(mu_);
@@ -449,7 +685,10 @@ Status Engine::Persist() {
     return s;
   }
   sync_done_ = covers;
-  // The records that stopped pointing at these slots are synced now.
+  if (mark) durable_epoch_ = std::max(durable_epoch_, closing);
+  // The records that stopped pointing at these slots are synced now, and so
+  // is a marker that covers the epochs of the records that replaced them:
+  // recovery never rolls back past those (docs/format.md, "Rollback").
   for (uint32_t slot : released) {
     if (readers_[slot] > 0) {
       free_when_unread_[slot] = true;
@@ -991,11 +1230,12 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
     if (!s.ok()) LogWarning("evicting a cached block failed: " + s.message());
   }
   BlockRecord rec;
+  BlockRecord before;
   bool ok = true;
   if (fill) {
     auto r = meta_->GetBlock(key.file_id, index);
     ok = r.ok() && r.value() && r.value()->slot == *slot;
-    if (ok) rec = *r.value();
+    if (ok) rec = before = *r.value();
   } else {
     rec = BlockRecord::Empty(key.file_id, index, sb_.block_size);
     rec.slot = *slot;
@@ -1004,14 +1244,23 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
   // Only sub-blocks not yet valid are written: valid data is never
   // overwritten in place (contract 2).
   bool added = false;
+  // Nor data an older version in this slot holds, which recovery may roll
+  // back to.
+  auto held = [&](uint32_t sub) {
+    if (rec.IsValid(sub)) return true;
+    for (const BlockVersion& v : rec.previous) {
+      if (v.slot == rec.slot && ((v.valid[sub / 64] >> (sub % 64)) & 1)) return true;
+    }
+    return false;
+  };
   for (uint32_t i = 0; ok && i < subs;) {
     uint32_t sub = first_sub + i;
-    if (sub >= rec.sub_blocks() || rec.IsValid(sub)) {
+    if (sub >= rec.sub_blocks() || held(sub)) {
       ++i;
       continue;
     }
     uint32_t n = 1;
-    while (i + n < subs && sub + n < rec.sub_blocks() && !rec.IsValid(sub + n)) ++n;
+    while (i + n < subs && sub + n < rec.sub_blocks() && !held(sub + n)) ++n;
     const char* src = data + static_cast<size_t>(i) * kSubBlockSize;
     Status s = store_->Write(*slot, sub * kSubBlockSize, n * kSubBlockSize, src);
     if (!s.ok()) {
@@ -1029,6 +1278,10 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
   }
   bool committed = false;
   if (ok && added) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      SealVersion(fill ? &before : nullptr, &rec);
+    }
     MetaBatch batch;
     batch.Put(rec);
     Status s = meta_->Commit(batch, false);

@@ -24,6 +24,10 @@
 // cache as dirty data, written back by the writer thread; writearound drops
 // the touched blocks (cache/engine_write.cc has the details).
 //
+// Power loss (contract 1c): block records carry the persist epoch of their
+// data and earlier versions; recovery rolls a block whose data did not
+// survive back to the newest version that did (docs/format.md, "Rollback").
+//
 // Coherence (contract 5): a file is matched by its path relative to SOURCE,
 // its inode number and its fingerprint (size, mtime, ctime). When SOURCE shows
 // another fingerprint than the one recorded (at open, or at getattr), the
@@ -42,6 +46,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -72,6 +77,11 @@ struct EngineConfig {
   bool reformat = false;
   // The slow store; RealBacking() unless a test injects another.
   Backing* backing = nullptr;
+  // Test seams (tests/cache/fault_layers.h), unset in the daemon: opens the
+  // metadata store instead of OpenRocksMetaStore(dir, create), and wraps
+  // the block store once it is open.
+  std::function<Result<std::unique_ptr<MetaStore>>(const std::string& dir, bool create)> open_meta;
+  std::function<std::unique_ptr<BlockStore>(std::unique_ptr<BlockStore>)> wrap_store;
 
   // Defaults of options fixed at format (ARCHITECTURE.md option table).
   static constexpr uint64_t kDefaultBlockSize = 64 * 1024;
@@ -103,6 +113,17 @@ struct EngineStats {
   uint64_t slots = 0;
   uint32_t block_size = 0;
   size_t index_memory = 0;  // bytes of RAM for the index and the policy
+};
+
+// What recovery at open found (contract 1c): block records whose data was
+// written after the last completed persist (or whose slot another record
+// claimed) and so was checked against the store, those rolled back to an
+// earlier version, and dirty blocks none of whose versions survived (data
+// lost: their records are removed).
+struct RecoveryReport {
+  uint64_t checked = 0;
+  uint64_t rolled_back = 0;
+  uint64_t lost = 0;
 };
 
 // The cache state of one source file while the FUSE layer knows it. Shared by
@@ -279,6 +300,7 @@ class Engine {
   void WaitForInstalls();
 
   EngineStats stats() const;
+  RecoveryReport recovery() const { return recovery_; }
 
   // --- runtime control (cachefsctl; cache/engine_control.cc) ---
   // Takes the options of `options` that may change while mounted
@@ -336,6 +358,33 @@ class Engine {
   void SetTunables(const CacheOptions& options);
 
   Status Recover();
+  // Recovery of one block record after an unclean shutdown: the newest of
+  // its versions whose dirty data verifies in the store (versions of epochs
+  // up to `durable` are trusted unread), with clean sub-blocks that do not
+  // verify marked invalid; versions whose slot `taken` says is used are
+  // skipped. nullopt when no version qualifies: the record goes, and `lost`
+  // says whether that loses data (a version was skipped) or gives back what
+  // the block held before its first version (SOURCE's data).
+  std::optional<BlockRecord> ChooseVersion(const BlockRecord& r, uint64_t durable,
+                                           const std::function<bool(uint64_t)>& taken, bool* lost)
+      EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How many of the valid sub-blocks of version `v` of block (file, index)
+  // match their CRCs in the store, and whether all dirty ones do; clears the
+  // valid bits of clean ones that do not in `v`.
+  struct Verified {
+    uint32_t good = 0;
+    uint32_t dirty_good = 0;
+    bool dirty_ok = true;
+    // Which of two claims on one slot keeps it: sound dirty data first (a
+    // stale clean record must not win over dirty data written since), then
+    // more sub-blocks that verify.
+    bool Beats(const Verified& o) const {
+      if (dirty_ok != o.dirty_ok) return dirty_ok;
+      if (dirty_good != o.dirty_good) return dirty_good > o.dirty_good;
+      return good > o.good;
+    }
+  };
+  Verified VerifyVersion(uint64_t file_id, uint64_t index, BlockVersion* v);
   // Serves the part of [pos, pos + want) that lies in pos's block, or more
   // when a run of missing blocks was fetched; 0 at end of file.
   Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out,
@@ -451,6 +500,20 @@ class Engine {
   uint64_t next_dirty_seq_ GUARDED_BY(mu_) = 1;
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Fetch>> fetches_ GUARDED_BY(mu_);
   uint64_t next_generation_ GUARDED_BY(mu_) = 1;
+  // Persist epochs (contract 1c, docs/format.md "Rollback"). Data written to
+  // the store is tagged, after the write, with the current epoch; Persist()
+  // moves to the next one before it persists the store, so data of epoch
+  // e is durable once the persist that closed e completed. With persists
+  // serialised, epochs up to epoch_ - 2 are always durable.
+  uint64_t epoch_ GUARDED_BY(mu_) = 1;
+  uint64_t last_used_epoch_ GUARDED_BY(mu_) = 0;  // newest epoch a record was given
+  // The newest durable-epoch marker synced to the metadata: recovery trusts
+  // versions up to it without reading the store.
+  uint64_t durable_epoch_ GUARDED_BY(mu_) = 0;
+  bool store_persist_failed_ GUARDED_BY(mu_) = false;  // epochs stop moving (sticky)
+  // Tags a record whose data was just written with the current epoch and
+  // keeps the versions of `before` recovery may have to roll back to.
+  void SealVersion(const BlockRecord* before, BlockRecord* out) EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   bool compare_ino_ = true;    // false for FUSE sources, whose inode numbers are made up
   std::mutex files_mu_;        // serialises file record changes and path changes
@@ -464,6 +527,7 @@ class Engine {
         not_admitted{0}, bypassed{0};
   };
   mutable Counters counters_;
+  RecoveryReport recovery_;  // written by Recover() only, before any other thread starts
 
   Tunables tunables_;
   std::atomic<CacheMode> mode_{CacheMode::kWritethrough};

@@ -7,7 +7,8 @@
 // intact): such a write copies the block to a new slot with a new
 // generation, and the old slot is quarantined until the next persist, when
 // the record that no longer points at it is synced. Sub-blocks not yet
-// valid are written in place: no record claims them. A write is acknowledged
+// valid are written in place: no record claims them (nor an earlier version
+// the record keeps for a rollback after a power loss). A write is acknowledged
 // after its data reached the store (the kernel) and its record the
 // metadata's log: it survives kill -9. Sync() makes it survive power loss.
 //
@@ -97,6 +98,36 @@ void Engine::UnlockBlock(uint64_t file_id, const std::shared_ptr<Fetch>& lock) {
 }
 
 void Engine::QuarantineSlot(uint32_t slot) { quarantine_.push_back(slot); }
+
+void Engine::SealVersion(const BlockRecord* before, BlockRecord* out) {
+  // Read after the data write: if a persist closes this epoch, its store
+  // persist started after the write completed and covers it.
+  out->epoch = epoch_;
+  last_used_epoch_ = std::max(last_used_epoch_, epoch_);
+  out->previous.clear();
+  if (before == nullptr) return;
+  // After a power loss recovery needs, for whatever epoch turns out durable
+  // (at least epoch_ - 2), the newest version of an epoch up to it: the
+  // newest of the previous epoch and the newest of an older one. Versions
+  // of this same epoch are durable exactly when this one is: not needed.
+  // Nothing older than a version of a durable epoch is ever needed.
+  std::vector<BlockVersion> older;
+  older.push_back(before->Current());
+  older.insert(older.end(), before->previous.begin(), before->previous.end());
+  bool have_previous_epoch = false;
+  for (const BlockVersion& v : older) {
+    if (v.epoch >= out->epoch) continue;
+    if (v.epoch + 1 == out->epoch) {
+      if (have_previous_epoch) continue;
+      have_previous_epoch = true;
+      out->previous.push_back(v);
+      if (v.epoch <= durable_epoch_) break;
+      continue;
+    }
+    out->previous.push_back(v);
+    break;
+  }
+}
 
 void Engine::AddDirty(uint64_t seq, const BlockKey& key) {
   dirty_[seq] = key;
@@ -188,8 +219,15 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
     std::lock_guard<std::mutex> l(mu_);
     ReleaseReader(*old_slot);
   };
+  // In place only where neither this version nor an older one recovery may
+  // roll back to (in the same slot) holds data.
   bool in_place = have;
-  for (uint32_t i = first; i < last && in_place; ++i) in_place = !rec.IsValid(i);
+  for (uint32_t i = first; i < last && in_place; ++i) {
+    in_place = !rec.IsValid(i);
+    for (const BlockVersion& v : rec.previous) {
+      if (v.slot == rec.slot && ((v.valid[i / 64] >> (i % 64)) & 1)) in_place = false;
+    }
+  }
 
   // The touched sub-blocks, whole: the new bytes over what was there before
   // (the cache's copy, or SOURCE's, or zeros past its end).
@@ -299,6 +337,7 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   {
     std::lock_guard<std::mutex> l(mu_);
     if (newly_dirty) out.dirty_seq = next_dirty_seq_++;
+    SealVersion(have ? &rec : nullptr, &out);
   }
   if (newly_dirty) batch.Put(DirtyRecord{out.dirty_seq, id, index});
   batch.Put(out);

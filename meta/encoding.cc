@@ -29,14 +29,17 @@ uint64_t SpareBits(uint32_t sub_blocks) {
   return used == 0 ? 0 : ~((uint64_t{1} << used) - 1);
 }
 
-// Reads and checks the record version byte of a non-superblock value.
-void CheckVersion(ValueDecoder* d) {
+// Reads and checks the record version byte of a non-superblock value;
+// returns it (0 when it failed).
+uint8_t CheckVersion(ValueDecoder* d, uint8_t newest = kRecordVersion) {
   const uint8_t v = d->GetU8();
-  if (d->failed()) return;
-  if (v == 0 || v > kRecordVersion) {
+  if (d->failed()) return 0;
+  if (v == 0 || v > newest) {
     d->Fail("record version " + std::to_string(v) + " is not known to this cachefs (" +
-            std::to_string(kRecordVersion) + ")");
+            std::to_string(newest) + ")");
+    return 0;
   }
+  return v;
 }
 
 bool GetBool(ValueDecoder* d) {
@@ -262,6 +265,22 @@ Result<PersistentCounters> DecodeCounters(std::string_view value) {
   return c;
 }
 
+std::string EncodeDurableEpoch(uint64_t epoch) {
+  ValueEncoder e;
+  e.PutU8(kRecordVersion);
+  e.PutU64(epoch);
+  return e.Take();
+}
+
+Result<uint64_t> DecodeDurableEpoch(std::string_view value) {
+  ValueDecoder d(value);
+  CheckVersion(&d);
+  const uint64_t epoch = d.GetU64();
+  Status s = d.Finish("durable epoch");
+  if (!s.ok()) return s;
+  return epoch;
+}
+
 // ---- Files and paths ----
 
 std::string EncodeFile(const FileRecord& f) {
@@ -318,36 +337,92 @@ Result<uint64_t> DecodePathValue(std::string_view value) {
 
 // ---- Blocks ----
 
+namespace {
+
+// The shape checks shared by a record and its rollback versions.
+Status CheckShape(const std::string& where, uint32_t subs, const std::vector<uint64_t>& valid,
+                  const std::vector<uint64_t>& dirty) {
+  const size_t words = BitmapWords(subs);
+  if (valid.size() != words || dirty.size() != words) {
+    return Status::Invalid(where + ": bitmaps of " + std::to_string(valid.size()) + " and " +
+                           std::to_string(dirty.size()) + " words for " + std::to_string(subs) +
+                           " sub-blocks");
+  }
+  const uint64_t spare = SpareBits(subs);
+  if ((valid.back() & spare) != 0 || (dirty.back() & spare) != 0) {
+    return Status::Invalid(where + ": bits set beyond the last sub-block");
+  }
+  return Status::Ok();
+}
+
+void PutBitsAndCrcs(ValueEncoder* e, const std::vector<uint64_t>& valid,
+                    const std::vector<uint64_t>& dirty, const std::vector<uint32_t>& crc) {
+  for (uint64_t w : valid) e->PutU64(w);
+  for (uint64_t w : dirty) e->PutU64(w);
+  for (uint32_t c : crc) e->PutU32(c);
+}
+
+// Reads the bitmaps and CRCs of `subs` sub-blocks. REQUIRES: the decoder
+// holds at least that many bytes (checked by the caller, before sizing).
+void GetBitsAndCrcs(ValueDecoder* d, uint32_t subs, std::vector<uint64_t>* valid,
+                    std::vector<uint64_t>* dirty, std::vector<uint32_t>* crc) {
+  const size_t words = BitmapWords(subs);
+  valid->resize(words);
+  dirty->resize(words);
+  crc->resize(subs);
+  for (uint64_t& w : *valid) w = d->GetU64();
+  for (uint64_t& w : *dirty) w = d->GetU64();
+  for (uint32_t& c : *crc) c = d->GetU32();
+  const uint64_t spare = SpareBits(subs);
+  if ((valid->back() & spare) != 0 || (dirty->back() & spare) != 0) {
+    d->Fail("bits set beyond the last sub-block");
+  }
+}
+
+}  // namespace
+
 Status ValidateBlock(const BlockRecord& b) {
   const std::string where = "block record (file " + std::to_string(b.file_id) + ", block " +
                             std::to_string(b.index) + ")";
   if (b.crc.empty() || b.crc.size() > UINT32_MAX) {
     return Status::Invalid(where + ": " + std::to_string(b.crc.size()) + " sub-blocks");
   }
-  const size_t words = BitmapWords(b.sub_blocks());
-  if (b.valid.size() != words || b.dirty.size() != words) {
-    return Status::Invalid(where + ": bitmaps of " + std::to_string(b.valid.size()) + " and " +
-                           std::to_string(b.dirty.size()) + " words for " +
-                           std::to_string(b.sub_blocks()) + " sub-blocks");
+  Status s = CheckShape(where, b.sub_blocks(), b.valid, b.dirty);
+  if (!s.ok()) return s;
+  if (b.previous.size() > BlockRecord::kMaxPrevious) {
+    return Status::Invalid(where + ": " + std::to_string(b.previous.size()) + " rollback versions");
   }
-  const uint64_t spare = SpareBits(b.sub_blocks());
-  if ((b.valid.back() & spare) != 0 || (b.dirty.back() & spare) != 0) {
-    return Status::Invalid(where + ": bits set beyond the last sub-block");
+  for (const BlockVersion& v : b.previous) {
+    if (v.crc.size() != b.crc.size()) {
+      return Status::Invalid(where + ": a rollback version of " + std::to_string(v.crc.size()) +
+                             " sub-blocks");
+    }
+    s = CheckShape(where + " rollback version", b.sub_blocks(), v.valid, v.dirty);
+    if (!s.ok()) return s;
   }
   return Status::Ok();
 }
 
 std::string EncodeBlock(const BlockRecord& b) {
   ValueEncoder e;
-  e.buffer().reserve(1 + 8 * 3 + 4 + 16 * b.valid.size() + 4 * b.crc.size());
-  e.PutU8(kRecordVersion);
+  const size_t per_version = 16 * b.valid.size() + 4 * b.crc.size();
+  e.buffer().reserve(1 + 8 * 3 + 4 + per_version + 9 + b.previous.size() * (32 + per_version));
+  e.PutU8(kBlockRecordVersion);
   e.PutU64(b.slot);
   e.PutU64(b.generation);
   e.PutU64(b.dirty_seq);
   e.PutU32(b.sub_blocks());
-  for (uint64_t w : b.valid) e.PutU64(w);
-  for (uint64_t w : b.dirty) e.PutU64(w);
-  for (uint32_t c : b.crc) e.PutU32(c);
+  PutBitsAndCrcs(&e, b.valid, b.dirty, b.crc);
+  // Version 2: the epoch and the rollback versions.
+  e.PutU64(b.epoch);
+  e.PutU8(static_cast<uint8_t>(b.previous.size()));
+  for (const BlockVersion& v : b.previous) {
+    e.PutU64(v.slot);
+    e.PutU64(v.generation);
+    e.PutU64(v.dirty_seq);
+    e.PutU64(v.epoch);
+    PutBitsAndCrcs(&e, v.valid, v.dirty, v.crc);
+  }
   return e.Take();
 }
 
@@ -356,30 +431,40 @@ Result<BlockRecord> DecodeBlock(std::string_view key, std::string_view value) {
   Status s = DecodeBlockKey(key, &b.file_id, &b.index);
   if (!s.ok()) return s;
   ValueDecoder d(value);
-  CheckVersion(&d);
+  const uint8_t version = CheckVersion(&d, kBlockRecordVersion);
   b.slot = d.GetU64();
   b.generation = d.GetU64();
   b.dirty_seq = d.GetU64();
   const uint32_t subs = d.GetU32();
-  const size_t words = BitmapWords(subs);
   if (!d.failed() && subs == 0) d.Fail("no sub-blocks");
   // Check the length before sizing vectors so that a corrupt count cannot
   // make us allocate gigabytes.
-  const size_t need = 16 * words + 4 * size_t{subs};
-  if (!d.failed() && d.remaining() < need) d.Fail("truncated");
-  if (!d.failed() && d.remaining() > need) {
-    d.Fail(std::to_string(d.remaining() - need) + " trailing bytes");
+  const size_t per_version = 16 * BitmapWords(subs) + 4 * size_t{subs};
+  if (!d.failed() && d.remaining() < per_version) d.Fail("truncated");
+  if (!d.failed() && version == 1 && d.remaining() > per_version) {
+    d.Fail(std::to_string(d.remaining() - per_version) + " trailing bytes");
   }
   if (d.failed()) return d.Finish("block");
-  b.valid.resize(words);
-  b.dirty.resize(words);
-  b.crc.resize(subs);
-  for (uint64_t& w : b.valid) w = d.GetU64();
-  for (uint64_t& w : b.dirty) w = d.GetU64();
-  for (uint32_t& c : b.crc) c = d.GetU32();
-  const uint64_t spare = SpareBits(subs);
-  if ((b.valid.back() & spare) != 0 || (b.dirty.back() & spare) != 0) {
-    d.Fail("bits set beyond the last sub-block");
+  GetBitsAndCrcs(&d, subs, &b.valid, &b.dirty, &b.crc);
+  if (version >= 2) {
+    b.epoch = d.GetU64();
+    const uint8_t count = d.GetU8();
+    if (!d.failed() && count > BlockRecord::kMaxPrevious) {
+      d.Fail(std::to_string(count) + " rollback versions");
+    }
+    const size_t need = count * (32 + per_version);
+    if (!d.failed() && d.remaining() < need) d.Fail("truncated");
+    if (!d.failed() && d.remaining() > need) {
+      d.Fail(std::to_string(d.remaining() - need) + " trailing bytes");
+    }
+    if (!d.failed()) b.previous.resize(count);
+    for (BlockVersion& v : b.previous) {
+      v.slot = d.GetU64();
+      v.generation = d.GetU64();
+      v.dirty_seq = d.GetU64();
+      v.epoch = d.GetU64();
+      GetBitsAndCrcs(&d, subs, &v.valid, &v.dirty, &v.crc);
+    }
   }
   s = d.Finish("block");
   if (!s.ok()) return s;

@@ -29,6 +29,9 @@ namespace cachefs {
 // Version byte written in front of every value but the superblock's. A
 // decoder accepts versions 1 to its own and refuses newer ones.
 inline constexpr uint8_t kRecordVersion = 1;
+// Block records have their own version: 2 added the persist epoch and the
+// rollback versions (version 1 records still decode, with neither).
+inline constexpr uint8_t kBlockRecordVersion = 2;
 
 // Column families of the RocksDB store.
 inline constexpr char kFilesFamily[] = "files";
@@ -39,6 +42,7 @@ inline constexpr char kDirtyFamily[] = "dirty";
 inline constexpr std::string_view kSuperblockKey = "superblock";
 inline constexpr std::string_view kMountStateKey = "mount_state";
 inline constexpr std::string_view kCountersKey = "counters";
+inline constexpr std::string_view kDurableEpochKey = "durable_epoch";
 
 // Appends fixed-width little-endian integers and length-prefixed strings.
 class ValueEncoder {
@@ -110,6 +114,10 @@ Result<MountState> DecodeMountState(std::string_view value);
 std::string EncodeCounters(const PersistentCounters& c);
 Result<PersistentCounters> DecodeCounters(std::string_view value);
 
+// The persist epoch whose data is known durable (MetaStore::GetDurableEpoch).
+std::string EncodeDurableEpoch(uint64_t epoch);
+Result<uint64_t> DecodeDurableEpoch(std::string_view value);
+
 // Key: FileKey(file.file_id).
 std::string EncodeFile(const FileRecord& file);
 Result<FileRecord> DecodeFile(std::string_view key, std::string_view value);
@@ -127,7 +135,8 @@ std::string EncodeDirty(const DirtyRecord& d);
 Result<DirtyRecord> DecodeDirty(std::string_view key, std::string_view value);
 
 // EINVAL unless `block` has at least one sub-block, ceil(sub_blocks / 64)
-// valid and dirty words and no bit set beyond its last sub-block.
+// valid and dirty words and no bit set beyond its last sub-block, and at
+// most BlockRecord::kMaxPrevious rollback versions of the same shape.
 Status ValidateBlock(const BlockRecord& block);
 // What every store checks before it applies a batch: each block passes
 // ValidateBlock and no dirty entry has seq 0 (0 means "clean" in a block).

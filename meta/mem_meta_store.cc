@@ -46,6 +46,11 @@ Result<std::optional<BlockRecord>> MemMetaStore::GetBlock(uint64_t file_id, uint
   return std::optional<BlockRecord>(it->second);
 }
 
+Result<uint64_t> MemMetaStore::GetDurableEpoch() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return durable_epoch_;
+}
+
 namespace {
 
 // Calls `fn` on each element of a snapshot until it returns false.
@@ -157,9 +162,11 @@ Status MemMetaStore::Commit(const MetaBatch& batch, bool /*sync*/) {
             blocks_.erase({o.file_id, o.index});
           } else if constexpr (std::is_same_v<T, MetaBatch::PutDirty>) {
             dirty_[o.dirty.seq] = o.dirty;
-          } else {
-            static_assert(std::is_same_v<T, MetaBatch::DeleteDirty>);
+          } else if constexpr (std::is_same_v<T, MetaBatch::DeleteDirty>) {
             dirty_.erase(o.seq);
+          } else {
+            static_assert(std::is_same_v<T, MetaBatch::PutDurableEpoch>);
+            durable_epoch_ = o.epoch;
           }
         },
         op);

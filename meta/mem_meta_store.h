@@ -32,6 +32,7 @@ class MemMetaStore final : public MetaStore {
   Result<std::optional<FileRecord>> GetFile(uint64_t file_id) override;
   Result<std::optional<uint64_t>> LookupPath(const std::string& path) override;
   Result<std::optional<BlockRecord>> GetBlock(uint64_t file_id, uint64_t index) override;
+  Result<uint64_t> GetDurableEpoch() override;
 
   Status ScanFiles(const std::function<bool(const FileRecord&)>& fn) override;
   Status ScanPaths(const std::string& prefix,
@@ -56,6 +57,7 @@ class MemMetaStore final : public MetaStore {
   std::map<std::string, uint64_t> paths_ GUARDED_BY(mu_);
   std::map<BlockKey, BlockRecord> blocks_ GUARDED_BY(mu_);
   std::map<uint64_t, DirtyRecord> dirty_ GUARDED_BY(mu_);
+  uint64_t durable_epoch_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace cachefs

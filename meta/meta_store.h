@@ -61,8 +61,14 @@ class MetaBatch {
   struct DeleteDirty {
     uint64_t seq;
   };
-  using Op = std::variant<PutSuperblock, PutMountState, PutCounters, PutFile, DeleteFile, PutPath,
-                          DeletePath, PutBlock, DeleteBlock, PutDirty, DeleteDirty>;
+  // The persist epoch up to which block data is durable (recovery checks
+  // only blocks written in later epochs).
+  struct PutDurableEpoch {
+    uint64_t epoch;
+  };
+  using Op =
+      std::variant<PutSuperblock, PutMountState, PutCounters, PutFile, DeleteFile, PutPath,
+                   DeletePath, PutBlock, DeleteBlock, PutDirty, DeleteDirty, PutDurableEpoch>;
 
   void Put(Superblock sb) { ops_.emplace_back(PutSuperblock{std::move(sb)}); }
   void Put(MountState s) { ops_.emplace_back(PutMountState{std::move(s)}); }
@@ -79,6 +85,7 @@ class MetaBatch {
   }
   void Put(DirtyRecord d) { ops_.emplace_back(PutDirty{d}); }
   void RemoveDirty(uint64_t seq) { ops_.emplace_back(DeleteDirty{seq}); }
+  void PutDurable(uint64_t epoch) { ops_.emplace_back(PutDurableEpoch{epoch}); }
 
   const std::vector<Op>& ops() const { return ops_; }
   bool empty() const { return ops_.empty(); }
@@ -99,6 +106,8 @@ class MetaStore {
   virtual Result<std::optional<FileRecord>> GetFile(uint64_t file_id) = 0;
   virtual Result<std::optional<uint64_t>> LookupPath(const std::string& path) = 0;
   virtual Result<std::optional<BlockRecord>> GetBlock(uint64_t file_id, uint64_t index) = 0;
+  // The last PutDurable value; 0 when none was ever written.
+  virtual Result<uint64_t> GetDurableEpoch() = 0;
 
   // Scans call `fn` in key order until it returns false.
   // Files by id; paths that start with `prefix` ("" for all) in byte order;

@@ -40,4 +40,18 @@ bool BlockRecord::AnyDirty() const {
   return std::any_of(dirty.begin(), dirty.end(), [](uint64_t w) { return w != 0; });
 }
 
+BlockVersion BlockRecord::Current() const {
+  return BlockVersion{slot, generation, dirty_seq, epoch, valid, dirty, crc};
+}
+
+void BlockRecord::Restore(const BlockVersion& v) {
+  slot = v.slot;
+  generation = v.generation;
+  dirty_seq = v.dirty_seq;
+  epoch = v.epoch;
+  valid = v.valid;
+  dirty = v.dirty;
+  crc = v.crc;
+}
+
 }  // namespace cachefs

@@ -17,7 +17,8 @@ enum class CacheMode : uint8_t { kWritethrough, kWriteback, kWritearound, kReado
 enum class StoreKind : uint8_t { kFile, kPmem };
 
 inline constexpr char kSuperblockMagic[8] = {'C', 'A', 'C', 'H', 'E', 'F', 'S', '1'};
-inline constexpr uint32_t kFormatVersion = 1;
+// 2: block records carry a persist epoch and rollback versions (docs/format.md).
+inline constexpr uint32_t kFormatVersion = 2;
 // Checksums, valid and dirty bits are kept per sub-block of this size.
 inline constexpr uint32_t kSubBlockSize = 4096;
 
@@ -85,8 +86,26 @@ struct FileRecord {
   bool operator==(const FileRecord&) const = default;
 };
 
+// An earlier placement of a block's data that recovery may roll back to
+// after a power loss (contract 1c): the fields of BlockRecord that describe
+// the data, and the persist epoch in which that data was written.
+struct BlockVersion {
+  uint64_t slot = 0;
+  uint64_t generation = 0;
+  uint64_t dirty_seq = 0;
+  uint64_t epoch = 0;
+  std::vector<uint64_t> valid;
+  std::vector<uint64_t> dirty;
+  std::vector<uint32_t> crc;
+
+  bool operator==(const BlockVersion&) const = default;
+};
+
 // One cached block of one file, living in one store slot.
 struct BlockRecord {
+  // Rollback versions a record keeps at most (docs/format.md, "Rollback").
+  static constexpr size_t kMaxPrevious = 2;
+
   uint64_t file_id = 0;
   uint64_t index = 0;  // block number in the file: byte offset / block_size
   uint64_t slot = 0;
@@ -99,6 +118,13 @@ struct BlockRecord {
   std::vector<uint32_t> crc;
   // Key of this block's entry in the dirty index; 0 when clean.
   uint64_t dirty_seq = 0;
+  // The persist epoch in which this version's data was last written to the
+  // store (Engine::Persist): durable once a persist of a later epoch
+  // completed. 0 in records written before epochs existed (durable).
+  uint64_t epoch = 0;
+  // Earlier versions recovery may roll back to, newest first (at most
+  // kMaxPrevious), when this one's data did not survive a power loss.
+  std::vector<BlockVersion> previous;
 
   // An empty record sized for `block_size` (all bits clear).
   static BlockRecord Empty(uint64_t file_id, uint64_t index, uint32_t block_size);
@@ -108,6 +134,10 @@ struct BlockRecord {
   void SetValid(uint32_t sub, bool on);
   void SetDirty(uint32_t sub, bool on);
   bool AnyDirty() const;
+  // This record's own version (without `previous`), and the record made
+  // current again from `v` (file, index and `previous` unchanged).
+  BlockVersion Current() const;
+  void Restore(const BlockVersion& v);
 
   bool operator==(const BlockRecord&) const = default;
 };

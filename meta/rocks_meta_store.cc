@@ -140,7 +140,8 @@ Result<std::unique_ptr<MetaStore>> OpenRocksMetaStore(const std::string& dir, bo
   return std::unique_ptr<MetaStore>(std::move(r.value()));
 }
 
-Result<std::unique_ptr<RocksMetaStore>> RocksMetaStore::Open(const std::string& dir, bool create) {
+Result<std::unique_ptr<RocksMetaStore>> RocksMetaStore::Open(const std::string& dir, bool create,
+                                                             rocksdb::Env* env) {
   struct stat st {};
   const bool exists = ::stat((dir + "/CURRENT").c_str(), &st) == 0;
   if (!exists && errno != ENOENT && errno != ENOTDIR) {
@@ -154,6 +155,7 @@ Result<std::unique_ptr<RocksMetaStore>> RocksMetaStore::Open(const std::string& 
   }
 
   rocksdb::DBOptions db_opts;
+  if (env != nullptr) db_opts.env = env;
   db_opts.create_if_missing = create;
   db_opts.create_missing_column_families = create;
   db_opts.max_background_jobs = 2;
@@ -285,6 +287,13 @@ Result<std::optional<MountState>> RocksMetaStore::GetMountState() {
 Result<std::optional<PersistentCounters>> RocksMetaStore::GetCounters() {
   return DecodeOptional<PersistentCounters>(Get(default_, rocksdb::Slice(kCountersKey)),
                                             "cache metadata in " + dir_, DecodeCounters);
+}
+
+Result<uint64_t> RocksMetaStore::GetDurableEpoch() {
+  auto r = DecodeOptional<uint64_t>(Get(default_, rocksdb::Slice(kDurableEpochKey)),
+                                    "cache metadata in " + dir_, DecodeDurableEpoch);
+  if (!r.ok()) return r.status();
+  return r.value().value_or(0);
 }
 
 Result<std::optional<FileRecord>> RocksMetaStore::GetFile(uint64_t file_id) {
@@ -448,9 +457,11 @@ Status RocksMetaStore::Commit(const MetaBatch& batch, bool sync) {
             return wb.Delete(blocks_, BlockKey(o.file_id, o.index));
           } else if constexpr (std::is_same_v<T, MetaBatch::PutDirty>) {
             return wb.Put(dirty_, DirtyKey(o.dirty.seq), EncodeDirty(o.dirty));
-          } else {
-            static_assert(std::is_same_v<T, MetaBatch::DeleteDirty>);
+          } else if constexpr (std::is_same_v<T, MetaBatch::DeleteDirty>) {
             return wb.Delete(dirty_, DirtyKey(o.seq));
+          } else {
+            static_assert(std::is_same_v<T, MetaBatch::PutDurableEpoch>);
+            return wb.Put(default_, rocksdb::Slice(kDurableEpochKey), EncodeDurableEpoch(o.epoch));
           }
         },
         op);

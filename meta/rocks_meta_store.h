@@ -37,8 +37,12 @@ namespace cachefs {
 
 class RocksMetaStore final : public MetaStore {
  public:
-  // See OpenRocksMetaStore() in meta/meta_store.h.
-  static Result<std::unique_ptr<RocksMetaStore>> Open(const std::string& dir, bool create);
+  // See OpenRocksMetaStore() in meta/meta_store.h. `env` replaces RocksDB's
+  // default Env (all of the database's file IO goes through it): tests
+  // inject faults there (tests/cache/fault_layers.h). It must outlive the
+  // store. Default: nullptr, rocksdb::Env::Default().
+  static Result<std::unique_ptr<RocksMetaStore>> Open(const std::string& dir, bool create,
+                                                      rocksdb::Env* env = nullptr);
   ~RocksMetaStore() override;
   RocksMetaStore(const RocksMetaStore&) = delete;
   RocksMetaStore& operator=(const RocksMetaStore&) = delete;
@@ -49,6 +53,7 @@ class RocksMetaStore final : public MetaStore {
   Result<std::optional<FileRecord>> GetFile(uint64_t file_id) override;
   Result<std::optional<uint64_t>> LookupPath(const std::string& path) override;
   Result<std::optional<BlockRecord>> GetBlock(uint64_t file_id, uint64_t index) override;
+  Result<uint64_t> GetDurableEpoch() override;
 
   Status ScanFiles(const std::function<bool(const FileRecord&)>& fn) override;
   Status ScanPaths(const std::string& prefix,

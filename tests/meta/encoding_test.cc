@@ -175,7 +175,8 @@ TEST(Encoding, BlockRoundTripAtEverySize) {
     ASSERT_TRUE(ValidateBlock(b).ok());
     const std::string key = BlockKey(b.file_id, b.index);
     const std::string v = EncodeBlock(b);
-    EXPECT_EQ(v.size(), 1 + 3 * 8 + 4 + 16 * ((subs + 63) / 64) + 4 * subs);
+    // Version 2: the epoch and the count of rollback versions (none here) follow.
+    EXPECT_EQ(v.size(), 1 + 3 * 8 + 4 + 16 * ((subs + 63) / 64) + 4 * subs + 8 + 1);
     auto r = DecodeBlock(key, v);
     ASSERT_TRUE(r.ok()) << r.status().message();
     EXPECT_EQ(r.value(), b);
@@ -183,6 +184,90 @@ TEST(Encoding, BlockRoundTripAtEverySize) {
       ExpectStrict(v, [&](std::string_view s) { return DecodeBlock(key, s); });
     }
   }
+}
+
+// A block with two rollback versions, as the engine keeps after rewrites.
+BlockRecord SampleBlockWithHistory(uint32_t subs) {
+  BlockRecord b = SampleBlock(subs);
+  b.epoch = 12;
+  for (uint64_t k = 1; k <= BlockRecord::kMaxPrevious; ++k) {
+    BlockRecord old = SampleBlock(subs);
+    old.slot = 100 + k;
+    old.generation = b.generation - k;
+    old.dirty_seq = 70 - k;
+    old.epoch = b.epoch - k;
+    old.SetValid(0, k % 2 == 0);
+    old.crc[0] = static_cast<uint32_t>(k);
+    b.previous.push_back(old.Current());
+  }
+  return b;
+}
+
+TEST(Encoding, BlockWithRollbackVersionsRoundTrips) {
+  for (uint32_t subs : {1u, 16u, 1024u}) {
+    SCOPED_TRACE(subs);
+    const BlockRecord b = SampleBlockWithHistory(subs);
+    ASSERT_TRUE(ValidateBlock(b).ok());
+    const std::string key = BlockKey(b.file_id, b.index);
+    const std::string v = EncodeBlock(b);
+    const size_t per_version = 16 * ((subs + 63) / 64) + 4 * subs;
+    EXPECT_EQ(v.size(), 1 + 3 * 8 + 4 + per_version + 8 + 1 + 2 * (size_t{32} + per_version));
+    auto r = DecodeBlock(key, v);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_EQ(r.value(), b);
+    if (subs <= 16) {
+      ExpectStrict(v, [&](std::string_view s) { return DecodeBlock(key, s); });
+    }
+  }
+}
+
+// Records written by format 1 (record version 1: no epoch, no rollback
+// versions) still decode, as durable (epoch 0) versions without history.
+TEST(Encoding, VersionOneBlockRecordsStillDecode) {
+  const BlockRecord b = SampleBlock(16);
+  std::string v = EncodeBlock(b);
+  v.resize(v.size() - 9);  // the version 1 layout is the version 2 one without its tail
+  v[0] = 1;
+  const std::string key = BlockKey(b.file_id, b.index);
+  auto r = DecodeBlock(key, v);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r.value(), b);
+  EXPECT_EQ(r.value().epoch, 0u);
+  EXPECT_TRUE(r.value().previous.empty());
+  ExpectStrict(v, [&](std::string_view s) { return DecodeBlock(key, s); });
+  v[0] = static_cast<char>(kBlockRecordVersion + 1);
+  EXPECT_FALSE(DecodeBlock(key, v).ok());
+}
+
+TEST(Encoding, BadRollbackVersionsAreRejected) {
+  BlockRecord b = SampleBlockWithHistory(16);
+  const std::string key = BlockKey(b.file_id, b.index);
+  std::string v = EncodeBlock(b);
+  const size_t count_at = 1 + 3 * 8 + 4 + 16 + 64 + 8;
+  ASSERT_EQ(static_cast<uint8_t>(v[count_at]), 2);
+  v[count_at] = 3;  // more than a record keeps
+  auto r = DecodeBlock(key, v);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), EUCLEAN);
+  v[count_at] = static_cast<char>(255);  // and more than the bytes that follow
+  EXPECT_FALSE(DecodeBlock(key, v).ok());
+
+  BlockRecord too_many = b;
+  too_many.previous.push_back(b.previous[0]);
+  EXPECT_TRUE(ValidateBlock(too_many).IsInvalid());
+  BlockRecord wrong_shape = b;
+  wrong_shape.previous[1].crc.pop_back();
+  EXPECT_TRUE(ValidateBlock(wrong_shape).IsInvalid());
+  BlockRecord spare = b;
+  spare.previous[0].dirty[0] |= uint64_t{1} << 40;
+  EXPECT_TRUE(ValidateBlock(spare).IsInvalid());
+}
+
+TEST(Encoding, DurableEpochRoundTrip) {
+  auto r = DecodeDurableEpoch(EncodeDurableEpoch(0x123456789abcull));
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r.value(), 0x123456789abcull);
+  ExpectStrict(EncodeDurableEpoch(5), DecodeDurableEpoch);
 }
 
 TEST(Encoding, CorruptBlocksAreRejected) {

@@ -155,6 +155,7 @@ TYPED_TEST(MetaStoreTest, EmptyStoreHasNothing) {
   EXPECT_EQ(calls, 0);
   EXPECT_EQ(s.MaxFileId().value(), 0u);
   EXPECT_EQ(s.MaxDirtySeq().value(), 0u);
+  EXPECT_EQ(s.GetDurableEpoch().value(), 0u);
   EXPECT_TRUE(s.Commit(MetaBatch(), true).ok());
   EXPECT_TRUE(s.SyncWal().ok());
 }
@@ -169,8 +170,11 @@ TYPED_TEST(MetaStoreTest, PutGetDeleteEveryRecord) {
   b.Put(std::string("dir/f"), 5);
   b.Put(Block(5, 9, 1024));
   b.Put(DirtyRecord{11, 5, 9});
+  b.PutDurable(41);
+  b.PutDurable(42);  // the last one wins
   this->Commit(b);
 
+  EXPECT_EQ(s.GetDurableEpoch().value(), 42u);
   EXPECT_EQ(s.GetSuperblock().value(), Sb());
   EXPECT_EQ(s.GetMountState().value(), (MountState{false, 3, "lru"}));
   EXPECT_EQ(s.GetCounters().value(), (PersistentCounters{1, 2, 3, 4, 5, 6, 7}));

@@ -889,12 +889,18 @@ Status Engine::CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t
     file.epoch_++;
   }
   MetaBatch batch;
-  Status s = from_index < to_index ? DropBlocksInto(file.file_id_, from_index, to_index, batch)
-                                   : Status::Ok();
+  std::vector<uint32_t> dropped;
+  Status s = from_index < to_index
+                 ? DropBlocksInto(file.file_id_, from_index, to_index, batch, dropped)
+                 : Status::Ok();
   if (!s.ok()) return s;
   s = FileRecordInto(file, batch);
   if (!s.ok() || batch.empty()) return s;
-  return meta_->Commit(batch, false);
+  s = meta_->Commit(batch, false);
+  // After a failed commit the records still point at the slots: they stay
+  // out of use until the next mount rather than be reused under them.
+  if (s.ok()) ReleaseDropped(dropped);
+  return s;
 }
 
 Status Engine::AfterWrite(CachedFile& file, uint64_t off, uint64_t len, const struct stat& st) {
@@ -1058,7 +1064,7 @@ std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch, const BlockKey* a
 }
 
 Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index,
-                              MetaBatch& batch, bool keep_dirty) {
+                              MetaBatch& batch, std::vector<uint32_t>& dropped, bool keep_dirty) {
   std::vector<uint64_t> doomed;
   if (to_index - from_index <= kDropByIndexLimit) {
     // A write's few blocks: the index knows every record (recovery loads
@@ -1084,40 +1090,42 @@ Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to
     auto slot = index_->Find({file_id, index});
     if (slot && dirty_slot_[*slot]) {
       if (keep_dirty) continue;
-      // Dropping dirty data (truncated away, or its file is gone): its
-      // record may come back after a power loss until this batch is synced,
-      // so the slot waits for the next persist.
+      // Dropping dirty data (truncated away, or its file is gone).
       auto it = dirty_seq.find(index);
       if (it != dirty_seq.end()) {
         batch.RemoveDirty(it->second);
         EraseDirty(it->second);
       }
       dirty_slot_[*slot] = false;
-      batch.RemoveBlock(file_id, index);
-      index_->Erase(*slot);
-      policy_->Remove(*slot);
-      QuarantineSlot(*slot);
-      continue;
     }
     batch.RemoveBlock(file_id, index);
     if (!slot) continue;
     index_->Erase(*slot);
     policy_->Remove(*slot);
-    if (readers_[*slot] > 0) {
-      free_when_unread_[*slot] = true;
-    } else {
-      FreeSlot(*slot);
-    }
+    // The record stays in the metadata until the caller commits `batch`,
+    // and may come back after a power loss until that is synced: the slot
+    // is quarantined once the batch is committed (ReleaseDropped), never
+    // before, or a persist in between could free it for reuse while the
+    // record still points at it.
+    dropped.push_back(*slot);
   }
   return Status::Ok();
+}
+
+void Engine::ReleaseDropped(const std::vector<uint32_t>& dropped) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (uint32_t slot : dropped) QuarantineSlot(slot);
 }
 
 Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index,
                           bool keep_dirty) {
   MetaBatch batch;
-  Status s = DropBlocksInto(file_id, from_index, to_index, batch, keep_dirty);
+  std::vector<uint32_t> dropped;
+  Status s = DropBlocksInto(file_id, from_index, to_index, batch, dropped, keep_dirty);
   if (!s.ok() || batch.empty()) return s;
-  return meta_->Commit(batch, false);
+  s = meta_->Commit(batch, false);
+  if (s.ok()) ReleaseDropped(dropped);  // (see CommitOwnChange)
+  return s;
 }
 
 Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end,

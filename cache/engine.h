@@ -454,9 +454,13 @@ class Engine {
   // Drops the cached blocks of `file_id` with from_index <= index < to_index
   // from the index at once and from the metadata with `batch`
   // (DropBlocksInto) or with a commit of its own (DropBlocks).
-  // Dirty blocks go too, unless `keep_dirty`.
+  // Dirty blocks go too, unless `keep_dirty`. DropBlocksInto adds the slots
+  // it freed to `dropped`, for ReleaseDropped once `batch` is committed.
   Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch,
-                        bool keep_dirty = false);
+                        std::vector<uint32_t>& dropped, bool keep_dirty = false);
+  // Quarantines the slots of blocks whose removal is now committed: free
+  // at the next persist, when that removal is synced.
+  void ReleaseDropped(const std::vector<uint32_t>& dropped) LOCKS_EXCLUDED(mu_);
   Status DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index,
                     bool keep_dirty = false);
   // A change cachefs made to SOURCE: adopt `st`, drop blocks [from, to), one batch.

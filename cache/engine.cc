@@ -821,7 +821,9 @@ Result<bool> Engine::Revalidate(CachedFile& file, const struct stat& st) {
     std::lock_guard<std::mutex> lock(file.mu_);
     bool same_ino = !compare_ino_ || file.source_ino_ == static_cast<uint64_t>(st.st_ino);
     if (file.fingerprint_ == now && same_ino) return false;
-    if (file.writing_back_) return false;  // the writer's own change, adopted when it is done
+    // The writer's own change, or one the FUSE layer is making: adopted
+    // when it is done.
+    if (file.writing_back_ || file.source_change_) return false;
     conflict = file.overlay_ && !file.conflict_;
   }
   if (conflict || HasDirty(file.file_id_)) {
@@ -1285,7 +1287,14 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
     i += n;
   }
   bool committed = false;
-  if (ok && added) {
+  // The epoch check and the commit are one step against CommitOwnChange
+  // (which bumps the epoch and drops blocks under files_mu_): a truncate
+  // either finds this record and drops it, or this fetch sees the new
+  // epoch and puts nothing. (Putting it and taking it back after, as
+  // below for other changes, leaves a window in which a kill -9 keeps the
+  // record of a block truncated away.)
+  std::unique_lock<std::mutex> files_lock(files_mu_);
+  if (ok && added && file.epoch_.load() == epoch) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       SealVersion(fill ? &before : nullptr, &rec);
@@ -1318,6 +1327,7 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
       undo = committed;
     }
   }
+  files_lock.unlock();
   // Only this fetch's leader puts records of this block, so the removal
   // cannot hit a newer record.
   if (undo) {

@@ -164,7 +164,9 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   int64_t mtime_ns_ = 0;
   bool writing_back_ = false;
   bool conflict_ = false;
-  int writes_ = 0;  // Write() calls in progress (the overlay stays while any is)
+  int writes_ = 0;              // Write() calls in progress (the overlay stays while any is)
+  bool source_change_ = false;  // an Engine::SourceChange is held
+  std::condition_variable cv_;  // with mu_: writes_ and source_change_ changed
 };
 
 class Engine {
@@ -262,6 +264,23 @@ class Engine {
   // cannot be updated is dropped.
   Status WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
                       size_t len, const struct stat& st);
+  // Held by the FUSE layer around an operation that changes SOURCE's copy
+  // of a file itself (truncate, fallocate, copy_file_range into it, open
+  // with O_TRUNC) from its write-back-first to its After*() call: cached
+  // writes to the file wait meanwhile, so no dirty data appears between the
+  // write-back and the change, which a kill -9 in that window would
+  // otherwise leave beside a SOURCE that no longer matches the record (a
+  // false conflict at the next mount). Null `file`: guards nothing.
+  class SourceChange {
+   public:
+    explicit SourceChange(const std::shared_ptr<CachedFile>& file);
+    ~SourceChange();
+    SourceChange(const SourceChange&) = delete;
+    SourceChange& operator=(const SourceChange&) = delete;
+
+   private:
+    const std::shared_ptr<CachedFile> file_;
+  };
   // fsync/fdatasync of a file: its acknowledged writes survive power loss.
   Status Sync(CachedFile& file);
   // Shows the file as the mount sees it: size and mtime of data not yet
@@ -442,7 +461,10 @@ class Engine {
   Status ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t last, char* out);
   void WritebackLoop();
   // Writes back the dirty blocks of one file; `flushing` when someone waits.
-  Status WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indices);
+  // `background`: for Flush() (the writer, cachefsctl flush), which leaves
+  // alone a file the FUSE layer is changing on SOURCE itself (SourceChange);
+  // FlushFile and FlushPath, called by the FUSE layer, do not.
+  Status WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indices, bool background);
   std::shared_ptr<CachedFile> LiveFile(uint64_t file_id);
   // Slots no longer used by a record whose change is not yet synced; freed
   // at the next persist (contract 2: a slot synced metadata may point at is

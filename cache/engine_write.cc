@@ -400,7 +400,9 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
   const uint64_t bs = sb_.block_size;
   bool grows;
   {
-    std::lock_guard<std::mutex> lock(file.mu_);
+    std::unique_lock<std::mutex> lock(file.mu_);
+    // Not while the FUSE layer changes SOURCE's copy itself (SourceChange).
+    file.cv_.wait(lock, [&] { return !file.source_change_; });
     grows = !file.overlay_ || off + len > file.size_;
     if (!file.overlay_) {
       file.overlay_ = true;
@@ -414,8 +416,12 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
   struct WriteDone {
     CachedFile& f;
     ~WriteDone() {
-      std::lock_guard<std::mutex> lock(f.mu_);
-      f.writes_--;
+      bool last;
+      {
+        std::lock_guard<std::mutex> lock(f.mu_);
+        last = --f.writes_ == 0;
+      }
+      if (last) f.cv_.notify_all();
     }
   } write_done{file};
   size_t done = 0;
@@ -536,7 +542,8 @@ std::shared_ptr<CachedFile> Engine::LiveFile(uint64_t file_id) {
   return it == open_files_.end() ? nullptr : it->second.lock();
 }
 
-Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indices) {
+Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indices,
+                             bool background) {
   const uint64_t bs = sb_.block_size;
   auto frec = meta_->GetFile(file_id);
   if (!frec.ok()) return frec.status();
@@ -550,7 +557,18 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     conflict_files_.insert(file_id);
     return Status::Ok();
   }
+  // The indices were taken before writeback_mu_: another flush may have
+  // written them back meanwhile, and SOURCE may since have been changed
+  // through the mount (truncate), its new look not yet adopted.
+  if (!HasDirty(file_id)) return Status::Ok();
   auto live = LiveFile(file_id);
+  if (live && background) {
+    std::lock_guard<std::mutex> lock(live->mu_);
+    // The FUSE layer is changing SOURCE's copy itself (SourceChange): its
+    // change is adopted when it is done; a later round writes back. (Its
+    // own write-back first, FlushFile, is not background.)
+    if (live->source_change_) return Status::Ok();
+  }
   int fd = config_.source_is_file
                ? open(config_.source.c_str(), O_WRONLY | O_CLOEXEC)
                : openat(source_root_, file_rec.path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -763,7 +781,7 @@ Status Engine::FlushFile(CachedFile& file) {
   if (indices.empty()) return Status::Ok();
   std::sort(indices.begin(), indices.end());
   std::lock_guard<std::mutex> lock(writeback_mu_);
-  return WriteBackFile(file.file_id_, indices);
+  return WriteBackFile(file.file_id_, indices, /*background=*/false);
 }
 
 Status Engine::FlushPath(const std::string& path, bool only_if_open) {
@@ -782,7 +800,7 @@ Status Engine::FlushPath(const std::string& path, bool only_if_open) {
   }
   std::sort(indices.begin(), indices.end());
   std::lock_guard<std::mutex> lock(writeback_mu_);
-  return WriteBackFile(*id.value(), indices);
+  return WriteBackFile(*id.value(), indices, /*background=*/false);
 }
 
 Status Engine::Flush() {
@@ -797,7 +815,8 @@ Status Engine::Flush() {
   // the others back; the first error is returned.
   Status first;
   for (const auto& [file_id, set] : by_file) {
-    Status s = WriteBackFile(file_id, std::vector<uint64_t>(set.begin(), set.end()));
+    Status s = WriteBackFile(file_id, std::vector<uint64_t>(set.begin(), set.end()),
+                             /*background=*/true);
     if (!s.ok() && first.ok()) first = s;
   }
   return first;
@@ -862,6 +881,27 @@ void Engine::WritebackLoop() {
     }
     lock.lock();
   }
+}
+
+}  // namespace cachefs
+
+namespace cachefs {
+
+Engine::SourceChange::SourceChange(const std::shared_ptr<CachedFile>& file) : file_(file) {
+  if (!file_) return;
+  std::unique_lock<std::mutex> lock(file_->mu_);
+  file_->cv_.wait(lock, [this] { return !file_->source_change_; });
+  file_->source_change_ = true;
+  file_->cv_.wait(lock, [this] { return file_->writes_ == 0; });
+}
+
+Engine::SourceChange::~SourceChange() {
+  if (!file_) return;
+  {
+    std::lock_guard<std::mutex> lock(file_->mu_);
+    file_->source_change_ = false;
+  }
+  file_->cv_.notify_all();
 }
 
 }  // namespace cachefs

@@ -364,7 +364,8 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fus
     if (res == -1) return ReplyErr(req, errno);
   }
   if (valid & FUSE_SET_ATTR_SIZE) {
-    Engine::WriteGuard guard(engine);  // no mode switch until the cache took the new size
+    Engine::WriteGuard guard(engine);     // no mode switch until the cache took the new size
+    Engine::SourceChange change(cached);  // no cached write of the file meanwhile
     if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
     if (int err = WriteBackFirst(Fs(req), cached); err != 0) return ReplyErr(req, err);
     // The kernel passes a handle only for ftruncate() of a regular file.
@@ -580,8 +581,10 @@ void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Inode* inode = In(req, ino);
   std::optional<Engine::WriteGuard> guard;
+  std::optional<Engine::SourceChange> change;
   if ((fi->flags & O_TRUNC) != 0) {
     guard.emplace(Fs(req).engine());
+    change.emplace(inode->cached());
     if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
     if (ImageMode(Fs(req))) {
       struct stat st;
@@ -773,6 +776,7 @@ void OpFsync(fuse_req_t req, fuse_ino_t /*ino*/, int datasync, fuse_file_info* f
 void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
   Engine::WriteGuard guard(Fs(req).engine());
+  Engine::SourceChange change(Fh(fi)->cached);
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
   if (ImageMode(Fs(req)) && (mode & FALLOC_FL_KEEP_SIZE) == 0) {
     uint64_t size = 0;
@@ -807,6 +811,7 @@ void OpCopyFileRange(fuse_req_t req, fuse_ino_t /*ino_in*/, off_t off_in, fuse_f
                      fuse_ino_t /*ino_out*/, off_t off_out, fuse_file_info* fi_out, size_t len,
                      int flags) {
   Engine::WriteGuard guard(Fs(req).engine());
+  Engine::SourceChange change(Fh(fi_out)->cached);
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
   if (int err = WriteBackFirst(Fs(req), Fh(fi_in)->cached); err != 0) return ReplyErr(req, err);
   if (int err = WriteBackFirst(Fs(req), Fh(fi_out)->cached); err != 0) return ReplyErr(req, err);

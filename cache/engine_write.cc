@@ -732,9 +732,14 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
         // Written again in place meanwhile? Only sub-blocks that were not
         // valid can have been: those stay dirty. So do sub-blocks past the
         // size we wrote up to, if the file grew since: not on SOURCE yet.
+        // Sub-blocks clipped at a size that did not move hold bytes past
+        // the file's end (the tail of a write a crash cut short before its
+        // size was recorded): not SOURCE's, so not valid either, or a
+        // later write that grows the file would show them.
         for (size_t w = 0; w < rec.dirty.size(); ++w) {
           uint64_t written = t.dirty[w] & ~(size_moved ? t.clipped[w] : 0);
           rec.dirty[w] &= ~written;
+          if (!size_moved) rec.valid[w] &= ~t.clipped[w];
         }
       }
       uint64_t seq = rec.dirty_seq;

@@ -253,6 +253,10 @@ Status Engine::Recover() {
   const uint64_t trusted = durable.value();
   uint64_t max_epoch = trusted;
   uint64_t max_seq = 0;
+  pinned_slot_.assign(slots, false);
+  blocks_pinned_ = 0;
+  Status fs = LoadFileFlags();
+  if (!fs.ok()) return fs.Prefixed("cache '" + dir_ + "' recovery");
   uint32_t sub_blocks = sb_.block_size / kSubBlockSize;
   // Records changed by recovery (rolled back, clean sub-blocks dropped, a
   // lost slot conflict), written back in one batch at the end; nullopt:
@@ -267,12 +271,12 @@ Status Engine::Recover() {
   };
   auto admit = [&](const BlockRecord& r) {
     uint32_t slot = static_cast<uint32_t>(r.slot);
-    index_->Insert({r.file_id, r.index}, slot);
+    IndexInsert({r.file_id, r.index}, slot);
     if (r.AnyDirty()) {
       // Dirty: never a victim; its dirty index entry resumes the writeback.
       dirty_slot_[slot] = true;
       AddDirty(r.dirty_seq, BlockKey{r.file_id, r.index});
-    } else {
+    } else if (!pinned_slot_[slot]) {  // pinned: never a victim either
       policy_->Track(slot);
     }
   };
@@ -753,6 +757,7 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
     auto file = std::shared_ptr<CachedFile>(new CachedFile(file_id));
     file->source_ino_ = static_cast<uint64_t>(st.st_ino);
     file->fingerprint_ = now;
+    file->pinned_ = rec.value() && (rec.value()->flags & FileRecord::kPinned) != 0;
     if (!rec.value()) {
       // A name without its record (a crash between two batches): start afresh.
       FileRecord fresh;
@@ -1056,7 +1061,7 @@ std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch, const BlockKey* a
       continue;
     }
     BlockKey owner = index_->Owner(v);
-    index_->Erase(v);
+    IndexErase(v);
     policy_->Remove(v);
     batch.RemoveBlock(owner.file_id, owner.index);
     counters_.evictions++;
@@ -1066,7 +1071,7 @@ std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch, const BlockKey* a
 }
 
 Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index,
-                              MetaBatch& batch, std::vector<uint32_t>& dropped, bool keep_dirty) {
+                              MetaBatch& batch, std::vector<uint32_t>& freed, bool keep_dirty) {
   std::vector<uint64_t> doomed;
   if (to_index - from_index <= kDropByIndexLimit) {
     // A write's few blocks: the index knows every record (recovery loads
@@ -1102,31 +1107,32 @@ Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to
     }
     batch.RemoveBlock(file_id, index);
     if (!slot) continue;
-    index_->Erase(*slot);
+    IndexErase(*slot);
     policy_->Remove(*slot);
     // The record stays in the metadata until the caller commits `batch`,
     // and may come back after a power loss until that is synced: the slot
     // is quarantined once the batch is committed (ReleaseDropped), never
     // before, or a persist in between could free it for reuse while the
     // record still points at it.
-    dropped.push_back(*slot);
+    freed.push_back(*slot);
   }
   return Status::Ok();
 }
 
-void Engine::ReleaseDropped(const std::vector<uint32_t>& dropped) {
+void Engine::ReleaseDropped(const std::vector<uint32_t>& freed) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (uint32_t slot : dropped) QuarantineSlot(slot);
+  for (uint32_t slot : freed) QuarantineSlot(slot);
 }
 
-Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index,
-                          bool keep_dirty) {
+Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index, bool keep_dirty,
+                          uint64_t* dropped) {
   MetaBatch batch;
-  std::vector<uint32_t> dropped;
-  Status s = DropBlocksInto(file_id, from_index, to_index, batch, dropped, keep_dirty);
+  std::vector<uint32_t> freed;
+  Status s = DropBlocksInto(file_id, from_index, to_index, batch, freed, keep_dirty);
+  if (dropped != nullptr) *dropped = freed.size();
   if (!s.ok() || batch.empty()) return s;
   s = meta_->Commit(batch, false);
-  if (s.ok()) ReleaseDropped(dropped);  // (see CommitOwnChange)
+  if (s.ok()) ReleaseDropped(freed);  // (see CommitOwnChange)
   return s;
 }
 
@@ -1200,7 +1206,7 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
   // fetches it anew. The record goes in the same critical section, so it
   // cannot remove a newer record of a fetch that follows.
   if (!partial && index_->Find(key) == slot && !dirty_slot_[slot]) {
-    index_->Erase(slot);
+    IndexErase(slot);
     policy_->Remove(slot);
     free_when_unread_[slot] = true;
     MetaBatch drop;
@@ -1212,8 +1218,9 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
   return false;
 }
 
-void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const char* data,
-                     uint32_t first_sub, size_t bytes) {
+Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch,
+                                       const char* data, uint32_t first_sub, size_t bytes,
+                                       bool force) {
   const BlockKey key{file.file_id_, index};
   const uint32_t subs = static_cast<uint32_t>((bytes + kSubBlockSize - 1) / kSubBlockSize);
   MetaBatch evicted;
@@ -1222,14 +1229,16 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
   uint64_t generation = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (file.epoch_.load() != epoch) return;  // stale before it started
+    if (file.epoch_.load() != epoch) return InstallOutcome::kSkipped;  // stale before it started
     if (auto found = index_->Find(key)) {
       slot = *found;
       readers_[*slot]++;  // not evicted or reused while we fill it
       fill = true;
     } else {
-      slot = AllocateSlot(evicted, &key);
-      if (!slot) return;
+      // Warm and pinned files are cached whatever admission says.
+      force = force || pinned_files_.count(key.file_id) != 0;
+      slot = AllocateSlot(evicted, force ? nullptr : &key);
+      if (!slot) return force ? InstallOutcome::kNoRoom : InstallOutcome::kSkipped;
       generation = next_generation_++;
     }
   }
@@ -1306,6 +1315,7 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
     if (!s.ok()) LogWarning("caching a block failed (served from SOURCE): " + s.message());
   }
   bool undo = false;
+  bool cached = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     bool current = file.epoch_.load() == epoch;
@@ -1313,15 +1323,17 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
       if (committed && !current && index_->Find(key) == slot && !dirty_slot_[*slot]) {
         // The file changed while we fetched: the block may mix old and new
         // data, so it goes.
-        index_->Erase(*slot);
+        IndexErase(*slot);
         policy_->Remove(*slot);
         free_when_unread_[*slot] = true;
       }
       undo = committed && !(current && index_->Find(key) == slot);
+      cached = ok && current && index_->Find(key) == slot;
       ReleaseReader(*slot);
     } else if (committed && current && !index_->Find(key)) {
-      index_->Insert(key, *slot);
-      policy_->TrackAdmitted(*slot, BlockKeyHash(key.file_id, key.index));
+      IndexInsert(key, *slot);
+      if (!pinned_slot_[*slot]) policy_->TrackAdmitted(*slot, BlockKeyHash(key.file_id, key.index));
+      cached = true;
     } else {
       FreeSlot(*slot);
       undo = committed;
@@ -1336,6 +1348,7 @@ void Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch, const cha
     Status s = meta_->Commit(batch, false);
     if (!s.ok()) LogWarning("dropping a cached block failed: " + s.message());
   }
+  return cached ? InstallOutcome::kCached : InstallOutcome::kSkipped;
 }
 
 Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
@@ -1364,7 +1377,7 @@ Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
         f->bytes = static_cast<uint32_t>(hi - lo);
         f->data = buf;
         f->data_off = lo - from;
-        counters_.read_misses++;
+        if (!f->warm) counters_.read_misses++;  // Warm counts what it cached
       }
       f->done = true;
     }
@@ -1397,8 +1410,8 @@ void Engine::InstallRun(CachedFile& file, const std::vector<std::shared_ptr<Fetc
     if (f->no_install) {
       counters_.bypassed++;
     } else if (f->status.ok() && f->data) {
-      Install(file, f->index, f->epoch, f->data.get() + f->data_off, f->from / kSubBlockSize,
-              f->bytes);
+      f->outcome = Install(file, f->index, f->epoch, f->data.get() + f->data_off,
+                           f->from / kSubBlockSize, f->bytes, f->warm);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -1649,8 +1662,10 @@ bool Engine::FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off,
     file.next_offset_ = off + len;
     // A long stream (a backup, a scan) bypasses the cache: its misses are
     // served, not kept, so it cannot evict the working set (admission).
-    bypass = too_big || file.sequential_bytes_ >=
-                            tunables_.sequential_threshold.load(std::memory_order_relaxed) * bs;
+    // A pinned file is always cached: pinning asks for exactly that.
+    bypass = !file.pinned_ &&
+             (too_big || file.sequential_bytes_ >=
+                             tunables_.sequential_threshold.load(std::memory_order_relaxed) * bs);
     file.bypass_ = bypass;
     if (readahead == 0) return bypass;
     // One block's worth in a row (a stream from offset 0 qualifies at once).
@@ -1743,6 +1758,7 @@ EngineStats Engine::stats() const {
   s.persists = counters_.persists;
   s.not_admitted = counters_.not_admitted;
   s.bypassed = counters_.bypassed;
+  s.warmed = counters_.warmed;
   s.bytes_from_cache = counters_.bytes_from_cache;
   s.bytes_from_source = counters_.bytes_from_source;
   s.crc_errors = counters_.crc_errors;
@@ -1753,6 +1769,7 @@ EngineStats Engine::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   s.blocks_cached = index_->size();
   s.blocks_dirty = dirty_.size();
+  s.blocks_pinned = blocks_pinned_;
   s.index_memory = index_->MemoryUsed() + policy_->MemoryUsed() +
                    readers_.capacity() * sizeof(uint16_t) + free_slots_.capacity() * 4 +
                    free_when_unread_.capacity() / 8;

@@ -33,6 +33,10 @@
 // another fingerprint than the one recorded (at open, or at getattr), the
 // file's cached blocks are dropped.
 //
+// Pinned files (FileRecord::kPinned, cachefsctl pin) keep their blocks: a
+// slot of a pinned file is never tracked by the policy, so never a victim
+// (cache/engine_warm.cc has warm, evict, pinning and conflict resolution).
+//
 // Thread-safety: all public methods may be called concurrently. One mutex
 // guards the index, the policy and the free list; IO to SOURCE, the store and
 // the metadata happens outside it. A block's record is changed only by the
@@ -109,6 +113,8 @@ struct EngineStats {
   uint64_t persists = 0;          // store persists + WAL syncs (fsync group commit)
   uint64_t not_admitted = 0;      // read misses served uncached by the policy's choice
   uint64_t bypassed = 0;          // blocks of long sequential streams or big files served uncached
+  uint64_t warmed = 0;            // blocks fetched into the cache by Warm (cachefsctl warm)
+  uint64_t blocks_pinned = 0;     // cached blocks of pinned files (never evicted)
   uint64_t blocks_cached = 0;
   uint64_t slots = 0;
   uint32_t block_size = 0;
@@ -167,6 +173,10 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   int writes_ = 0;              // Write() calls in progress (the overlay stays while any is)
   bool source_change_ = false;  // an Engine::SourceChange is held
   std::condition_variable cv_;  // with mu_: writes_ and source_change_ changed
+  // FileRecord::kPinned: read misses are cached regardless of admission and
+  // of sequential bypass. A copy of the engine's pinned set for the read
+  // path, which takes no engine lock to decide on bypass.
+  std::atomic<bool> pinned_{false};
 };
 
 class Engine {
@@ -329,7 +339,101 @@ class Engine {
   Status Reconfigure(const CacheOptions& options);
   std::string policy_name() const;
 
+  // --- explicit cache control (cachefsctl warm, evict, pin, unpin,
+  // conflicts; cache/engine_warm.cc) ---
+  // PATH arguments are relative to SOURCE, in canonical form: no leading or
+  // doubled '/', no "." or ".." component ("" is SOURCE itself, or the
+  // image of an image SOURCE). Files are opened beneath SOURCE without
+  // following any symlink (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so
+  // nothing outside SOURCE is reachable (contract 8).
+
+  // Fetches every block of [offset, offset + length) of the regular file at
+  // `path` that is not cached (fully valid) yet, admitted whatever the
+  // policy says and however sequential (an explicit request), with the same
+  // fetch registry as reads: a block being fetched is waited for, never
+  // fetched twice. Blocks past SOURCE's end are not fetched. Errors: a bad
+  // path, not a regular file, a read error of SOURCE, ENOSPC when no slot is
+  // free or evictable (the cache is full of pinned or dirty data).
+  struct WarmResult {
+    uint64_t size = 0;            // of the file, as the mount shows it
+    uint64_t blocks_fetched = 0;  // cached by this call
+    uint64_t bytes_fetched = 0;
+    uint64_t blocks_present = 0;  // cached already
+  };
+  Result<WarmResult> Warm(const std::string& path, uint64_t offset, uint64_t length);
+
+  // Drops the cached blocks of the file `path` and of every file below it
+  // ("" for all): dirty data is written back first (FlushFile) and dropped
+  // once clean. Pinned files keep their blocks, and files in conflict their
+  // dirty ones (counted). A file that fails to write back is counted, its
+  // first error returned in `error`; the others are still evicted.
+  struct EvictResult {
+    uint64_t files = 0;               // known files looked at
+    uint64_t blocks_dropped = 0;      // clean blocks dropped
+    uint64_t blocks_kept_dirty = 0;   // dirty blocks that stay (conflict, write-back error)
+    uint64_t files_pinned = 0;        // left alone
+    uint64_t blocks_pinned_kept = 0;  // their cached blocks
+    uint64_t files_failed = 0;        // write-back errors
+    std::string error;                // the first of them
+  };
+  Result<EvictResult> Evict(const std::string& path);
+
+  // Sets FileRecord::kPinned on the regular file `path` (making its record
+  // if the cache did not know it) in a synced batch. Its cached blocks, and
+  // every block of it cached later, stay untracked by the policy (never
+  // victims) and count against the cache size; its read misses are cached
+  // regardless of admission and sequential bypass. Pinning fetches nothing
+  // (Warm does).
+  struct PinResult {
+    bool was_pinned = false;
+    uint64_t blocks_cached = 0;  // of the file, now pinned
+  };
+  Result<PinResult> Pin(const std::string& path);
+  // Clears kPinned of the file `path` and of every file below it; their
+  // clean blocks are tracked by the policy again.
+  struct UnpinResult {
+    uint64_t files = 0;   // that were pinned
+    uint64_t blocks = 0;  // their cached blocks
+  };
+  Result<UnpinResult> Unpin(const std::string& path);
+
+  // Files in conflict (FileRecord::kConflict: SOURCE changed outside while
+  // they had dirty data, contract 5) at `path` or below it ("" for all).
+  struct ConflictInfo {
+    std::string path;
+    uint64_t dirty_blocks = 0;
+    uint64_t dirty_bytes = 0;  // dirty 4 KiB sub-blocks x 4 KiB
+    uint64_t size = 0;         // ours: the file as the mount shows it
+    int64_t mtime_ns = 0;      // ours: the last write through the mount
+    bool in_source = false;    // SOURCE still has a regular file there
+    uint64_t source_size = 0;  // theirs
+    int64_t source_mtime_ns = 0;
+  };
+  Result<std::vector<ConflictInfo>> Conflicts(const std::string& path);
+  // How ResolveConflict settles a conflict:
+  //  kKeepOurs   SOURCE's current version is adopted as the base, the flag
+  //              cleared and our dirty sub-blocks written back over it now
+  //              (and SOURCE cut or grown to our size).
+  //  kKeepTheirs our dirty and clean blocks are dropped, the flag cleared,
+  //              SOURCE's version adopted.
+  //  kSaveOurs   the file as ours (SOURCE's bytes overlaid with our dirty
+  //              sub-blocks, at our size) is written to a new file beside it
+  //              in SOURCE, NAME.cachefs-ours-YYYYmmdd-HHMMSS (a -N suffix if
+  //              that exists: nothing is overwritten), synced; then kKeepTheirs.
+  enum class Resolution { kKeepOurs, kKeepTheirs, kSaveOurs };
+  struct Resolved {
+    uint64_t bytes = 0;    // dirty bytes written back, dropped or saved
+    std::string saved_as;  // kSaveOurs: the new file, relative to SOURCE
+  };
+  Result<Resolved> ResolveConflict(const std::string& path, Resolution how);
+
  private:
+  // What Install did with a fetched block.
+  enum class InstallOutcome : uint8_t {
+    kCached,   // the block holds the data now
+    kNoRoom,   // an admitted block found no free or evictable slot
+    kSkipped,  // not admitted, stale (the file changed meanwhile), or a store error
+  };
   // One in-flight fetch of a block, or a writer holding the block (no data).
   struct Fetch {
     Fetch(uint64_t i, uint64_t e) : index(i), epoch(e) {}
@@ -351,6 +455,10 @@ class Engine {
     // the fill is installed.
     bool fill = false;
     bool no_install = false;  // read for a stream that bypasses the cache: served, not kept
+    // Fetched by Warm: cached whatever the policy's admission says, counted
+    // as warmed rather than as a read miss.
+    bool warm = false;
+    InstallOutcome outcome = InstallOutcome::kSkipped;  // set by InstallRun
   };
   struct ReadaheadJob {
     std::shared_ptr<CachedFile> file;
@@ -430,8 +538,9 @@ class Engine {
   // Puts `bytes` of fetched data (sub-block aligned, zero-padded to whole
   // sub-blocks) into the cache at sub-block `first_sub` of block `index`:
   // a new slot, or the not yet valid sub-blocks of the block's slot.
-  void Install(CachedFile& file, uint64_t index, uint64_t epoch, const char* data,
-               uint32_t first_sub, size_t bytes);
+  // With `force`, the block is cached whatever the policy's admission says.
+  InstallOutcome Install(CachedFile& file, uint64_t index, uint64_t epoch, const char* data,
+                         uint32_t first_sub, size_t bytes, bool force);
   // Sequential stream detection for a read of [off, off + len): queues
   // readahead past it, and returns whether the read bypasses the cache (a
   // stream longer than sequential_threshold blocks, or a file larger than
@@ -477,14 +586,31 @@ class Engine {
   // from the index at once and from the metadata with `batch`
   // (DropBlocksInto) or with a commit of its own (DropBlocks).
   // Dirty blocks go too, unless `keep_dirty`. DropBlocksInto adds the slots
-  // it freed to `dropped`, for ReleaseDropped once `batch` is committed.
+  // it freed to `freed`, for ReleaseDropped once `batch` is committed;
+  // DropBlocks sets `*dropped` to the number of blocks dropped if given.
   Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch,
-                        std::vector<uint32_t>& dropped, bool keep_dirty = false);
+                        std::vector<uint32_t>& freed, bool keep_dirty = false);
   // Quarantines the slots of blocks whose removal is now committed: free
   // at the next persist, when that removal is synced.
-  void ReleaseDropped(const std::vector<uint32_t>& dropped) LOCKS_EXCLUDED(mu_);
+  void ReleaseDropped(const std::vector<uint32_t>& freed) LOCKS_EXCLUDED(mu_);
   Status DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index,
-                    bool keep_dirty = false);
+                    bool keep_dirty = false, uint64_t* dropped = nullptr);
+  // The block index, keeping the pinned-slot bits and count in step.
+  void IndexInsert(const BlockKey& key, uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void IndexErase(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pinned and conflicting files from their records, before the blocks are
+  // indexed (recovery).
+  Status LoadFileFlags() EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Opens `path` (relative to SOURCE, canonical) beneath SOURCE with
+  // `flags` (O_NOFOLLOW and O_CLOEXEC added), following no symlink.
+  Result<int> OpenBeneath(const std::string& path, int flags, mode_t mode = 0);
+  // The file ids at `path` and below it, by the metadata's paths.
+  Result<std::set<uint64_t>> FilesUnder(const std::string& path);
+  // Drops every block of `file_id` and adopts SOURCE's `st` (kKeepTheirs).
+  Result<uint64_t> DiscardOurs(uint64_t file_id, const struct stat& st);
+  // Writes the file `file_id` as the mount shows it (SOURCE's bytes through
+  // `src_fd`, our dirty sub-blocks over them, `size` bytes) to `out_fd`.
+  Status WriteOurVersion(uint64_t file_id, int src_fd, int out_fd, uint64_t size);
   // A change cachefs made to SOURCE: adopt `st`, drop blocks [from, to), one batch.
   Status CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t from_index,
                          uint64_t to_index) LOCKS_EXCLUDED(files_mu_);
@@ -523,6 +649,9 @@ class Engine {
   std::map<uint64_t, BlockKey> dirty_ GUARDED_BY(mu_);  // the dirty index, by seq
   std::unordered_map<uint64_t, uint64_t> dirty_per_file_ GUARDED_BY(mu_);  // dirty blocks
   std::set<uint64_t> conflict_files_ GUARDED_BY(mu_);  // files flagged kConflict
+  std::set<uint64_t> pinned_files_ GUARDED_BY(mu_);    // files flagged kPinned
+  std::vector<bool> pinned_slot_ GUARDED_BY(mu_);      // holds a block of a pinned file
+  uint64_t blocks_pinned_ GUARDED_BY(mu_) = 0;         // slots with pinned_slot_ set
   uint64_t next_dirty_seq_ GUARDED_BY(mu_) = 1;
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Fetch>> fetches_ GUARDED_BY(mu_);
   uint64_t next_generation_ GUARDED_BY(mu_) = 1;
@@ -550,7 +679,7 @@ class Engine {
     std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, readahead_blocks{0},
         bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0},
         write_hits{0}, bytes_written_back{0}, writeback_errors{0}, conflicts{0}, persists{0},
-        not_admitted{0}, bypassed{0};
+        not_admitted{0}, bypassed{0}, warmed{0};
   };
   mutable Counters counters_;
   RecoveryReport recovery_;  // written by Recover() only, before any other thread starts

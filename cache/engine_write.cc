@@ -352,17 +352,17 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   }
   if (!in_place) {
     if (old_slot && index_->Find({id, index}) == old_slot) {
-      index_->Erase(*old_slot);
+      IndexErase(*old_slot);
       policy_->Remove(*old_slot);
       dirty_slot_[*old_slot] = false;
       QuarantineSlot(*old_slot);
     }
-    index_->Insert({id, index}, slot);
+    IndexInsert({id, index}, slot);
   }
   dirty_slot_[slot] = out.AnyDirty();
   if (dirty_slot_[slot]) {
     policy_->Remove(slot);  // dirty: never a victim until written back
-  } else if (!policy_->IsTracked(slot)) {
+  } else if (!policy_->IsTracked(slot) && !pinned_slot_[slot]) {
     policy_->Track(slot);
   }
   if (newly_dirty) AddDirty(out.dirty_seq, BlockKey{id, index});
@@ -757,7 +757,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
           if (index_->Find({file_id, t.index}) == rec.slot) {
             uint32_t slot = static_cast<uint32_t>(rec.slot);
             dirty_slot_[slot] = false;
-            if (!policy_->IsTracked(slot)) policy_->Track(slot);
+            if (!policy_->IsTracked(slot) && !pinned_slot_[slot]) policy_->Track(slot);
           }
         }
       }

@@ -6,6 +6,12 @@
 //   cachefsctl set KEY VALUE [PATH]
 //   cachefsctl mode MODE [PATH]
 //   cachefsctl flush [--wait] [PATH]
+//   cachefsctl warm PATH...
+//   cachefsctl evict PATH... | --all [PATH]
+//   cachefsctl pin [--warm] PATH...
+//   cachefsctl unpin PATH...
+//   cachefsctl conflicts [PATH] [--json]
+//   cachefsctl conflicts --keep-ours FILE | --keep-theirs FILE | --save-ours FILE
 //   cachefsctl check CACHE_DIR [--repair | --no-data] [--json]
 //   cachefsctl dump CACHE_DIR [--blocks] [--json]
 //
@@ -16,13 +22,19 @@
 // cache (cache/check.h).
 // Exit status: 0 done, 1 the mount or its daemon failed us, 2 bad arguments;
 // check has its own, like fsck (cmd/check_format.h).
+#include <ftw.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
 #include <optional>
 #include <string>
 #include <thread>
@@ -50,8 +62,16 @@ constexpr int kTimeoutMs = 5000;
 // are held off: allow it this long.
 constexpr int kModeTimeoutMs = 600 * 1000;
 
-const std::vector<std::string> kCommands = {"list", "stats", "get",   "set",
-                                            "mode", "flush", "check", "dump"};
+// warm asks for this much of a file at a time, so it can show progress and
+// no request runs unbounded; each call may take this long (a slow store).
+constexpr uint64_t kWarmChunk = uint64_t{16} << 20;
+constexpr int kWarmTimeoutMs = 600 * 1000;
+// evict and resolve may write back first.
+constexpr int kWriteBackTimeoutMs = 600 * 1000;
+
+const std::vector<std::string> kCommands = {"list",      "stats", "get",   "set", "mode",
+                                            "flush",     "warm",  "evict", "pin", "unpin",
+                                            "conflicts", "check", "dump"};
 
 // A failure that ends the program: one line on stderr and an exit status.
 struct Failure {
@@ -409,6 +429,370 @@ int Mode(const std::string& mode, const std::string& path) {
   return 0;
 }
 
+// --- warm, evict, pin, unpin, conflicts ---------------------------------------
+
+// A path named on the command line (or found below one), inside a mount.
+struct Target {
+  MountInfo mount;
+  std::string rel;   // relative to SOURCE ("" for all of it)
+  std::string real;  // canonical absolute path
+  uint64_t size = 0;
+};
+
+// Resolves `arg` to its canonical path, the mount it lies on and its path
+// relative to SOURCE. Without `must_exist`, a path the mount no longer shows
+// (gone from SOURCE, still known to the cache) is taken by its directory.
+std::optional<Target> Locate(const std::string& arg, bool must_exist, Failure* failure) {
+  Target t;
+  char buf[PATH_MAX];
+  if (realpath(arg.c_str(), buf) != nullptr) {
+    t.real = buf;
+  } else {
+    const int err = errno;
+    const std::string abs = LexicallyAbsolute(arg);
+    const size_t slash = abs.find_last_of('/');
+    const std::string name = abs.substr(slash + 1);
+    const std::string dir = slash == 0 ? "/" : abs.substr(0, slash);
+    if (must_exist || err != ENOENT || name.empty() || realpath(dir.c_str(), buf) == nullptr) {
+      *failure = {kExitFailure, arg + ": " + std::strerror(err)};
+      return std::nullopt;
+    }
+    t.real = std::string(buf) + (std::string(buf) == "/" ? "" : "/") + name;
+  }
+  const std::string probe = t.real.substr(0, std::max<size_t>(1, t.real.find_last_of('/')));
+  auto m = FindCachefsMount(must_exist || access(t.real.c_str(), F_OK) == 0 ? t.real : probe,
+                            ReadMountInfo());
+  if (!m.ok()) {
+    *failure = {kExitFailure, m.status().message()};
+    return std::nullopt;
+  }
+  t.mount = m.value();
+  const std::string& mp = t.mount.mount_point;
+  std::string tail;
+  if (t.real == mp) {
+    tail = "";
+  } else if (t.real.size() > mp.size() && t.real.compare(0, mp.size(), mp) == 0 &&
+             (mp == "/" || t.real[mp.size()] == '/')) {
+    tail = t.real.substr(mp == "/" ? 1 : mp.size() + 1);
+  } else {
+    *failure = {kExitFailure, arg + " is not inside the cachefs mount " + mp};
+    return std::nullopt;
+  }
+  // A bind mount of a directory of the mount shows SOURCE from there.
+  std::string base = t.mount.root == "/" ? "" : t.mount.root.substr(1);
+  t.rel = base.empty() ? tail : (tail.empty() ? base : base + "/" + tail);
+  return t;
+}
+
+// The regular files at or below `t` (symlinks not followed, other mounts
+// not entered), in walk order.
+std::vector<Target>* walk_out = nullptr;
+const Target* walk_root = nullptr;
+
+int WalkOne(const char* path, const struct stat* st, int type, struct FTW* /*ftw*/) {
+  if (type != FTW_F || !S_ISREG(st->st_mode)) return 0;
+  Target f = *walk_root;
+  f.real = path;
+  std::string tail = f.real.substr(walk_root->real.size());
+  if (!tail.empty() && tail[0] == '/') tail.erase(0, 1);
+  f.rel =
+      walk_root->rel.empty() ? tail : (tail.empty() ? walk_root->rel : walk_root->rel + "/" + tail);
+  f.size = static_cast<uint64_t>(st->st_size);
+  walk_out->push_back(std::move(f));
+  return 0;
+}
+
+std::vector<Target> RegularFiles(const Target& t) {
+  std::vector<Target> out;
+  walk_out = &out;
+  walk_root = &t;
+  nftw(t.real.c_str(), WalkOne, 32, FTW_PHYS | FTW_MOUNT);
+  walk_out = nullptr;
+  walk_root = nullptr;
+  return out;
+}
+
+// Every regular file named by `args` or found below them.
+std::optional<std::vector<Target>> FilesOf(const std::vector<std::string>& args, Failure* failure) {
+  std::vector<Target> files;
+  for (const std::string& arg : args) {
+    auto t = Locate(arg, true, failure);
+    if (!t) return std::nullopt;
+    std::vector<Target> found = RegularFiles(*t);
+    files.insert(files.end(), found.begin(), found.end());
+  }
+  return files;
+}
+
+uint64_t UintOf(const JsonValue& obj, const char* key) {
+  const JsonValue* v = obj.Find(key);
+  uint64_t n = 0;
+  if (v != nullptr) v->as_uint64(&n);
+  return n;
+}
+
+std::string Plural(uint64_t n, const std::string& one, const std::string& many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+// `warm PATH...`: fetches every regular file at or below the PATHs into the
+// cache, 16 MiB a call, showing files and bytes done and the rate (one
+// redrawn line on a terminal, a plain line a second otherwise).
+int Warm(const std::vector<std::string>& args) {
+  Failure failure;
+  auto files = FilesOf(args, &failure);
+  if (!files) return Fail(failure);
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point begin = Clock::now();
+  Clock::time_point shown = begin;
+  const bool tty = isatty(STDOUT_FILENO) != 0;
+  uint64_t total = 0;
+  for (const Target& f : *files) total += f.size;
+  uint64_t done = 0, fetched = 0, present = 0;
+  size_t files_done = 0;
+  auto line = [&] {
+    double secs = std::chrono::duration<double>(Clock::now() - begin).count();
+    std::string l = "warm: " + std::to_string(files_done) + "/" + std::to_string(files->size()) +
+                    " files, " + HumanBytes(static_cast<double>(done)) + " of " +
+                    HumanBytes(static_cast<double>(total));
+    if (secs > 0) l += ", " + HumanBytes(static_cast<double>(fetched) / secs) + "/s";
+    return l;
+  };
+  for (const Target& f : *files) {
+    uint64_t offset = 0;
+    uint64_t size = f.size;
+    do {
+      JsonValue fields = JsonValue::MakeObject();
+      fields.Set("path", f.rel);
+      fields.Set("offset", offset);
+      fields.Set("length", kWarmChunk);
+      auto reply = Ask(f.mount, "warm", fields, kWarmTimeoutMs);
+      if (!reply.ok()) {
+        if (tty && files_done + done > 0) std::printf("\n");
+        return Fail({kExitFailure, Explain(f.mount, reply.status())});
+      }
+      size = UintOf(reply.value(), "size");
+      fetched += UintOf(reply.value(), "bytes_fetched");
+      present += UintOf(reply.value(), "blocks_present");
+      const uint64_t step = std::min(kWarmChunk, size > offset ? size - offset : 0);
+      done += step;
+      offset += kWarmChunk;
+      Clock::time_point now = Clock::now();
+      if (tty) {
+        std::printf("\r\033[K%s", line().c_str());
+        std::fflush(stdout);
+      } else if (now - shown >= std::chrono::seconds(1)) {
+        std::printf("%s\n", line().c_str());
+        shown = now;
+      }
+    } while (offset < size);
+    ++files_done;
+  }
+  double secs = std::chrono::duration<double>(Clock::now() - begin).count();
+  std::printf("%swarm: %s, %s: %s fetched, %s already cached, %.1f s", tty ? "\r\033[K" : "",
+              Plural(files->size(), "file", "files").c_str(),
+              HumanBytes(static_cast<double>(done)).c_str(),
+              HumanBytes(static_cast<double>(fetched)).c_str(),
+              Plural(present, "block", "blocks").c_str(), secs);
+  if (secs > 0 && fetched > 0) {
+    std::printf(" (%s/s)", HumanBytes(static_cast<double>(fetched) / secs).c_str());
+  }
+  std::printf("\n");
+  return 0;
+}
+
+// `evict PATH... | --all [PATH]`: drops what is cached of files and trees,
+// writing dirty data back first; pinned files keep theirs.
+int Evict(const std::vector<std::string>& args, bool all) {
+  Failure failure;
+  std::vector<Target> targets;
+  if (all) {
+    if (args.size() > 1) {
+      return Fail({kExitUsage, "evict --all takes at most one PATH (to name the mount)"});
+    }
+    auto mount = ResolveMount(args.empty() ? "" : args[0], &failure);
+    if (!mount) return Fail(failure);
+    Target t;
+    t.mount = *mount;
+    targets.push_back(t);
+  } else {
+    if (args.empty()) return Fail({kExitUsage, "evict needs PATH... or --all"});
+    for (const std::string& arg : args) {
+      auto t = Locate(arg, false, &failure);
+      if (!t) return Fail(failure);
+      targets.push_back(*t);
+    }
+  }
+  uint64_t files = 0, blocks = 0, bytes = 0, dirty = 0, pinned_files = 0, pinned_blocks = 0,
+           failed = 0;
+  std::string first_error;
+  for (const Target& t : targets) {
+    JsonValue fields = JsonValue::MakeObject();
+    fields.Set("path", t.rel);
+    auto reply = Ask(t.mount, "evict", fields, kWriteBackTimeoutMs);
+    if (!reply.ok()) return Fail({kExitFailure, Explain(t.mount, reply.status())});
+    files += UintOf(reply.value(), "files");
+    blocks += UintOf(reply.value(), "blocks_dropped");
+    bytes += UintOf(reply.value(), "bytes_dropped");
+    dirty += UintOf(reply.value(), "blocks_kept_dirty");
+    pinned_files += UintOf(reply.value(), "files_pinned");
+    pinned_blocks += UintOf(reply.value(), "blocks_pinned_kept");
+    failed += UintOf(reply.value(), "files_failed");
+    if (first_error.empty()) first_error = TextOf(reply.value(), "first_error", "");
+  }
+  std::string out = "evict: " + Plural(blocks, "block", "blocks") + " (" +
+                    HumanBytes(static_cast<double>(bytes)) + ") dropped from " +
+                    Plural(files, "file", "files");
+  if (dirty > 0) out += "; " + Plural(dirty, "dirty block", "dirty blocks") + " kept";
+  if (pinned_files > 0) {
+    out += "; " + Plural(pinned_files, "pinned file", "pinned files") + " kept (" +
+           Plural(pinned_blocks, "block", "blocks") + "; unpin first)";
+  }
+  std::printf("%s\n", out.c_str());
+  if (failed > 0) {
+    return Fail(
+        {kExitFailure, Plural(failed, "file", "files") +
+                           " could not be written back, their dirty data is kept: " + first_error});
+  }
+  return 0;
+}
+
+// `pin [--warm] PATH...`: pins every regular file at or below the PATHs.
+int Pin(const std::vector<std::string>& args, bool warm) {
+  Failure failure;
+  auto files = FilesOf(args, &failure);
+  if (!files) return Fail(failure);
+  uint64_t already = 0, cached = 0;
+  for (const Target& f : *files) {
+    JsonValue fields = JsonValue::MakeObject();
+    fields.Set("path", f.rel);
+    auto reply = Ask(f.mount, "pin", fields);
+    if (!reply.ok()) return Fail({kExitFailure, Explain(f.mount, reply.status())});
+    bool was = false;
+    const JsonValue* v = reply->Find("was_pinned");
+    if (v != nullptr) v->as_bool(&was);
+    already += was ? 1 : 0;
+    cached += UintOf(reply.value(), "blocks_cached");
+  }
+  std::printf("pin: %s pinned (%llu already were), %s of them cached%s\n",
+              Plural(files->size(), "file", "files").c_str(),
+              static_cast<unsigned long long>(already), Plural(cached, "block", "blocks").c_str(),
+              warm ? "" : " (cachefsctl warm fetches the rest)");
+  return warm ? Warm(args) : 0;
+}
+
+// `unpin PATH...`: unpins the files at or below the PATHs.
+int Unpin(const std::vector<std::string>& args) {
+  Failure failure;
+  uint64_t files = 0, blocks = 0;
+  for (const std::string& arg : args) {
+    auto t = Locate(arg, false, &failure);
+    if (!t) return Fail(failure);
+    JsonValue fields = JsonValue::MakeObject();
+    fields.Set("path", t->rel);
+    auto reply = Ask(t->mount, "unpin", fields);
+    if (!reply.ok()) return Fail({kExitFailure, Explain(t->mount, reply.status())});
+    files += UintOf(reply.value(), "files");
+    blocks += UintOf(reply.value(), "blocks");
+  }
+  std::printf("unpin: %s unpinned, %s of them may be evicted again\n",
+              Plural(files, "file", "files").c_str(),
+              Plural(blocks, "cached block", "cached blocks").c_str());
+  return 0;
+}
+
+std::string LocalTime(int64_t ns) {
+  time_t secs = static_cast<time_t>(ns / 1000000000);
+  struct tm tm;
+  localtime_r(&secs, &tm);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+struct ConflictArgs {
+  std::string path;
+  bool json = false;
+  std::string keep_ours, keep_theirs, save_ours;
+};
+
+// `conflicts [PATH] [--json]` lists the files in conflict; `--keep-ours`,
+// `--keep-theirs` and `--save-ours FILE` resolve one.
+int Conflicts(const ConflictArgs& a) {
+  Failure failure;
+  std::string action, file;
+  if (!a.keep_ours.empty()) action = "keep-ours", file = a.keep_ours;
+  if (!a.keep_theirs.empty()) action = "keep-theirs", file = a.keep_theirs;
+  if (!a.save_ours.empty()) action = "save-ours", file = a.save_ours;
+  if (!action.empty()) {
+    auto t = Locate(file, false, &failure);
+    if (!t) return Fail(failure);
+    JsonValue fields = JsonValue::MakeObject();
+    fields.Set("path", t->rel);
+    fields.Set("action", action);
+    auto reply = Ask(t->mount, "resolve", fields, kWriteBackTimeoutMs);
+    if (!reply.ok()) return Fail({kExitFailure, Explain(t->mount, reply.status())});
+    const std::string bytes = HumanBytes(static_cast<double>(UintOf(reply.value(), "bytes")));
+    if (action == "keep-ours") {
+      std::printf("conflicts: %s: kept ours (%s of our data written over SOURCE's change)\n",
+                  t->real.c_str(), bytes.c_str());
+    } else if (action == "keep-theirs") {
+      std::printf("conflicts: %s: kept SOURCE's version (%s of our data dropped)\n",
+                  t->real.c_str(), bytes.c_str());
+    } else {
+      std::printf("conflicts: %s: ours saved in SOURCE as %s, SOURCE's version kept\n",
+                  t->real.c_str(), TextOf(reply.value(), "saved_as").c_str());
+    }
+    return 0;
+  }
+  Target t;
+  if (!a.path.empty()) {
+    auto found = Locate(a.path, false, &failure);
+    if (!found) return Fail(failure);
+    t = *found;
+  } else {
+    auto mount = ResolveMount("", &failure);
+    if (!mount) return Fail(failure);
+    t.mount = *mount;
+  }
+  JsonValue fields = JsonValue::MakeObject();
+  fields.Set("path", t.rel);
+  auto reply = Ask(t.mount, "conflicts", fields);
+  if (!reply.ok()) return Fail({kExitFailure, Explain(t.mount, reply.status())});
+  const JsonValue* list = reply->Find("conflicts");
+  if (list == nullptr || !list->is_array()) {
+    return Fail({kExitFailure, t.mount.mount_point + ": the daemon sent no conflicts"});
+  }
+  if (a.json) {
+    JsonValue doc = JsonValue::MakeObject();
+    doc.Set("version", kControlProtocolVersion);
+    doc.Set("mount_point", t.mount.mount_point);
+    doc.Set("conflicts", *list);
+    std::printf("%s\n", doc.Serialize(2).c_str());
+    return 0;
+  }
+  if (list->items().empty()) {
+    std::printf("no files in conflict\n");
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows = {
+      {"PATH", "DIRTY", "OURS: SIZE", "WRITTEN", "SOURCE: SIZE", "CHANGED"}};
+  for (const JsonValue& c : list->items()) {
+    int64_t ours = 0, theirs = 0;
+    const JsonValue* v = c.Find("mtime_ns");
+    if (v != nullptr) v->as_int64(&ours);
+    v = c.Find("source_mtime_ns");
+    const bool in_source = v != nullptr && v->as_int64(&theirs);
+    const std::string rel = TextOf(c, "path", "");
+    rows.push_back({t.mount.mount_point + (rel.empty() ? "" : "/" + rel), BytesOf(c, "dirty_bytes"),
+                    BytesOf(c, "size"), LocalTime(ours),
+                    in_source ? BytesOf(c, "source_size") : "(gone)",
+                    in_source ? LocalTime(theirs) : "-"});
+  }
+  std::fputs(Columns(rows).c_str(), stdout);
+  return 0;
+}
+
 // `check CACHE_DIR`: the offline check (and repair) of an unmounted cache;
 // the exit status says the verdict (CheckExitCode).
 int Check(const std::string& dir, const CheckOptions& options, bool json) {
@@ -508,6 +892,65 @@ int Main(int argc, char** argv) {
   flush->add_flag("--wait", flush_wait,
                   "wait until it is all on the slow store, showing what is left; exit 0 only then");
 
+  std::vector<std::string> warm_paths;
+  CLI::App* warm = app.add_subcommand(
+      "warm", "fetch files, or every file of trees, into the cache now (prefetch)");
+  warm->add_option("paths", warm_paths, "files or directories inside the mount")
+      ->type_name("PATH...")
+      ->required();
+
+  std::vector<std::string> evict_paths;
+  bool evict_all = false;
+  CLI::App* evict = app.add_subcommand(
+      "evict", "drop the cached data of files or trees (dirty data is written back first)");
+  evict->add_option("paths", evict_paths, "files or directories inside the mount")
+      ->type_name("PATH...");
+  evict->add_flag("--all", evict_all,
+                  "every file of the mount (PATH, if given, only names the mount)");
+
+  std::vector<std::string> pin_paths;
+  bool pin_warm = false;
+  CLI::App* pin = app.add_subcommand(
+      "pin", "keep files (every file of trees) in the cache: never evicted, even across remounts");
+  pin->add_option("paths", pin_paths, "files or directories inside the mount")
+      ->type_name("PATH...")
+      ->required();
+  pin->add_flag("--warm", pin_warm, "then fetch them into the cache (as cachefsctl warm)");
+
+  std::vector<std::string> unpin_paths;
+  CLI::App* unpin = app.add_subcommand("unpin", "let pinned files be evicted again");
+  unpin->add_option("paths", unpin_paths, "files or directories inside the mount")
+      ->type_name("PATH...")
+      ->required();
+
+  ConflictArgs conflict_args;
+  CLI::App* conflicts = app.add_subcommand(
+      "conflicts", "list the files changed in SOURCE while they had dirty data, or resolve one");
+  CLI::Option* conflict_path =
+      conflicts->add_option("path", conflict_args.path, "only files at or below PATH")
+          ->type_name("PATH");
+  CLI::Option* conflict_json =
+      conflicts->add_flag("--json", conflict_args.json, "JSON output (docs/control.md)");
+  CLI::Option* keep_ours = conflicts
+                               ->add_option("--keep-ours", conflict_args.keep_ours,
+                                            "write our data back over SOURCE's change")
+                               ->type_name("FILE");
+  CLI::Option* keep_theirs = conflicts
+                                 ->add_option("--keep-theirs", conflict_args.keep_theirs,
+                                              "drop our data, keep SOURCE's version")
+                                 ->type_name("FILE");
+  CLI::Option* save_ours =
+      conflicts
+          ->add_option("--save-ours", conflict_args.save_ours,
+                       "save our version beside it in SOURCE (FILE.cachefs-ours-DATE-TIME), then "
+                       "keep SOURCE's version")
+          ->type_name("FILE");
+  for (CLI::Option* resolution : {keep_ours, keep_theirs, save_ours}) {
+    resolution->excludes(conflict_path)->excludes(conflict_json);
+  }
+  keep_ours->excludes(keep_theirs)->excludes(save_ours);
+  keep_theirs->excludes(save_ours);
+
   std::string check_dir;
   CheckOptions check_options;
   bool check_no_data = false;
@@ -553,6 +996,11 @@ int Main(int argc, char** argv) {
   if (flush->parsed()) return Flush(flush_path, flush_wait);
   if (set->parsed()) return Set(set_args);
   if (mode->parsed()) return Mode(mode_name, mode_path);
+  if (warm->parsed()) return Warm(warm_paths);
+  if (evict->parsed()) return Evict(evict_paths, evict_all);
+  if (pin->parsed()) return Pin(pin_paths, pin_warm);
+  if (unpin->parsed()) return Unpin(unpin_paths);
+  if (conflicts->parsed()) return Conflicts(conflict_args);
   if (check->parsed()) {
     check_options.verify_data = !check_no_data;
     return Check(check_dir, check_options, check_json);

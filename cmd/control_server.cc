@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -327,6 +328,12 @@ Result<JsonValue> DaemonControlHandler::Handle(const JsonValue& request) {
       {"flush_status", &DaemonControlHandler::FlushStatus},
       {"set", &DaemonControlHandler::Set},
       {"mode", &DaemonControlHandler::Mode},
+      {"warm", &DaemonControlHandler::Warm},
+      {"evict", &DaemonControlHandler::Evict},
+      {"pin", &DaemonControlHandler::Pin},
+      {"unpin", &DaemonControlHandler::Unpin},
+      {"conflicts", &DaemonControlHandler::Conflicts},
+      {"resolve", &DaemonControlHandler::Resolve},
   };
   const std::string& cmd = *request.Find("cmd")->as_string();
   auto it = kCommands.find(cmd);
@@ -435,6 +442,139 @@ Result<JsonValue> DaemonControlHandler::FlushStatus(const JsonValue& request) {
   r.Set("bytes_left", left.blocks * info_.engine->block_size());
   r.Set("blocks_in_conflict", left.conflicted);
   return r;
+}
+
+namespace {
+
+// The request's "path" (a string, required unless `fallback` is given).
+Result<std::string> PathOf(const JsonValue& request, const char* cmd,
+                           const char* fallback = nullptr) {
+  const JsonValue* path = request.Find("path");
+  if (path == nullptr && fallback != nullptr) return std::string(fallback);
+  if (path == nullptr || path->as_string() == nullptr) {
+    return Status::Invalid(std::string(cmd) + " needs \"path\" (a string, relative to SOURCE)");
+  }
+  return *path->as_string();
+}
+
+}  // namespace
+
+// {"cmd":"warm","path":REL,"offset":N,"length":N}: caches that part of a file.
+Result<JsonValue> DaemonControlHandler::Warm(const JsonValue& request) {
+  auto path = PathOf(request, "warm");
+  if (!path.ok()) return path.status();
+  uint64_t offset = 0;
+  uint64_t length = kMaxWarmLength;
+  const JsonValue* v = request.Find("offset");
+  if (v != nullptr && !v->as_uint64(&offset)) {
+    return Status::Invalid("warm: \"offset\" is a byte count");
+  }
+  v = request.Find("length");
+  if (v != nullptr && !v->as_uint64(&length)) {
+    return Status::Invalid("warm: \"length\" is a byte count");
+  }
+  auto r = info_.engine->Warm(path.value(), offset, std::min(length, kMaxWarmLength));
+  if (!r.ok()) return r.status();
+  JsonValue out = JsonValue::MakeObject();
+  out.Set("size", r->size);
+  out.Set("blocks_fetched", r->blocks_fetched);
+  out.Set("bytes_fetched", r->bytes_fetched);
+  out.Set("blocks_present", r->blocks_present);
+  return out;
+}
+
+// {"cmd":"evict","path":REL}: drops what is cached of a file or tree.
+Result<JsonValue> DaemonControlHandler::Evict(const JsonValue& request) {
+  auto path = PathOf(request, "evict");
+  if (!path.ok()) return path.status();
+  auto r = info_.engine->Evict(path.value());
+  if (!r.ok()) return r.status();
+  JsonValue out = JsonValue::MakeObject();
+  out.Set("files", r->files);
+  out.Set("blocks_dropped", r->blocks_dropped);
+  out.Set("bytes_dropped", r->blocks_dropped * info_.engine->block_size());
+  out.Set("blocks_kept_dirty", r->blocks_kept_dirty);
+  out.Set("files_pinned", r->files_pinned);
+  out.Set("blocks_pinned_kept", r->blocks_pinned_kept);
+  out.Set("files_failed", r->files_failed);
+  if (!r->error.empty()) out.Set("first_error", r->error);
+  return out;
+}
+
+// {"cmd":"pin","path":REL}: pins one regular file.
+Result<JsonValue> DaemonControlHandler::Pin(const JsonValue& request) {
+  auto path = PathOf(request, "pin");
+  if (!path.ok()) return path.status();
+  auto r = info_.engine->Pin(path.value());
+  if (!r.ok()) return r.status();
+  JsonValue out = JsonValue::MakeObject();
+  out.Set("was_pinned", r->was_pinned);
+  out.Set("blocks_cached", r->blocks_cached);
+  return out;
+}
+
+// {"cmd":"unpin","path":REL}: unpins a file or every file of a tree.
+Result<JsonValue> DaemonControlHandler::Unpin(const JsonValue& request) {
+  auto path = PathOf(request, "unpin");
+  if (!path.ok()) return path.status();
+  auto r = info_.engine->Unpin(path.value());
+  if (!r.ok()) return r.status();
+  JsonValue out = JsonValue::MakeObject();
+  out.Set("files", r->files);
+  out.Set("blocks", r->blocks);
+  return out;
+}
+
+// {"cmd":"conflicts"[,"path":REL]}: the files in conflict (at or below REL).
+Result<JsonValue> DaemonControlHandler::Conflicts(const JsonValue& request) {
+  auto path = PathOf(request, "conflicts", "");
+  if (!path.ok()) return path.status();
+  auto r = info_.engine->Conflicts(path.value());
+  if (!r.ok()) return r.status();
+  JsonValue list = JsonValue::MakeArray();
+  for (const Engine::ConflictInfo& c : r.value()) {
+    JsonValue e = JsonValue::MakeObject();
+    e.Set("path", c.path);
+    e.Set("dirty_blocks", c.dirty_blocks);
+    e.Set("dirty_bytes", c.dirty_bytes);
+    e.Set("size", c.size);
+    e.Set("mtime_ns", c.mtime_ns);
+    e.Set("in_source", c.in_source);
+    if (c.in_source) {
+      e.Set("source_size", c.source_size);
+      e.Set("source_mtime_ns", c.source_mtime_ns);
+    }
+    list.Append(std::move(e));
+  }
+  JsonValue out = JsonValue::MakeObject();
+  out.Set("conflicts", std::move(list));
+  return out;
+}
+
+// {"cmd":"resolve","path":REL,"action":ACTION}: settles one conflict.
+Result<JsonValue> DaemonControlHandler::Resolve(const JsonValue& request) {
+  auto path = PathOf(request, "resolve");
+  if (!path.ok()) return path.status();
+  const JsonValue* action = request.Find("action");
+  const std::string* a = action != nullptr ? action->as_string() : nullptr;
+  Engine::Resolution how;
+  if (a != nullptr && *a == "keep-ours") {
+    how = Engine::Resolution::kKeepOurs;
+  } else if (a != nullptr && *a == "keep-theirs") {
+    how = Engine::Resolution::kKeepTheirs;
+  } else if (a != nullptr && *a == "save-ours") {
+    how = Engine::Resolution::kSaveOurs;
+  } else {
+    return Status::Invalid("resolve needs \"action\": keep-ours, keep-theirs or save-ours");
+  }
+  auto r = info_.engine->ResolveConflict(path.value(), how);
+  if (!r.ok()) return r.status();
+  JsonValue out = JsonValue::MakeObject();
+  out.Set("path", path.value());
+  out.Set("action", *a);
+  out.Set("bytes", r->bytes);
+  if (!r->saved_as.empty()) out.Set("saved_as", r->saved_as);
+  return out;
 }
 
 std::unique_ptr<ControlServer> StartDaemonControl(const std::string& source,

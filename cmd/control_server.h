@@ -114,10 +114,26 @@ struct DaemonInfo {
 //   set    {"name": NAME, "value": TEXT} -> {"options": ...}  a live option
 //   mode   {"mode": MODE} -> {"previous": MODE, "mode": MODE}
 //   flush, flush_status  (see docs/control.md)
+//   warm   {"path": REL, "offset": N, "length": N} -> {"size", "blocks_fetched",
+//          "bytes_fetched", "blocks_present"}  at most kMaxWarmLength a call
+//   evict  {"path": REL} -> {"files", "blocks_dropped", "bytes_dropped",
+//          "blocks_kept_dirty", "files_pinned", "blocks_pinned_kept", "files_failed"[,
+//          "first_error"]}
+//   pin    {"path": REL} -> {"was_pinned", "blocks_cached"}
+//   unpin  {"path": REL} -> {"files", "blocks"}
+//   conflicts {"path": REL} -> {"conflicts": [CONFLICT, ...]}
+//   resolve {"path": REL, "action": "keep-ours" | "keep-theirs" | "save-ours"}
+//          -> {"path", "action", "bytes"[, "saved_as"]}
+// REL is a path relative to SOURCE in canonical form ("" for all of it);
+// the engine refuses anything else and opens nothing outside SOURCE.
 // MOUNT is {"mount_point", "source", "cache_dir", "device", "mode",
 // "block_size", "cache_size", "store", "state", "pid", "uptime_seconds"}.
 class DaemonControlHandler : public ControlHandler {
  public:
+  // The most bytes one `warm` call fetches, whatever it asks: no request is
+  // unbounded (cachefsctl asks for 16 MiB at a time).
+  static constexpr uint64_t kMaxWarmLength = uint64_t{256} << 20;
+
   explicit DaemonControlHandler(DaemonInfo info);
   Result<JsonValue> Handle(const JsonValue& request) override;
 
@@ -130,6 +146,12 @@ class DaemonControlHandler : public ControlHandler {
   Result<JsonValue> FlushStatus(const JsonValue& request);
   Result<JsonValue> Set(const JsonValue& request);
   Result<JsonValue> Mode(const JsonValue& request);
+  Result<JsonValue> Warm(const JsonValue& request);
+  Result<JsonValue> Evict(const JsonValue& request);
+  Result<JsonValue> Pin(const JsonValue& request);
+  Result<JsonValue> Unpin(const JsonValue& request);
+  Result<JsonValue> Conflicts(const JsonValue& request);
+  Result<JsonValue> Resolve(const JsonValue& request);
 
   const DaemonInfo info_;
   std::mutex config_mu_;                        // one `set` at a time

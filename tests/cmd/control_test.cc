@@ -441,9 +441,10 @@ TEST(DaemonControl, UnknownCommandNamesTheKnownOnes) {
   req.Set("cmd", "frobnicate");
   auto r = h.Handle(req);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().message(),
-            "unknown command 'frobnicate' (this daemon knows flush, flush_status, get, info, mode, "
-            "set, stats)");
+  EXPECT_EQ(
+      r.status().message(),
+      "unknown command 'frobnicate' (this daemon knows conflicts, evict, flush, flush_status, "
+      "get, info, mode, pin, resolve, set, stats, unpin, warm)");
   req.Set("cmd", "get");
   auto g = h.Handle(req);
   ASSERT_TRUE(g.ok()) << g.status().message();

@@ -417,6 +417,23 @@ Status Engine::Recover() {
       batch.RemoveDirty(seq);  // no block kept refers to it
     }
   }
+  // Dirty data whose file record is gone (contract 4: cannot be matched to
+  // a file) is kept aside, never dropped: a record flagged unmatched and
+  // conflict (the writer skips conflicts, so it is never written to
+  // whatever SOURCE holds now), listed by cachefsctl conflicts and check.
+  for (const auto& [file_id, blocks] : dirty_per_file_) {
+    auto rec = meta_->GetFile(file_id);
+    if (!rec.ok()) return rec.status();
+    if (rec.value()) continue;
+    FileRecord kept;
+    kept.file_id = file_id;
+    kept.flags = FileRecord::kUnmatched | FileRecord::kConflict;
+    batch.Put(kept);
+    conflict_files_.insert(file_id);
+    LogWarning("cache '" + dir_ + "': " + std::to_string(blocks) + " dirty blocks of file " +
+               std::to_string(file_id) +
+               " whose record is gone: kept aside, not written back (cachefsctl conflicts)");
+  }
   auto state = meta_->GetMountState();
   if (!state.ok()) return state.status();
   MountState ms = state.value().value_or(MountState{});

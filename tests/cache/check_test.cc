@@ -338,6 +338,39 @@ TEST_F(CheckTest, DirtyBlocksOfAMissingFileRecordAreKeptAside) {
   EXPECT_EQ(ReadAll(*e.value(), "b"), b_data_);
 }
 
+// The daemon does the same at mount without a check: dirty blocks whose
+// file record is gone are kept aside (unmatched, conflict), listed as a
+// conflict, never written back and never counted as writeback errors.
+TEST_F(CheckTest, EngineKeepsAsideDirtyBlocksOfAMissingFileRecordAtMount) {
+  Build();
+  uint64_t b = 0;
+  {
+    auto m = Meta();
+    b = FileId(*m, "b");
+    MetaBatch batch;
+    batch.RemoveFile(b);
+    Commit(*m, batch);
+  }
+  {
+    auto e = Engine::Open(Config());
+    ASSERT_TRUE(e.ok()) << e.status().message();
+    EXPECT_EQ(e.value()->stats().blocks_dirty, 2u);
+    auto conflicts = e.value()->Conflicts("");
+    ASSERT_TRUE(conflicts.ok()) << conflicts.status().message();
+    ASSERT_EQ(conflicts.value().size(), 1u);
+    EXPECT_EQ(conflicts.value()[0].path, "");  // no name left: kept aside
+    ASSERT_TRUE(e.value()->Flush().ok());
+    EXPECT_EQ(e.value()->stats().blocks_dirty, 2u);
+    EXPECT_EQ(e.value()->stats().writeback_errors, 0u);
+    EXPECT_EQ(ReadPath(source_ + "/b"), b_data_);
+  }
+  auto m = Meta();
+  auto rec = m->GetFile(b);
+  ASSERT_TRUE(rec.ok() && rec.value().has_value());
+  EXPECT_EQ(rec.value()->flags, FileRecord::kUnmatched | FileRecord::kConflict);
+  EXPECT_TRUE(Block(*m, b, 0).AnyDirty());
+}
+
 TEST_F(CheckTest, CleanBlocksOfAMissingFileRecordAreDropped) {
   Build();
   uint64_t a = 0;

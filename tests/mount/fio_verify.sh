@@ -4,7 +4,8 @@
 #   b) random 4k writes from two jobs on separate files, checked;
 #   c) unmount, mount the same SOURCE again, and verify everything again
 #      without writing (--verify_only): the data must have reached SOURCE;
-#   d) every file compared byte for byte (cmp) between the mount and SOURCE.
+#   d) every file compared byte for byte (cmp) between the mount and SOURCE;
+#   e) the cache mounted again with mode=readonly: verify_only, writes refused.
 # Usage: tests/mount/fio_verify.sh /path/to/cachefs [MODE]  (mode= of cachefs,
 # default writethrough)
 # Prints one line per step and ends with "fio_verify: N passed, M failed";
@@ -195,6 +196,27 @@ if [[ $cmp_ok -eq 1 ]]; then
 else
   step "d) cmp of $count files between mount and SOURCE" FAIL
 fi
+
+# e) the same cache mounted readonly (the mode is the cache's: this switch
+# writes back whatever is dirty first): both workloads verify through it,
+# twice (cold and from the cache), and a write is refused with EROFS.
+written_mode=$mode
+mode=readonly
+if unmount_cachefs && mount_cachefs &&
+  run_fio seq_verify3 "${common[@]}" --verify_only "${seq_job[@]}" &&
+  run_fio rand_verify3 "${common[@]}" --verify_only "${rand_job[@]}" &&
+  run_fio seq_verify4 "${common[@]}" --verify_only "${seq_job[@]}"; then
+  if err=$( (echo x >>"$mnt/seq.0.0") 2>&1); then
+    step "e) mode=readonly: verify_only of both workloads, a write refused" FAIL "the write succeeded"
+  elif [[ $err == *"Read-only file system"* ]]; then
+    step "e) mode=readonly: verify_only of both workloads, a write refused" OK
+  else
+    step "e) mode=readonly: verify_only of both workloads, a write refused" FAIL "$err"
+  fi
+else
+  step "e) mode=readonly: verify_only of both workloads, a write refused" FAIL
+fi
+mode=$written_mode
 
 if ! unmount_cachefs; then step "final unmount" FAIL; fi
 finish

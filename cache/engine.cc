@@ -210,6 +210,15 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   e->SetTunables(o);
   s = e->Recover();
   if (!s.ok()) return s;
+  // Statistics never stop a mount: unreadable counters start again from 0.
+  auto counters = e->meta_->GetCounters();
+  if (counters.ok()) {
+    e->counters_base_ = counters.value().value_or(PersistentCounters{});
+  } else {
+    LogWarning("cache '" + dir +
+               "': saved counters unreadable, starting from 0: " + counters.status().message());
+  }
+  e->counters_saved_ = e->counters_base_;
 
   struct statfs sfs;
   e->compare_ino_ = !(statfs(config.source.c_str(), &sfs) == 0 && sfs.f_type == kFuseSuperMagic);
@@ -257,6 +266,7 @@ Status Engine::Recover() {
   blocks_pinned_ = 0;
   Status fs = LoadFileFlags();
   if (!fs.ok()) return fs.Prefixed("cache '" + dir_ + "' recovery");
+  dirty_subs_.assign(slots, 0);
   uint32_t sub_blocks = sb_.block_size / kSubBlockSize;
   // Records changed by recovery (rolled back, clean sub-blocks dropped, a
   // lost slot conflict), written back in one batch at the end; nullopt:
@@ -275,6 +285,7 @@ Status Engine::Recover() {
     if (r.AnyDirty()) {
       // Dirty: never a victim; its dirty index entry resumes the writeback.
       dirty_slot_[slot] = true;
+      SetDirtySubs(slot, r.DirtyCount());
       AddDirty(r.dirty_seq, BlockKey{r.file_id, r.index});
     } else if (!pinned_slot_[slot]) {  // pinned: never a victim either
       policy_->Track(slot);
@@ -282,9 +293,10 @@ Status Engine::Recover() {
   };
   auto evict = [&](const BlockRecord& r) {
     uint32_t slot = static_cast<uint32_t>(r.slot);
-    index_->Erase(slot);
+    IndexErase(slot);
     if (dirty_slot_[slot]) {
       dirty_slot_[slot] = false;
+      SetDirtySubs(slot, 0);
       EraseDirty(r.dirty_seq);
     } else {
       policy_->Remove(slot);
@@ -698,7 +710,10 @@ Status Engine::Persist() {
     batch.PutDurable(closing);
     s = meta_->Commit(batch, false);
   }
-  if (s.ok()) s = meta_->SyncWal();
+  if (s.ok()) {
+    SaveCounters();
+    s = meta_->SyncWal();
+  }
   counters_.persists++;
   std::lock_guard<std::mutex> l(mu_);
   if (!s.ok()) {
@@ -718,6 +733,33 @@ Status Engine::Persist() {
     }
   }
   return Status::Ok();
+}
+
+PersistentCounters Engine::Totals() const {
+  PersistentCounters t = counters_base_;
+  t.read_hits += counters_.read_hits;
+  t.read_misses += counters_.read_misses;
+  t.write_hits += counters_.write_hits;
+  t.write_misses += counters_.write_misses;
+  t.bytes_from_cache += counters_.bytes_from_cache;
+  t.bytes_from_source += counters_.bytes_from_source;
+  t.bytes_written_back += counters_.bytes_written_back;
+  return t;
+}
+
+void Engine::SaveCounters() {
+  // One small record per persist (every commit_interval, every fsync), and
+  // none while idle. Counts since the last persist die with a crash.
+  PersistentCounters now = Totals();
+  if (now == counters_saved_) return;
+  MetaBatch batch;
+  batch.Put(now);
+  Status s = meta_->Commit(batch, false);
+  if (s.ok()) {
+    counters_saved_ = now;
+  } else {
+    LogWarning("cache '" + dir_ + "': saving the counters failed: " + s.message());
+  }
 }
 
 // --- files ------------------------------------------------------------------
@@ -1121,6 +1163,7 @@ Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to
         EraseDirty(it->second);
       }
       dirty_slot_[*slot] = false;
+      SetDirtySubs(*slot, 0);
     }
     batch.RemoveBlock(file_id, index);
     if (!slot) continue;
@@ -1351,6 +1394,7 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
       IndexInsert(key, *slot);
       if (!pinned_slot_[*slot]) policy_->TrackAdmitted(*slot, BlockKeyHash(key.file_id, key.index));
       cached = true;
+      counters_.promotions++;
     } else {
       FreeSlot(*slot);
       undo = committed;
@@ -1465,7 +1509,9 @@ void Engine::WaitForInstalls() {
 }
 
 Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out,
-                              bool bypass) {
+                              bool bypass, bool* missed) {
+  bool ignored = false;
+  if (missed == nullptr) missed = &ignored;
   const uint64_t bs = sb_.block_size;
   const uint64_t id = file.file_id_;
   const uint64_t index = pos / bs;
@@ -1502,7 +1548,10 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
       std::unique_lock<std::mutex> lock(other->mu);
       // Fetched already, waiting only to be installed: in memory, a hit.
       const bool waited = !other->done;
-      if (waited) counters_.fetch_waits++;
+      if (waited) {
+        counters_.fetch_waits++;
+        *missed = true;
+      }
       other->cv.wait(lock, [&] { return other->done; });
       if (!other->status.ok()) return other->status;
       if (!other->fill && other->epoch == file.epoch_.load() && other->data &&
@@ -1515,6 +1564,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
         return size_t{end - begin};
       }
       // Stale, or not the part we need: look again once it is installed.
+      *missed = true;
       other->cv.wait(lock, [&] { return other->installed; });
       continue;
     }
@@ -1524,6 +1574,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
     const uint64_t stop = std::min(pos + want, (index + run.size()) * bs);
     const uint64_t to = AlignedBuffer::RoundUp(stop);
     const bool fill = run.front()->fill;
+    *missed = true;
     auto fetched = FetchRun(file, fd, from, to, run, /*defer_install=*/!fill);
     if (!fetched.ok()) return fetched.status();
     if (fill) {
@@ -1542,6 +1593,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
   }
   // Three rounds lost to invalidations: sub-block by sub-block, the cache's
   // where it has them (they may be dirty), SOURCE's elsewhere.
+  *missed = true;
   return ReadMixed(file, fd, index, begin, end, out);
 }
 
@@ -1618,7 +1670,22 @@ Result<size_t> Engine::ReadMixed(CachedFile& file, int fd, uint64_t index, uint3
 
 Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
                             char* buf) {
-  if (file.detached_) return backing_->Read(fd->get(), off, len, buf);
+  const uint64_t start = MonotonicNs();
+  bool missed = false;
+  auto n = ReadRange(file, fd, off, len, buf, &missed);
+  // Reads at or past the end of the file return at once: not timed.
+  if (n.ok() && n.value() > 0) {
+    (missed ? read_miss_latency_ : read_hit_latency_).Record(MonotonicNs() - start);
+  }
+  return n;
+}
+
+Result<size_t> Engine::ReadRange(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
+                                 char* buf, bool* missed) {
+  if (file.detached_) {
+    *missed = true;
+    return backing_->Read(fd->get(), off, len, buf);
+  }
   uint64_t size;
   bool overlay;
   {
@@ -1631,7 +1698,7 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
   const bool bypass = FollowStream(file, fd, off, len, size);
   size_t done = 0;
   while (done < len) {
-    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done, bypass);
+    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done, bypass, missed);
     if (!n.ok()) return n.status();
     if (n.value() == 0 && overlay) {
       // Past SOURCE's end but inside the file as written through the mount:
@@ -1640,6 +1707,7 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
       const uint32_t begin = static_cast<uint32_t>(pos % sb_.block_size);
       const uint32_t end =
           static_cast<uint32_t>(std::min<uint64_t>(sb_.block_size, begin + (len - done)));
+      *missed = true;
       n = ReadMixed(file, fd->get(), pos / sb_.block_size, begin, end, buf + done);
       if (!n.ok()) return n.status();
     }
@@ -1769,8 +1837,12 @@ EngineStats Engine::stats() const {
   s.fetch_waits = counters_.fetch_waits;
   s.readahead_blocks = counters_.readahead_blocks;
   s.write_hits = counters_.write_hits;
+  s.write_misses = counters_.write_misses;
+  s.promotions = counters_.promotions;
   s.bytes_written_back = counters_.bytes_written_back;
   s.writeback_errors = counters_.writeback_errors;
+  s.writeback_retries = counters_.writeback_retries;
+  s.writeback_in_flight = writeback_in_flight_;
   s.conflicts = counters_.conflicts;
   s.persists = counters_.persists;
   s.not_admitted = counters_.not_admitted;
@@ -1783,13 +1855,29 @@ EngineStats Engine::stats() const {
   s.invalidations = counters_.invalidations;
   s.slots = sb_.slot_count;
   s.block_size = sb_.block_size;
+  s.cache_size = sb_.slot_count * sb_.block_size;
+  s.read_hit_latency = read_hit_latency_.Summarize();
+  s.read_miss_latency = read_miss_latency_.Summarize();
+  s.write_latency = write_latency_.Summarize();
+  s.totals = Totals();
   std::lock_guard<std::mutex> lock(mu_);
   s.blocks_cached = index_->size();
+  s.cache_used = s.blocks_cached * sb_.block_size;
   s.blocks_dirty = dirty_.size();
   s.blocks_pinned = blocks_pinned_;
+  s.dirty_bytes = dirty_subs_total_ * kSubBlockSize;
+  // Waiting: dirty, not being written now, and not of a file in conflict
+  // (never written back until resolved).
+  uint64_t conflicted = 0;
+  for (uint64_t file_id : conflict_files_) {
+    auto it = dirty_per_file_.find(file_id);
+    if (it != dirty_per_file_.end()) conflicted += it->second;
+  }
+  const uint64_t busy = conflicted + s.writeback_in_flight;
+  s.writeback_queue = s.blocks_dirty > busy ? s.blocks_dirty - busy : 0;
   s.index_memory = index_->MemoryUsed() + policy_->MemoryUsed() +
-                   readers_.capacity() * sizeof(uint16_t) + free_slots_.capacity() * 4 +
-                   free_when_unread_.capacity() / 8;
+                   (readers_.capacity() + dirty_subs_.capacity()) * sizeof(uint16_t) +
+                   free_slots_.capacity() * 4 + free_when_unread_.capacity() / 8;
   return s;
 }
 

@@ -37,6 +37,12 @@
 // slot of a pinned file is never tracked by the policy, so never a victim
 // (cache/engine_warm.cc has warm, evict, pinning and conflict resolution).
 //
+// Statistics (stats()): counters are relaxed atomics bumped where they
+// happen; request times go to lock-free histograms (common/histogram.h). The
+// counters that mean something across mounts (PersistentCounters) are loaded
+// at open and saved with every persist, so they add up over mounts and a
+// crash loses only what was counted since the last persist.
+//
 // Thread-safety: all public methods may be called concurrently. One mutex
 // guards the index, the policy and the free list; IO to SOURCE, the store and
 // the metadata happens outside it. A block's record is changed only by the
@@ -67,6 +73,7 @@
 #include "cache/cache_dir.h"
 #include "cache/options.h"
 #include "cache/policy.h"
+#include "common/histogram.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "meta/meta_store.h"
@@ -94,7 +101,9 @@ struct EngineConfig {
   static constexpr uint64_t kDefaultReadahead = 1u << 20;
 };
 
-// Counters of one mount (cachefsctl stats will show them).
+// Counters of one mount (cachefsctl stats shows them; docs/control.md has
+// their exact meaning). Counters count since this mount; `totals` adds up
+// the persistent ones over every mount of the cache.
 struct EngineStats {
   uint64_t read_hits = 0;         // blocks served from the cache (or a fetch already done)
   uint64_t read_misses = 0;       // blocks fetched from SOURCE
@@ -105,20 +114,38 @@ struct EngineStats {
   uint64_t crc_errors = 0;
   uint64_t evictions = 0;
   uint64_t invalidations = 0;  // files whose blocks were dropped for a new fingerprint
-  uint64_t write_hits = 0;     // blocks written into the cache (writeback)
+  uint64_t write_hits = 0;     // block writes into the cache that found the block cached
+  uint64_t write_misses = 0;   // block writes into the cache of a block not cached (dm-cache)
+  uint64_t promotions = 0;     // blocks placed in the cache by a read fetch (miss or readahead)
   uint64_t blocks_dirty = 0;
+  uint64_t dirty_bytes = 0;          // dirty sub-blocks x 4 KiB
+  uint64_t writeback_queue = 0;      // dirty blocks waiting for the writer (not in conflict)
+  uint64_t writeback_in_flight = 0;  // dirty blocks the writer is writing back now
   uint64_t bytes_written_back = 0;
-  uint64_t writeback_errors = 0;  // failed attempts (retried)
-  uint64_t conflicts = 0;         // files changed outside while dirty
-  uint64_t persists = 0;          // store persists + WAL syncs (fsync group commit)
-  uint64_t not_admitted = 0;      // read misses served uncached by the policy's choice
-  uint64_t bypassed = 0;          // blocks of long sequential streams or big files served uncached
-  uint64_t warmed = 0;            // blocks fetched into the cache by Warm (cachefsctl warm)
-  uint64_t blocks_pinned = 0;     // cached blocks of pinned files (never evicted)
+  uint64_t writeback_errors = 0;   // failed attempts (retried)
+  uint64_t writeback_retries = 0;  // writer rounds run again after a failed one
+  uint64_t conflicts = 0;          // files changed outside while dirty
+  uint64_t persists = 0;           // store persists + WAL syncs (fsync group commit)
+  uint64_t not_admitted = 0;       // read misses served uncached by the policy's choice
+  uint64_t bypassed = 0;           // blocks of long sequential streams or big files served uncached
+  uint64_t warmed = 0;             // blocks fetched into the cache by Warm (cachefsctl warm)
+  uint64_t blocks_pinned = 0;      // cached blocks of pinned files (never evicted)
   uint64_t blocks_cached = 0;
   uint64_t slots = 0;
+  uint64_t cache_used = 0;  // bytes: blocks_cached x block_size (the store's slots in use)
+  uint64_t cache_size = 0;  // bytes: slots x block_size
   uint32_t block_size = 0;
   size_t index_memory = 0;  // bytes of RAM for the index and the policy
+  // Time of one request into the engine, since mount: a Read served wholly
+  // from the cache, a Read that needed SOURCE (or waited for a fetch), a
+  // Write (writeback) or a write through (BeforeWriteThrough to the end of
+  // WriteThrough, SOURCE's write included).
+  LatencySummary read_hit_latency;
+  LatencySummary read_miss_latency;
+  LatencySummary write_latency;
+  // read/write hits and misses and bytes over every mount of the cache:
+  // earlier mounts' (saved at each persist and at clean shutdown) + this one's.
+  PersistentCounters totals;
 };
 
 // What recovery at open found (contract 1c): block records whose data was
@@ -209,7 +236,8 @@ class Engine {
 
   // Reads up to `len` bytes at `off` of `file` (SOURCE descriptor `fd`),
   // from the cache where it can; short only at end of file. Readahead
-  // started by this read holds `fd` until it is done.
+  // started by this read holds `fd` until it is done. Timed as a hit when
+  // all of it came from the cache, else as a miss (EngineStats).
   Result<size_t> Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len, char* buf);
   // After SOURCE was changed through the mount in [off, off+len) (a write,
   // fallocate, copy_file_range) or cut at `st.st_size` (truncate): drops the
@@ -267,7 +295,8 @@ class Engine {
   // mode=writethrough, before the FUSE layer writes [off, off + len) to
   // SOURCE: the cached copies of those sub-blocks stop being valid (in the
   // metadata), so a crash between the SOURCE write and WriteThrough cannot
-  // leave the cache serving the old bytes.
+  // leave the cache serving the old bytes. Starts the write's timing
+  // (write_latency) on this thread; the WriteThrough that follows ends it.
   Status BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len);
   // mode=writethrough: `len` bytes at `off` were written to SOURCE (which
   // now looks like `st`); the cache takes them too, clean. A block that
@@ -512,10 +541,15 @@ class Engine {
     }
   };
   Verified VerifyVersion(uint64_t file_id, uint64_t index, BlockVersion* v);
+  // Read() untimed; sets `*missed` when any of it came from SOURCE or
+  // waited for a fetch.
+  Result<size_t> ReadRange(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
+                           char* buf, bool* missed);
   // Serves the part of [pos, pos + want) that lies in pos's block, or more
-  // when a run of missing blocks was fetched; 0 at end of file.
-  Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out,
-                        bool bypass);
+  // when a run of missing blocks was fetched; 0 at end of file. Sets
+  // `*missed` (if given) unless all of it was served from the cache at once.
+  Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out, bool bypass,
+                        bool* missed = nullptr);
   // Serves [begin, end) of block `index` sub-block by sub-block: the
   // cache's valid sub-blocks (dirty ones included), SOURCE's bytes for the
   // others, zeros past SOURCE's end where the mount shows the file longer.
@@ -580,6 +614,8 @@ class Engine {
   // not reused before then).
   void QuarantineSlot(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddDirty(uint64_t seq, const BlockKey& key) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records that `slot`'s block has `subs` dirty sub-blocks now (dirty_bytes).
+  void SetDirtySubs(uint32_t slot, uint32_t subs) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseDirty(uint64_t seq) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasDirty(uint64_t file_id);
   // Drops the cached blocks of `file_id` with from_index <= index < to_index
@@ -622,6 +658,12 @@ class Engine {
   void ReleaseReader(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlot(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PersistLoop();
+  // The persistent counters over every mount: earlier mounts' + this one's.
+  PersistentCounters Totals() const;
+  // Puts Totals() in the metadata's log if they changed since the last save;
+  // the WAL sync of the persist that calls it makes them durable.
+  // REQUIRES: sync_mu_ held.
+  void SaveCounters();
   // Puts the file's record with its current fingerprint into `batch` (or
   // commits it: WriteFileRecord) if the fingerprint changed since.
   Status FileRecordInto(CachedFile& file, MetaBatch& batch) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
@@ -678,11 +720,22 @@ class Engine {
   struct Counters {
     std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, readahead_blocks{0},
         bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0},
-        write_hits{0}, bytes_written_back{0}, writeback_errors{0}, conflicts{0}, persists{0},
-        not_admitted{0}, bypassed{0}, warmed{0};
+        write_hits{0}, write_misses{0}, promotions{0}, bytes_written_back{0}, writeback_errors{0},
+        writeback_retries{0}, conflicts{0}, persists{0}, not_admitted{0}, bypassed{0}, warmed{0};
   };
   mutable Counters counters_;
   RecoveryReport recovery_;  // written by Recover() only, before any other thread starts
+  LatencyHistogram read_hit_latency_;
+  LatencyHistogram read_miss_latency_;
+  LatencyHistogram write_latency_;
+  std::atomic<uint64_t> writeback_in_flight_{0};  // blocks taken by the writer, not yet clean
+  // Dirty sub-blocks of each slot's block, and their sum (for dirty_bytes).
+  std::vector<uint16_t> dirty_subs_ GUARDED_BY(mu_);
+  uint64_t dirty_subs_total_ GUARDED_BY(mu_) = 0;
+  // Persistent counters: earlier mounts' totals (read at open, then
+  // constant), this mount's added (Totals()), and what was last saved.
+  PersistentCounters counters_base_;
+  PersistentCounters counters_saved_;  // guarded by sync_mu_
 
   Tunables tunables_;
   std::atomic<CacheMode> mode_{CacheMode::kWritethrough};

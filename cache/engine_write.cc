@@ -49,6 +49,10 @@ constexpr uint64_t kFailedDrainPauseMs = 1000;  // after a round that failed
 // How often a write that finds no free slot frees some and tries again.
 constexpr int kRoomRounds = 8;
 
+// When this thread's write through began (BeforeWriteThrough), so that its
+// latency covers the FUSE layer's write of SOURCE too; 0: none pending.
+thread_local uint64_t write_through_start_ns = 0;
+
 int64_t NowNs() {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -132,6 +136,11 @@ void Engine::SealVersion(const BlockRecord* before, BlockRecord* out) {
 void Engine::AddDirty(uint64_t seq, const BlockKey& key) {
   dirty_[seq] = key;
   dirty_per_file_[key.file_id]++;
+}
+
+void Engine::SetDirtySubs(uint32_t slot, uint32_t subs) {
+  dirty_subs_total_ = dirty_subs_total_ - dirty_subs_[slot] + subs;
+  dirty_subs_[slot] = static_cast<uint16_t>(subs);
 }
 
 void Engine::EraseDirty(uint64_t seq) {
@@ -355,11 +364,13 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
       IndexErase(*old_slot);
       policy_->Remove(*old_slot);
       dirty_slot_[*old_slot] = false;
+      SetDirtySubs(*old_slot, 0);
       QuarantineSlot(*old_slot);
     }
     IndexInsert({id, index}, slot);
   }
   dirty_slot_[slot] = out.AnyDirty();
+  SetDirtySubs(slot, out.DirtyCount());
   if (dirty_slot_[slot]) {
     policy_->Remove(slot);  // dirty: never a victim until written back
   } else if (!policy_->IsTracked(slot) && !pinned_slot_[slot]) {
@@ -367,7 +378,8 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   }
   if (newly_dirty) AddDirty(out.dirty_seq, BlockKey{id, index});
   if (old_slot) ReleaseReader(*old_slot);
-  counters_.write_hits++;
+  // dm-cache's sense: a write hit finds the block in the cache.
+  (old_slot ? counters_.write_hits : counters_.write_misses)++;
   return Status::Ok();
 }
 
@@ -390,6 +402,7 @@ Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint
 Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
                      size_t len, bool sync) {
   if (len == 0) return Status::Ok();
+  ScopedLatency timed(&write_latency_);
   if (file.detached_) {
     // Its last name is gone (or another file took it): no record to hang
     // dirty data on. Its open handles read SOURCE's file: write there.
@@ -447,6 +460,7 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
 }
 
 Status Engine::BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len) {
+  write_through_start_ns = MonotonicNs();
   if (len == 0) return Status::Ok();
   const uint64_t bs = sb_.block_size;
   const uint64_t id = file.file_id_;
@@ -485,6 +499,9 @@ Status Engine::BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len) {
 
 Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
                             size_t len, const struct stat& st) {
+  const uint64_t started = write_through_start_ns;
+  write_through_start_ns = 0;
+  ScopedLatency timed(&write_latency_, started != 0 ? started : MonotonicNs());
   const uint64_t bs = sb_.block_size;
   // SOURCE has the data: its new look is ours (and fetches that read it
   // before are stale).
@@ -635,6 +652,13 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     std::vector<uint64_t> clipped;  // dirty sub-blocks not (all) written: past `size`
   };
   std::vector<Taken> taken;
+  // The taken blocks count as in flight (stats) until each is marked
+  // clean, or this round ends.
+  struct InFlight {
+    std::atomic<uint64_t>& total;
+    uint64_t mine = 0;
+    ~InFlight() { total -= mine; }
+  } in_flight{writeback_in_flight_};
   Buffer block = AllocAligned(bs);
   if (!block) return Status::Error(ENOMEM, "out of memory");
   uint64_t written = 0;
@@ -653,6 +677,8 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     UnlockBlock(file_id, lock);
     if (!s.ok()) return s;
     if (!r.value() || !r.value()->AnyDirty()) continue;
+    in_flight.total++;
+    in_flight.mine++;
     std::vector<uint64_t> clipped(rec.dirty.size(), 0);
     // Dirty runs to SOURCE, clipped at the file's size.
     for (uint32_t i = 0; i < rec.sub_blocks();) {
@@ -752,6 +778,9 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       s = meta_->Commit(batch, false);
       if (s.ok()) {
         std::lock_guard<std::mutex> l(mu_);
+        if (index_->Find({file_id, t.index}) == rec.slot) {
+          SetDirtySubs(static_cast<uint32_t>(rec.slot), rec.DirtyCount());
+        }
         if (clean) {
           EraseDirty(seq);
           if (index_->Find({file_id, t.index}) == rec.slot) {
@@ -764,6 +793,8 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       all_clean = all_clean && clean;
     }
     UnlockBlock(file_id, lock);
+    in_flight.total--;
+    in_flight.mine--;
     if (!s.ok()) return s;
   }
   if (all_clean && live && !HasDirty(file_id)) {
@@ -878,6 +909,7 @@ void Engine::WritebackLoop() {
     if (wb_stopping_) break;
     wb_kick_ = false;
     lock.unlock();
+    if (failed) counters_.writeback_retries++;
     Status s = Flush();
     failed = !s.ok();
     if (failed) {

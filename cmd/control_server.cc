@@ -373,7 +373,9 @@ Result<JsonValue> DaemonControlHandler::Info(const JsonValue& /*request*/) {
 Result<JsonValue> DaemonControlHandler::Stats(const JsonValue& /*request*/) {
   JsonValue r = JsonValue::MakeObject();
   r.Set("mount", MountJson());
-  r.Set("stats", StatsToJson(info_.engine->stats()));
+  const EngineStats stats = info_.engine->stats();
+  r.Set("stats", StatsToJson(stats));
+  r.Set("totals", TotalsToJson(stats));
   return r;
 }
 

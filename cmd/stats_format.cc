@@ -12,6 +12,17 @@ JsonValue Ratio(uint64_t hits, uint64_t misses) {
   return static_cast<double>(hits) / static_cast<double>(hits + misses);
 }
 
+double Micros(uint64_t ns) { return static_cast<double>(ns) / 1000.0; }
+
+JsonValue Latency(const LatencySummary& l) {
+  JsonValue out = JsonValue::MakeObject();
+  out.Set("count", l.count);
+  out.Set("sum_us", Micros(l.sum_ns));
+  out.Set("p50_us", l.count > 0 ? JsonValue(Micros(l.p50_ns)) : JsonValue());
+  out.Set("p99_us", l.count > 0 ? JsonValue(Micros(l.p99_ns)) : JsonValue());
+  return out;
+}
+
 }  // namespace
 
 // clang-format off
@@ -19,6 +30,15 @@ JsonValue Ratio(uint64_t hits, uint64_t misses) {
 #define CACHEFS_STAT(field, unit, kind, help) \
   StatField{#field, unit, StatKind::kind, help, \
             [](const EngineStats& s) { return JsonValue(s.field); }}
+// A counter that is also a member of PersistentCounters (EngineStats::totals).
+#define CACHEFS_PERSISTENT(field, unit, help) \
+  StatField{#field, unit, StatKind::kCounter, help, \
+            [](const EngineStats& s) { return JsonValue(s.field); }, nullptr, nullptr, \
+            [](const EngineStats& s) { return JsonValue(s.totals.field); }}
+// A LatencySummary member.
+#define CACHEFS_LATENCY(field, help) \
+  StatField{#field, "us", StatKind::kLatency, help, \
+            [](const EngineStats& s) { return Latency(s.field); }}
 // A ratio hits / (hits + misses) of two counter members.
 #define CACHEFS_RATIO(name, hits, misses, help) \
   StatField{#name, "ratio", StatKind::kGauge, help, \
@@ -26,19 +46,25 @@ JsonValue Ratio(uint64_t hits, uint64_t misses) {
 
 const std::vector<StatField>& StatFields() {
   static const std::vector<StatField> fields = {
-      CACHEFS_STAT(read_hits, "blocks", kCounter, "Blocks read from the cache"),
-      CACHEFS_STAT(read_misses, "blocks", kCounter, "Blocks fetched from SOURCE on a read"),
+      CACHEFS_PERSISTENT(read_hits, "blocks", "Blocks read from the cache"),
+      CACHEFS_PERSISTENT(read_misses, "blocks", "Blocks fetched from SOURCE on a read"),
       CACHEFS_STAT(fetch_waits, "reads", kCounter, "Reads that waited for another's fetch"),
       CACHEFS_STAT(readahead_blocks, "blocks", kCounter, "Blocks fetched ahead of a sequential reader"),
-      CACHEFS_STAT(bytes_from_cache, "bytes", kCounter, "Bytes read from the cache"),
-      CACHEFS_STAT(bytes_from_source, "bytes", kCounter, "Bytes fetched from SOURCE"),
+      CACHEFS_STAT(promotions, "blocks", kCounter, "Blocks placed in the cache by a read miss or readahead"),
+      CACHEFS_PERSISTENT(bytes_from_cache, "bytes", "Bytes read from the cache"),
+      CACHEFS_PERSISTENT(bytes_from_source, "bytes", "Bytes fetched from SOURCE"),
       CACHEFS_STAT(crc_errors, "blocks", kCounter, "Cached blocks that failed their CRC check"),
       CACHEFS_STAT(evictions, "blocks", kCounter, "Blocks evicted to make room"),
       CACHEFS_STAT(invalidations, "files", kCounter, "Files whose blocks were dropped for a change in SOURCE"),
-      CACHEFS_STAT(write_hits, "blocks", kCounter, "Blocks written into the cache"),
+      CACHEFS_PERSISTENT(write_hits, "blocks", "Block writes into the cache that found the block cached"),
+      CACHEFS_PERSISTENT(write_misses, "blocks", "Block writes into the cache of a block not cached"),
       CACHEFS_STAT(blocks_dirty, "blocks", kGauge, "Blocks not yet written back to SOURCE"),
-      CACHEFS_STAT(bytes_written_back, "bytes", kCounter, "Bytes written back to SOURCE"),
+      CACHEFS_STAT(dirty_bytes, "bytes", kGauge, "Dirty sub-blocks times 4 KiB"),
+      CACHEFS_STAT(writeback_queue, "blocks", kGauge, "Dirty blocks waiting to be written back"),
+      CACHEFS_STAT(writeback_in_flight, "blocks", kGauge, "Dirty blocks being written back now"),
+      CACHEFS_PERSISTENT(bytes_written_back, "bytes", "Bytes written back to SOURCE"),
       CACHEFS_STAT(writeback_errors, "attempts", kCounter, "Failed writeback attempts (retried)"),
+      CACHEFS_STAT(writeback_retries, "attempts", kCounter, "Writeback rounds run again after a failed one"),
       CACHEFS_STAT(conflicts, "files", kCounter, "Files changed outside while they had dirty data"),
       CACHEFS_STAT(persists, "syncs", kCounter, "Persists of the store and syncs of the metadata"),
       CACHEFS_STAT(not_admitted, "blocks", kCounter,
@@ -49,15 +75,23 @@ const std::vector<StatField>& StatFields() {
       CACHEFS_STAT(blocks_cached, "blocks", kGauge, "Blocks in the cache"),
       CACHEFS_STAT(blocks_pinned, "blocks", kGauge, "Cached blocks of pinned files (never evicted)"),
       CACHEFS_STAT(slots, "blocks", kGauge, "Blocks the cache can hold"),
+      CACHEFS_STAT(cache_used, "bytes", kGauge, "Store space of the cached blocks (blocks_cached x block_size)"),
+      CACHEFS_STAT(cache_size, "bytes", kGauge, "Store space for cached blocks (slots x block_size)"),
       CACHEFS_STAT(block_size, "bytes", kGauge, "Size of a cache block"),
       CACHEFS_STAT(index_memory, "bytes", kGauge, "RAM of the block index and the policy"),
+      CACHEFS_LATENCY(read_hit_latency, "Time of reads served wholly from the cache, since mount"),
+      CACHEFS_LATENCY(read_miss_latency, "Time of reads that needed SOURCE, since mount"),
+      CACHEFS_LATENCY(write_latency, "Time of writes into the cache (write through: SOURCE's write too), since mount"),
       CACHEFS_RATIO(read_hit_ratio, read_hits, read_misses, "read_hits / (read_hits + read_misses) since mount"),
+      CACHEFS_RATIO(write_hit_ratio, write_hits, write_misses, "write_hits / (write_hits + write_misses) since mount"),
   };
   return fields;
 }
 // clang-format on
 
 #undef CACHEFS_STAT
+#undef CACHEFS_PERSISTENT
+#undef CACHEFS_LATENCY
 #undef CACHEFS_RATIO
 
 JsonValue StatsToJson(const EngineStats& stats) {
@@ -66,8 +100,27 @@ JsonValue StatsToJson(const EngineStats& stats) {
   return out;
 }
 
+JsonValue TotalsToJson(const EngineStats& stats) {
+  JsonValue out = JsonValue::MakeObject();
+  for (const StatField& f : StatFields()) {
+    if (f.total != nullptr) out.Set(f.name, f.total(stats));
+  }
+  for (const StatField& f : StatFields()) {
+    if (f.ratio_hits == nullptr) continue;
+    uint64_t hits = 0;
+    uint64_t misses = 0;
+    const JsonValue* h = out.Find(f.ratio_hits);
+    const JsonValue* m = out.Find(f.ratio_misses);
+    if (h != nullptr && m != nullptr && h->as_uint64(&hits) && m->as_uint64(&misses)) {
+      out.Set(f.name, Ratio(hits, misses));
+    }
+  }
+  return out;
+}
+
 std::string PrometheusName(const StatField& field) {
   std::string name = std::string("cachefs_") + field.name;
+  if (field.kind == StatKind::kLatency) return name + "_seconds";
   if (std::string_view(field.unit) == "bytes" && name.find("bytes") == std::string::npos) {
     name += "_bytes";
   }
@@ -117,9 +170,25 @@ bool Number(const JsonValue& obj, std::string_view key, double* out) {
   return v != nullptr && v->as_double(out);
 }
 
+// A time for people: microseconds below 1 ms, then ms, then s.
+std::string ShowMicros(double us) {
+  if (us < 1000) return Fixed(us, 1) + " us";
+  if (us < 1e6) return Fixed(us / 1e3, 2) + " ms";
+  return Fixed(us / 1e6, 2) + " s";
+}
+
+// A latency object's p50 and p99 ("-" before the first request).
+std::string ShowLatency(const JsonValue& v) {
+  double p50 = 0;
+  double p99 = 0;
+  if (!Number(v, "p50_us", &p50) || !Number(v, "p99_us", &p99)) return "-";
+  return "p50 " + ShowMicros(p50) + ", p99 " + ShowMicros(p99);
+}
+
 // A value with its unit, for people.
 std::string ShowValue(const JsonValue& v, std::string_view unit) {
   if (v.is_null()) return "-";
+  if (v.is_object()) return ShowLatency(v);
   if (unit == "ratio") {
     double d = 0;
     return v.as_double(&d) ? Percent(d) : v.Serialize();
@@ -161,6 +230,19 @@ std::string Duration(double seconds) {
 // The interval column of one row, or "" when it has none.
 std::string IntervalCell(const StatField& f, const JsonValue& now, const JsonValue& before,
                          double interval_s) {
+  if (f.kind == StatKind::kLatency) {
+    const JsonValue* a = now.Find(f.name);
+    const JsonValue* b = before.Find(f.name);
+    double c1 = 0, c0 = 0, s1 = 0, s0 = 0;
+    if (a == nullptr || b == nullptr || !Number(*a, "count", &c1) || !Number(*b, "count", &c0) ||
+        !Number(*a, "sum_us", &s1) || !Number(*b, "sum_us", &s0)) {
+      return "";
+    }
+    if (c1 <= c0) return "-";
+    std::string cell = "mean " + ShowMicros((s1 - s0) / (c1 - c0));
+    if (interval_s > 0) cell += ", " + ShowRate((c1 - c0) / interval_s, "requests");
+    return cell;
+  }
   if (f.kind == StatKind::kCounter && interval_s > 0) {
     double a = 0;
     double b = 0;
@@ -218,6 +300,8 @@ const JsonValue& MemberOrEmpty(const JsonValue& obj, std::string_view key) {
 std::string FormatStatsTable(const JsonValue& reply, const JsonValue* previous, double interval_s) {
   const JsonValue& mount = MemberOrEmpty(reply, "mount");
   const JsonValue& stats = MemberOrEmpty(reply, "stats");
+  const JsonValue* totals_member = reply.Find("totals");
+  const bool totals = totals_member != nullptr && totals_member->is_object();
   std::string out = Text(mount, "mount_point") + ": source " + Text(mount, "source") + ", cache " +
                     Text(mount, "cache_dir") + "\n";
   out += "mode " + Text(mount, "mode");
@@ -231,21 +315,22 @@ std::string FormatStatsTable(const JsonValue& reply, const JsonValue* previous, 
   const JsonValue& before = rates ? MemberOrEmpty(*previous, "stats") : stats;
   constexpr size_t kNameWidth = 20;
   constexpr size_t kValueWidth = 30;
-  out += PadRight("FIELD", kNameWidth) + (rates ? PadRight("VALUE", kValueWidth) : "VALUE");
-  if (rates) out += "LAST " + Fixed(interval_s, 1) + " s";
-  out += "\n";
+  // Cells left to right; trailing blanks go.
+  auto row = [&](const std::string& name, const std::string& value, const std::string& total,
+                 const std::string& last) {
+    std::string line = PadRight(name, kNameWidth) + PadRight(value, kValueWidth);
+    if (totals) line += PadRight(total, kValueWidth);
+    if (rates) line += last;
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    return line + "\n";
+  };
+  out += row("FIELD", "VALUE", "TOTAL", "LAST " + Fixed(interval_s, 1) + " s");
   for (const StatField& f : StatFields()) {
     const JsonValue* v = stats.Find(f.name);
     if (v == nullptr) continue;  // a daemon that does not know the field yet
-    std::string row = PadRight(f.name, kNameWidth);
-    if (rates) {
-      row +=
-          PadRight(ShowValue(*v, f.unit), kValueWidth) + IntervalCell(f, stats, before, interval_s);
-    } else {
-      row += ShowValue(*v, f.unit);
-    }
-    while (!row.empty() && row.back() == ' ') row.pop_back();
-    out += row + "\n";
+    const JsonValue* t = totals ? totals_member->Find(f.name) : nullptr;
+    out += row(f.name, ShowValue(*v, f.unit), t != nullptr ? ShowValue(*t, f.unit) : "",
+               rates ? IntervalCell(f, stats, before, interval_s) : "");
   }
   return out;
 }
@@ -253,21 +338,53 @@ std::string FormatStatsTable(const JsonValue& reply, const JsonValue* previous, 
 std::string FormatStatsPrometheus(const JsonValue& reply) {
   const JsonValue& mount = MemberOrEmpty(reply, "mount");
   const JsonValue& stats = MemberOrEmpty(reply, "stats");
+  const JsonValue& totals = MemberOrEmpty(reply, "totals");
   const std::string label = "mount=\"" + LabelValue(Text(mount, "mount_point")) + "\"";
   std::string out;
-  out += "# HELP cachefs_info The mount and its cache; the value is always 1.\n";
-  out += "# TYPE cachefs_info gauge\n";
-  out += "cachefs_info{" + label + ",source=\"" + LabelValue(Text(mount, "source")) +
-         "\",cache_dir=\"" + LabelValue(Text(mount, "cache_dir")) + "\",mode=\"" +
-         LabelValue(Text(mount, "mode")) + "\"} 1\n";
+  auto header = [&out](const std::string& name, const std::string& help, const char* type) {
+    out.append("# HELP ").append(name).append(" ").append(help).append(".\n");
+    out.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+  };
+  auto sample = [&out](const std::string& name, const std::string& labels,
+                       const std::string& value) {
+    out.append(name).append("{").append(labels).append("} ").append(value).append("\n");
+  };
+  header("cachefs_info", "The mount and its cache; the value is always 1", "gauge");
+  sample("cachefs_info",
+         label + ",source=\"" + LabelValue(Text(mount, "source")) + "\",cache_dir=\"" +
+             LabelValue(Text(mount, "cache_dir")) + "\",mode=\"" + LabelValue(Text(mount, "mode")) +
+             "\"",
+         "1");
   for (const StatField& f : StatFields()) {
     const JsonValue* v = stats.Find(f.name);
     if (v == nullptr) continue;
     const std::string name = PrometheusName(f);
-    out.append("# HELP ").append(name).append(" ").append(f.help).append(".\n");
-    out.append("# TYPE ").append(name).append(f.kind == StatKind::kCounter ? " counter\n"
-                                                                           : " gauge\n");
-    out.append(name).append("{").append(label).append("} ").append(SampleValue(*v)).append("\n");
+    if (f.kind == StatKind::kLatency) {
+      // A summary in seconds, the exposition format's base unit.
+      header(name, f.help, "summary");
+      auto seconds = [v](const char* member) {
+        double us = 0;
+        return Number(*v, member, &us) ? SampleValue(JsonValue(us / 1e6)) : "NaN";
+      };
+      sample(name, label + ",quantile=\"0.5\"", seconds("p50_us"));
+      sample(name, label + ",quantile=\"0.99\"", seconds("p99_us"));
+      sample(name + "_sum", label, seconds("sum_us"));
+      const JsonValue* count = v->Find("count");
+      sample(name + "_count", label, count != nullptr ? SampleValue(*count) : "NaN");
+      continue;
+    }
+    header(name, f.help, f.kind == StatKind::kCounter ? "counter" : "gauge");
+    sample(name, label, SampleValue(*v));
+  }
+  // The persistent counters: over every mount of the cache, so they do not
+  // restart at a remount (only after a crash they may lose the last second).
+  for (const StatField& f : StatFields()) {
+    const JsonValue* v = totals.Find(f.name);
+    if (v == nullptr || f.kind != StatKind::kCounter) continue;
+    std::string name = PrometheusName(f);
+    name.insert(std::string("cachefs_").size(), "lifetime_");
+    header(name, std::string(f.help) + ", over every mount of the cache", "counter");
+    sample(name, label, SampleValue(*v));
   }
   return out;
 }

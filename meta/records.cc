@@ -1,6 +1,7 @@
 #include "meta/records.h"
 
 #include <algorithm>
+#include <bit>
 
 namespace cachefs {
 
@@ -52,6 +53,12 @@ void BlockRecord::Restore(const BlockVersion& v) {
   valid = v.valid;
   dirty = v.dirty;
   crc = v.crc;
+}
+
+uint32_t BlockRecord::DirtyCount() const {
+  uint32_t n = 0;
+  for (uint64_t w : dirty) n += static_cast<uint32_t>(std::popcount(w));
+  return n;
 }
 
 }  // namespace cachefs

@@ -138,6 +138,7 @@ struct BlockRecord {
   // current again from `v` (file, index and `previous` unchanged).
   BlockVersion Current() const;
   void Restore(const BlockVersion& v);
+  uint32_t DirtyCount() const;  // dirty sub-blocks
 
   bool operator==(const BlockRecord&) const = default;
 };

@@ -788,6 +788,191 @@ TEST_F(EngineTest, GroupCommitSharesPersists) {
   EXPECT_GT(e->stats().persists, 0u);
 }
 
+void ExpectTimed(const LatencySummary& l, uint64_t count, const char* what) {
+  EXPECT_EQ(l.count, count) << what;
+  if (count == 0) return;
+  EXPECT_GT(l.p50_ns, 0u) << what;
+  EXPECT_LE(l.p50_ns, l.p99_ns) << what;
+  EXPECT_GE(l.sum_ns, l.count * 100) << what << ": every request takes some time";
+}
+
+// The persistent counters add up over mounts: saved at each persist and at
+// clean shutdown, loaded at open; a kill loses what came after the last
+// persist, nothing before it.
+TEST_F(EngineTest, CountersPersistAcrossReopen) {
+  std::string data = Pattern(4 * kBlock, 90);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = WritebackConfig();
+  c.options.commit_interval_ms = 3600 * 1000;  // persists only when the test says
+  {
+    auto e = OpenEngine(c);
+    ASSERT_NE(e, nullptr);
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);  // one request, 4 misses
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);  // one request, 4 hits
+    const std::string w1 = Pattern(100, 91);
+    ASSERT_TRUE(e->Write(*f.value(), fd, 10, w1.data(), w1.size(), false).ok());  // cached
+    const std::string w2 = Pattern(4096, 92);
+    ASSERT_TRUE(e->Write(*f.value(), fd, 4 * kBlock, w2.data(), w2.size(), false).ok());  // new
+    EngineStats s = e->stats();
+    EXPECT_EQ(s.read_misses, 4u);
+    EXPECT_EQ(s.read_hits, 4u);
+    EXPECT_EQ(s.bytes_from_source, 4u * kBlock);
+    EXPECT_EQ(s.bytes_from_cache, 4u * kBlock);
+    EXPECT_EQ(s.write_hits, 1u);
+    EXPECT_EQ(s.write_misses, 1u);
+    EXPECT_EQ(s.promotions, 4u);
+    EXPECT_EQ(s.blocks_dirty, 2u);
+    EXPECT_EQ(s.dirty_bytes, 2u * 4096);  // one sub-block each
+    EXPECT_EQ(s.writeback_queue, 2u);
+    EXPECT_EQ(s.writeback_in_flight, 0u);
+    EXPECT_EQ(s.cache_used, 5u * kBlock);
+    EXPECT_EQ(s.cache_size, 16u * kBlock);
+    ExpectTimed(s.read_miss_latency, 1, "miss");
+    ExpectTimed(s.read_hit_latency, 1, "hit");
+    ExpectTimed(s.write_latency, 2, "write");
+    EXPECT_EQ(s.totals, (PersistentCounters{4, 4, 1, 1, 4 * kBlock, 4 * kBlock, 0}))
+        << "a new cache: the totals are this mount's";
+    ASSERT_TRUE(e->Flush().ok());
+    s = e->stats();
+    EXPECT_EQ(s.bytes_written_back, 2u * 4096);
+    EXPECT_EQ(s.blocks_dirty, 0u);
+    EXPECT_EQ(s.dirty_bytes, 0u);
+    EXPECT_EQ(s.writeback_queue, 0u);
+    EXPECT_EQ(s.writeback_in_flight, 0u);
+    EXPECT_EQ(s.writeback_retries, 0u);
+  }  // clean shutdown
+  PersistentCounters want{4, 4, 1, 1, 4 * kBlock, 4 * kBlock, 2 * 4096};
+  const size_t size = data.size() + 4096;
+  {
+    auto e = OpenEngine(c);
+    ASSERT_NE(e, nullptr);
+    EngineStats s = e->stats();
+    EXPECT_EQ(s.read_hits + s.read_misses + s.write_hits + s.bytes_from_cache, 0u) << "since mount";
+    ExpectTimed(s.read_hit_latency, 0, "hit");
+    EXPECT_EQ(s.totals, want);
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, size).size(), size);  // 5 hits
+    want.read_hits += 5;
+    want.bytes_from_cache += size;
+    EXPECT_EQ(e->stats().totals, want);
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    auto e = Engine::Open(c);
+    if (!e.ok()) _exit(2);
+    auto f = e.value()->OpenFile("f", Stat(fd));
+    if (!f.ok()) _exit(3);
+    std::string out(size, '\0');
+    if (!e.value()->Read(*f.value(), fd, 0, size, out.data()).ok()) _exit(4);
+    if (!e.value()->Persist().ok()) _exit(5);
+    if (!e.value()->Read(*f.value(), fd, 0, size, out.data()).ok()) _exit(6);
+    _exit(0);  // no destructor: as good as a crash
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  want.read_hits += 5;  // the read before the persist; the one after it is lost
+  want.bytes_from_cache += size;
+  EXPECT_EQ(e->stats().totals, want);
+}
+
+// A write through is timed from BeforeWriteThrough to the end of
+// WriteThrough: SOURCE's write, which the FUSE layer makes in between, counts.
+TEST_F(EngineTest, WriteThroughLatencyIncludesTheSourceWrite) {
+  std::string data = Pattern(2 * kBlock, 95);
+  auto fd = MakeFile("f", data);
+  auto e = OpenEngine(Config());
+  ASSERT_NE(e, nullptr);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, kBlock), data.substr(0, kBlock));  // block 0 cached
+  const std::string w = Pattern(2 * 4096, 96);
+  ASSERT_TRUE(e->BeforeWriteThrough(*f.value(), kBlock - 4096, w.size()).ok());
+  int wfd = open((source_ + "/f").c_str(), O_WRONLY);
+  ASSERT_EQ(pwrite(wfd, w.data(), w.size(), kBlock - 4096), static_cast<ssize_t>(w.size()));
+  close(wfd);
+  constexpr auto kSlowSource = std::chrono::milliseconds(20);
+  std::this_thread::sleep_for(kSlowSource);  // a slow SOURCE's write
+  ASSERT_TRUE(e->WriteThrough(*f.value(), fd, kBlock - 4096, w.data(), w.size(), Stat(fd)).ok());
+  EngineStats s = e->stats();
+  ExpectTimed(s.write_latency, 1, "write through");
+  EXPECT_GE(s.write_latency.p50_ns, 20000000u * 63 / 64) << "within the histogram's precision";
+  EXPECT_EQ(s.write_hits, 1u);    // block 0 was cached
+  EXPECT_EQ(s.write_misses, 1u);  // block 1 was not
+  EXPECT_EQ(s.dirty_bytes, 0u);   // clean: SOURCE has it
+  // A write through without its BeforeWriteThrough times itself alone.
+  ASSERT_TRUE(e->WriteThrough(*f.value(), fd, 0, w.data(), 4096, Stat(fd)).ok());
+  s = e->stats();
+  EXPECT_EQ(s.write_latency.count, 2u);
+  EXPECT_LT(s.write_latency.sum_ns, 2 * 20000000u) << "the second is not 20 ms";
+}
+
+// While the writer works, the blocks it took are in flight, the rest wait.
+TEST_F(EngineTest, WritebackQueueAndInFlight) {
+  auto fd = MakeFile("f", Pattern(4 * kBlock, 97));
+  auto e = OpenEngine(WritebackConfig());
+  ASSERT_NE(e, nullptr);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  const std::string w = Pattern(4096, 98);
+  for (uint64_t b = 0; b < 4; ++b) {
+    ASSERT_TRUE(e->Write(*f.value(), fd, b * kBlock, w.data(), w.size(), false).ok());
+  }
+  EngineStats s = e->stats();
+  EXPECT_EQ(s.write_misses, 4u);
+  EXPECT_EQ(s.blocks_dirty, 4u);
+  EXPECT_EQ(s.writeback_queue, 4u);
+  EXPECT_EQ(s.writeback_in_flight, 0u);
+  EXPECT_EQ(s.dirty_bytes, 4u * 4096);
+  backing_.write_delay_ms = 50;  // a slow SOURCE: each block's write takes a while
+  std::atomic<bool> flushed{false};
+  std::thread flusher([&] { flushed = e->Flush().ok(); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  do {
+    s = e->stats();
+    if (s.writeback_in_flight > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  } while (std::chrono::steady_clock::now() < deadline);
+  EXPECT_GE(s.writeback_in_flight, 1u);
+  EXPECT_LT(s.writeback_queue, 4u);
+  EXPECT_EQ(s.writeback_queue + s.writeback_in_flight, 4u) << "nothing is clean before the sync";
+  flusher.join();
+  EXPECT_TRUE(flushed);
+  s = e->stats();
+  EXPECT_EQ(s.writeback_in_flight, 0u);
+  EXPECT_EQ(s.writeback_queue, 0u);
+  EXPECT_EQ(s.dirty_bytes, 0u);
+  EXPECT_EQ(s.bytes_written_back, 4u * 4096);
+}
+
+// A writer round that fails is counted, and so is each round that tries again.
+TEST_F(EngineTest, WritebackRetriesAreCounted) {
+  auto fd = MakeFile("f", Pattern(kBlock, 99));
+  auto e = OpenEngine(WritebackConfig());
+  ASSERT_NE(e, nullptr);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  const std::string w = Pattern(4096, 100);
+  ASSERT_TRUE(e->Write(*f.value(), fd, 0, w.data(), w.size(), false).ok());
+  // The writer cannot open the file by its path any more.
+  std::filesystem::rename(source_ + "/f", source_ + "/gone");
+  e->StartFlush();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (e->stats().writeback_retries == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EngineStats s = e->stats();
+  EXPECT_GE(s.writeback_retries, 1u);
+  EXPECT_GE(s.writeback_errors, s.writeback_retries);
+  EXPECT_EQ(s.blocks_dirty, 1u) << "kept dirty";
+  EXPECT_EQ(s.dirty_bytes, 4096u);
+}
+
 TEST_F(EngineTest, MemoryPerBlockIsBounded) {
   // RAM of the index, the policy and the slot bookkeeping per slot; it is
   // linear in the slot count, so 64 Ki slots of 4 KiB (a 256 MiB store) tell.

@@ -125,12 +125,77 @@ TEST_F(CtlTest, StatsCountTheBlocksOfAFileReadTwice) {
   ASSERT_TRUE(s->Find("read_hit_ratio")->as_double(&ratio));
   EXPECT_DOUBLE_EQ(ratio, 0.5);
 
-  // The same numbers in the table.
+  // Every read request was timed, as a hit or as a miss (the kernel may
+  // split a request, never merge two O_DIRECT ones).
+  for (const char* name : {"read_hit_latency", "read_miss_latency"}) {
+    const JsonValue* l = s->Find(name);
+    ASSERT_TRUE(l != nullptr && l->is_object()) << name << ": " << s->Serialize();
+    EXPECT_GE(Uint(*l, "count"), kBlocks) << name;
+    double p50 = 0, p99 = 0;
+    ASSERT_TRUE(l->Find("p50_us")->as_double(&p50) && l->Find("p99_us")->as_double(&p99));
+    EXPECT_GT(p50, 0) << name;
+    EXPECT_LE(p50, p99) << name;
+  }
+  EXPECT_EQ(Uint(*s->Find("write_latency"), "count"), 0u);
+  EXPECT_TRUE(s->Find("write_latency")->Find("p50_us")->is_null());
+
+  // The same numbers in the table; a new cache's totals are this mount's.
   CtlResult table = RunCtl({"stats", mnt()});
   ASSERT_EQ(table.exit_code, 0) << Describe(table);
-  EXPECT_NE(table.out.find("\nread_hits           8 blocks\n"), std::string::npos) << table.out;
-  EXPECT_NE(table.out.find("\nread_misses         8 blocks\n"), std::string::npos) << table.out;
-  EXPECT_NE(table.out.find("\nread_hit_ratio      50.0%\n"), std::string::npos) << table.out;
+  EXPECT_TRUE(std::regex_search(table.out, std::regex("\nFIELD +VALUE +TOTAL\n"))) << table.out;
+  EXPECT_TRUE(std::regex_search(table.out, std::regex("\nread_hits +8 blocks +8 blocks\n")))
+      << table.out;
+  EXPECT_TRUE(std::regex_search(table.out, std::regex("\nread_misses +8 blocks +8 blocks\n")))
+      << table.out;
+  EXPECT_TRUE(std::regex_search(table.out, std::regex("\nread_hit_ratio +50\\.0% +50\\.0%\n")))
+      << table.out;
+  EXPECT_TRUE(std::regex_search(
+      table.out, std::regex("\nread_hit_latency +p50 [0-9.]+ [mu]?s, p99 [0-9.]+ [mu]?s\n")))
+      << table.out;
+}
+
+// The persistent counters add up across a clean remount; "stats" counts
+// since the mount.
+TEST_F(CtlTest, TotalsAddUpAcrossARemount) {
+  ASSERT_TRUE(Mount({"--readahead=0"}));
+  constexpr size_t kBlocks = 4;
+  WriteFile(src() + "/f", std::string(kBlocks * kBlock, 'x'));
+  ReadDirect(mnt() + "/f", kBlocks * kBlock);
+  ReadDirect(mnt() + "/f", kBlocks * kBlock);
+  JsonValue first = ParseOut(RunCtl({"stats", "--json", mnt()}));
+  const JsonValue* t = first.Find("totals");
+  ASSERT_TRUE(t != nullptr && t->is_object()) << first.Serialize();
+  EXPECT_EQ(Uint(*t, "read_hits"), kBlocks) << t->Serialize();
+  EXPECT_EQ(Uint(*t, "read_misses"), kBlocks);
+
+  const std::string base = cachefs_->base();
+  ASSERT_EQ(cachefs_->Unmount(), 0);
+  auto again =
+      MountedCachefs::StartAt(base + "/src", base + "/mnt",
+                              {"--cache=" + base + "/cache", "--block_size=64K", "--readahead=0"});
+  ASSERT_NE(again, nullptr);
+  ASSERT_TRUE(WaitForSocket(base + "/mnt"));
+  JsonValue fresh = ParseOut(RunCtl({"stats", "--json", base + "/mnt"}));
+  ASSERT_NE(fresh.Find("stats"), nullptr) << fresh.Serialize();
+  EXPECT_EQ(Uint(*fresh.Find("stats"), "read_hits"), 0u) << "since mount";
+  EXPECT_EQ(Uint(*fresh.Find("totals"), "read_hits"), kBlocks);
+
+  ReadDirect(base + "/mnt/f", kBlocks * kBlock);  // all hits: the cache kept the blocks
+  JsonValue after = ParseOut(RunCtl({"stats", "--json", base + "/mnt"}));
+  const JsonValue* s = after.Find("stats");
+  t = after.Find("totals");
+  ASSERT_TRUE(s != nullptr && t != nullptr) << after.Serialize();
+  EXPECT_EQ(Uint(*s, "read_hits"), kBlocks);
+  EXPECT_EQ(Uint(*s, "read_misses"), 0u);
+  // The first mount's kBlocks misses and kBlocks hits, and these kBlocks hits.
+  EXPECT_EQ(Uint(*t, "read_hits"), 2 * kBlocks) << t->Serialize();
+  EXPECT_EQ(Uint(*t, "read_misses"), kBlocks);
+  EXPECT_EQ(Uint(*t, "bytes_from_cache"), 2 * kBlocks * kBlock);
+  EXPECT_EQ(Uint(*t, "bytes_from_source"), kBlocks * kBlock);
+  double ratio = 0;
+  ASSERT_TRUE(t->Find("read_hit_ratio")->as_double(&ratio));
+  EXPECT_DOUBLE_EQ(ratio, 2.0 / 3);
+  EXPECT_EQ(again->Unmount(), 0);
 }
 
 TEST_F(CtlTest, PrometheusLinesParse) {
@@ -140,13 +205,15 @@ TEST_F(CtlTest, PrometheusLinesParse) {
   CtlResult r = RunCtl({"stats", "--prometheus", mnt()});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_EQ(r.err, "");
-  const std::regex comment(R"(# (HELP [a-z_]+ .+|TYPE [a-z_]+ (counter|gauge)))");
+  const std::regex comment(R"(# (HELP [a-z_]+ .+|TYPE [a-z_]+ (counter|gauge|summary)))");
   const std::regex sample(
       R"re(([a-z_]+)\{mount="([^"\\]*)"(,[a-z_]+="[^"\\]*")*\} ([0-9.eE+-]+|NaN))re");
   std::istringstream in(r.out);
   std::string line;
   int samples = 0;
   bool misses = false;
+  bool lifetime = false;
+  int quantiles = 0;
   while (std::getline(in, line)) {
     std::smatch m;
     if (std::regex_match(line, comment)) continue;
@@ -158,7 +225,17 @@ TEST_F(CtlTest, PrometheusLinesParse) {
       misses = true;
       EXPECT_EQ(m[4].str(), "2") << line;
     }
+    if (m[1] == "cachefs_lifetime_read_misses_total") {
+      lifetime = true;
+      EXPECT_EQ(m[4].str(), "2") << line;
+    }
+    if (m[1] == "cachefs_read_miss_latency_seconds") {
+      ++quantiles;
+      EXPECT_NE(m[4].str(), "NaN") << "two misses were timed: " << line;
+    }
   }
+  EXPECT_TRUE(lifetime) << r.out;
+  EXPECT_EQ(quantiles, 2) << r.out;
   EXPECT_GE(samples, 13) << r.out;
   EXPECT_TRUE(misses) << r.out;
 }
@@ -176,7 +253,8 @@ TEST_F(CtlTest, WatchRedrawsWithRatesOverTheInterval) {
   }
   EXPECT_EQ(tables, 3u) << r.out;
   EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(LAST 0\.[1-9] s\n)"))) << r.out;
-  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(\nread_hits +0 blocks +0\.0/s\n)"))) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(\nread_hits +0 blocks +0 blocks +0\.0/s\n)")))
+      << r.out;
   EXPECT_GE(took, std::chrono::milliseconds(400));
   EXPECT_LT(took, std::chrono::seconds(5));
 }

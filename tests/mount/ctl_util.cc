@@ -126,9 +126,13 @@ bool CtlTest::Mount(const std::vector<std::string>& extra) {
   args.insert(args.end(), extra.begin(), extra.end());
   cachefs_ = MountedCachefs::Start(args);
   if (cachefs_ == nullptr) return false;
+  return WaitForSocket(mnt());
+}
+
+bool CtlTest::WaitForSocket(const std::string& mnt) {
   struct stat st;
-  if (stat(mnt().c_str(), &st) != 0) {
-    ADD_FAILURE() << mnt() << ": " << std::strerror(errno);
+  if (stat(mnt.c_str(), &st) != 0) {
+    ADD_FAILURE() << mnt << ": " << std::strerror(errno);
     return false;
   }
   socket_ = "/run/cachefs/" + std::to_string(major(st.st_dev)) + ":" +

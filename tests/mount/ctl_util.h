@@ -48,6 +48,8 @@ class CtlTest : public ::testing::Test {
 
   // Mounts a fresh cache of kCtlBlock blocks and waits for its control socket.
   bool Mount(const std::vector<std::string>& extra = {});
+  // Waits for the control socket of the mount at `mnt` (socket_ is set to it).
+  bool WaitForSocket(const std::string& mnt);
   static bool Connectable(const std::string& path);
 
   const std::string& mnt() const { return cachefs_->mnt(); }

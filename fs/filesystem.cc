@@ -602,6 +602,16 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   int fd = open(inode->ProcPath().c_str(), SourceOpenFlags(fi->flags));
   if (fd == -1) return ReplyErr(req, errno);
+  if (change && inode->cached() && Fs(req).engine() != nullptr) {
+    // This open cut SOURCE: the cache adopts that now, as after a truncate,
+    // while cached writes of the file are still held off (SourceChange
+    // also keeps Revalidate from taking it for an outside change).
+    struct stat st;
+    if (fstat(fd, &st) == 0) {
+      Status s = Fs(req).engine()->AfterTruncate(*inode->cached(), st);
+      if (!s.ok()) CacheWarning("open", s);
+    }
+  }
   // Close-to-open (contract 5): keep_cache=0 drops the kernel's pages, and
   // this drops its attributes, so a file grown in SOURCE is not cut at the
   // size the kernel remembered. Offset -1 touches attributes only and takes

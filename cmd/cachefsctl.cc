@@ -172,25 +172,6 @@ std::string BytesOf(const JsonValue& obj, const char* key) {
   return v != nullptr && v->as_double(&d) ? HumanBytes(d) : "-";
 }
 
-// Left-aligned columns, two spaces apart, no trailing blanks.
-std::string Columns(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> width;
-  for (const auto& row : rows) {
-    if (width.size() < row.size()) width.resize(row.size(), 0);
-    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
-  }
-  std::string out;
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t i = 0; i < row.size(); ++i) {
-      line += row[i];
-      if (i + 1 < row.size()) line.append(width[i] - row[i].size() + 2, ' ');
-    }
-    out += line + "\n";
-  }
-  return out;
-}
-
 int List(bool json) {
   std::vector<MountInfo> mounts = CachefsMounts(ReadMountInfo());
   JsonValue doc = JsonValue::MakeObject();

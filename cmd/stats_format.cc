@@ -1,5 +1,6 @@
 #include "cmd/stats_format.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string_view>
@@ -385,6 +386,24 @@ std::string FormatStatsPrometheus(const JsonValue& reply) {
     name.insert(std::string("cachefs_").size(), "lifetime_");
     header(name, std::string(f.help) + ", over every mount of the cache", "counter");
     sample(name, label, SampleValue(*v));
+  }
+  return out;
+}
+
+std::string Columns(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width;
+  for (const auto& row : rows) {
+    if (width.size() < row.size()) width.resize(row.size(), 0);
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line.append(width[i] - row[i].size() + 2, ' ');
+    }
+    out += line + "\n";
   }
   return out;
 }

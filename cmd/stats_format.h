@@ -87,4 +87,8 @@ std::string FormatStatsPrometheus(const JsonValue& reply);
 // Bytes in binary units for people: "512 B", "64.0 KiB", "1.5 GiB".
 std::string HumanBytes(double bytes);
 
+// Rows as left-aligned columns, two spaces apart, no trailing blanks (the
+// tables of cachefsctl).
+std::string Columns(const std::vector<std::vector<std::string>>& rows);
+
 }  // namespace cachefs

@@ -80,6 +80,7 @@ cachefs_bin=""
 slowfs_bin=""
 
 while [ $# -gt 0 ]; do
+  bench_shared_option "out dir cachefs slowfs" "$@" && { shift "$bench_shift"; continue; }
   case "$1" in
     --runs) runs=${2:?--runs needs a value}; shift 2 ;;
     --runs=*) runs=${1#*=}; shift ;;
@@ -99,14 +100,6 @@ while [ $# -gt 0 ]; do
     --sweep-sizes) sweep_sizes=${2:?--sweep-sizes needs a value}; shift 2 ;;
     --sweep-sizes=*) sweep_sizes=${1#*=}; shift ;;
     --no-rclone) use_rclone=0; shift ;;
-    --out) out=${2:?--out needs a value}; shift 2 ;;
-    --out=*) out=${1#*=}; shift ;;
-    --dir) base_dir=${2:?--dir needs a value}; shift 2 ;;
-    --dir=*) base_dir=${1#*=}; shift ;;
-    --cachefs) cachefs_bin=${2:?--cachefs needs a value}; shift 2 ;;
-    --cachefs=*) cachefs_bin=${1#*=}; shift ;;
-    --slowfs) slowfs_bin=${2:?--slowfs needs a value}; shift 2 ;;
-    --slowfs=*) slowfs_bin=${1#*=}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac

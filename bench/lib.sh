@@ -22,6 +22,34 @@ die() {
 
 log() { echo "[$(date +%T)] $*" >&2; }
 
+# The options several benchmarks share, as --NAME VALUE or --NAME=VALUE:
+#   bench_shared_option "out dir cachefs" "$@" && { shift "$bench_shift"; continue; }
+# in the caller's argument loop. The first argument lists the names this
+# script takes, of: out (out), dir (base_dir), cachefs (cachefs_bin),
+# cachefsctl (cachefsctl_bin), slowfs (slowfs_bin). Sets the variable and
+# bench_shift (the arguments used); returns 1 when $2 is none of them.
+# shellcheck disable=SC2034  # the variables are the calling script's
+bench_shared_option() {
+  local names=" $1 " arg=$2 name value
+  shift
+  case "$arg" in
+    --*=*) name=${arg%%=*}; value=${arg#*=}; bench_shift=1 ;;
+    --*) name=$arg; value=${2-}; bench_shift=2 ;;
+    *) return 1 ;;
+  esac
+  name=${name#--}
+  [[ $names == *" $name "* ]] || return 1
+  [[ -n $value ]] || die "--$name needs a value"
+  case "$name" in
+    out) out=$value ;;
+    dir) base_dir=$value ;;
+    cachefs) cachefs_bin=$value ;;
+    cachefsctl) cachefsctl_bin=$value ;;
+    slowfs) slowfs_bin=$value ;;
+    *) return 1 ;;
+  esac
+}
+
 # --- prerequisites -------------------------------------------------------------
 
 # Checks root, /dev/fuse, drop_caches, fio, gcc, pkg-config, fusermount3, the

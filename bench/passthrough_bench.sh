@@ -48,6 +48,7 @@ base_dir=${TMPDIR:-/var/tmp}
 cachefs_bin=""
 
 while [ $# -gt 0 ]; do
+  bench_shared_option "out dir cachefs" "$@" && { shift "$bench_shift"; continue; }
   case "$1" in
     --runs) runs=${2:?--runs needs a value}; shift 2 ;;
     --runs=*) runs=${1#*=}; shift ;;
@@ -55,12 +56,6 @@ while [ $# -gt 0 ]; do
     --size=*) size=${1#*=}; shift ;;
     --runtime) runtime=${2:?--runtime needs a value}; shift 2 ;;
     --runtime=*) runtime=${1#*=}; shift ;;
-    --out) out=${2:?--out needs a value}; shift 2 ;;
-    --out=*) out=${1#*=}; shift ;;
-    --dir) base_dir=${2:?--dir needs a value}; shift 2 ;;
-    --dir=*) base_dir=${1#*=}; shift ;;
-    --cachefs) cachefs_bin=${2:?--cachefs needs a value}; shift 2 ;;
-    --cachefs=*) cachefs_bin=${1#*=}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac

@@ -115,6 +115,7 @@ cachefsctl_bin=""
 slowfs_bin=""
 
 while [ $# -gt 0 ]; do
+  bench_shared_option "out dir cachefs cachefsctl slowfs" "$@" && { shift "$bench_shift"; continue; }
   case "$1" in
     --runs) runs=${2:?--runs needs a value}; shift 2 ;;
     --runs=*) runs=${1#*=}; shift ;;
@@ -151,16 +152,6 @@ while [ $# -gt 0 ]; do
     --cachefs-opt) cachefs_opts+=("${2:?--cachefs-opt needs a value}"); shift 2 ;;
     --cachefs-opt=*) cachefs_opts+=("${1#*=}"); shift ;;
     --keep-source-cache) keep_source_cache=1; shift ;;
-    --out) out=${2:?--out needs a value}; shift 2 ;;
-    --out=*) out=${1#*=}; shift ;;
-    --dir) base_dir=${2:?--dir needs a value}; shift 2 ;;
-    --dir=*) base_dir=${1#*=}; shift ;;
-    --cachefs) cachefs_bin=${2:?--cachefs needs a value}; shift 2 ;;
-    --cachefs=*) cachefs_bin=${1#*=}; shift ;;
-    --cachefsctl) cachefsctl_bin=${2:?--cachefsctl needs a value}; shift 2 ;;
-    --cachefsctl=*) cachefsctl_bin=${1#*=}; shift ;;
-    --slowfs) slowfs_bin=${2:?--slowfs needs a value}; shift 2 ;;
-    --slowfs=*) slowfs_bin=${1#*=}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac

@@ -38,6 +38,7 @@ EOF
 runs=1 size=256M runtime=10 latency_us=500 bandwidth=200M use_rclone=1 out=""
 base_dir=${TMPDIR:-/var/tmp} cachefs_bin="" slowfs_bin=""
 while [ $# -gt 0 ]; do
+  bench_shared_option "out dir cachefs slowfs" "$@" && { shift "$bench_shift"; continue; }
   case "$1" in
     --runs) runs=${2:?--runs needs a value}; shift 2 ;;
     --size) size=${2:?--size needs a value}; shift 2 ;;
@@ -45,10 +46,6 @@ while [ $# -gt 0 ]; do
     --latency-us) latency_us=${2:?--latency-us needs a value}; shift 2 ;;
     --bandwidth) bandwidth=${2:?--bandwidth needs a value}; shift 2 ;;
     --no-rclone) use_rclone=0; shift ;;
-    --out) out=${2:?--out needs a value}; shift 2 ;;
-    --dir) base_dir=${2:?--dir needs a value}; shift 2 ;;
-    --cachefs) cachefs_bin=${2:?--cachefs needs a value}; shift 2 ;;
-    --slowfs) slowfs_bin=${2:?--slowfs needs a value}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac

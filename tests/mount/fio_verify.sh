@@ -54,22 +54,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-passed=0
-failed=0
-step() {  # step NAME OK|FAIL [detail]
-  if [[ $2 == OK ]]; then
-    passed=$((passed + 1))
-    echo "$prog: $1: ok${3:+ ($3)}"
-  else
-    failed=$((failed + 1))
-    echo "$prog: $1: FAILED${3:+ ($3)}"
-  fi
-}
-finish() {
-  echo "$prog: $passed passed, $failed failed"
-  [[ $failed -eq 0 ]]
-  exit $?
-}
+# shellcheck source=tests/mount/steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 
 # Starts `cachefs -f SOURCE MOUNTPOINT` in the background and waits (with a
 # deadline) for the mount to appear; fails if the daemon dies first.

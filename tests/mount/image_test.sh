@@ -75,26 +75,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-passed=0
-failed=0
-step() {  # step NAME OK|FAIL [detail]
-  if [[ $2 == OK ]]; then
-    passed=$((passed + 1))
-    echo "$prog: $1: ok${3:+ ($3)}"
-  else
-    failed=$((failed + 1))
-    echo "$prog: $1: FAILED${3:+ ($3)}"
-  fi
-}
+# shellcheck source=tests/mount/steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 check() {  # check NAME COMMAND...: one step from the command's status
   local name=$1
   shift
   if "$@"; then step "$name" OK; else step "$name" FAIL; fi
-}
-finish() {
-  echo "$prog: $passed passed, $failed failed"
-  [[ $failed -eq 0 ]]
-  exit $?
 }
 fail() {  # fail MESSAGE: prints it to stderr, returns 1
   echo "$prog: $*" >&2

@@ -92,7 +92,9 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   e->dir_ = o.cache_dir.empty() ? DefaultCacheDir(config.source) : o.cache_dir;
   const std::string& dir = e->dir_;
 
-  auto lock = CacheDirLock::Acquire(dir);
+  // A daemon of the last mount still writing back after its unmount is
+  // asked to stop: this mount writes back the rest.
+  auto lock = CacheDirLock::Acquire(dir, /*take_over=*/true);
   if (!lock.ok()) return lock.status();
   e->lock_ = std::move(lock.value());
 
@@ -547,12 +549,7 @@ Engine::~Engine() {
   }
   ra_cv_.notify_all();
   for (auto& t : ra_threads_) t.join();
-  {
-    std::lock_guard<std::mutex> lock(wb_mu_);
-    wb_stopping_ = true;
-  }
-  wb_cv_.notify_all();
-  if (writeback_thread_.joinable()) writeback_thread_.join();
+  StopWriteback();
   {
     std::lock_guard<std::mutex> lock(ra_mu_);
     install_stopping_ = true;

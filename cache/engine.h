@@ -353,6 +353,25 @@ class Engine {
     uint64_t conflicted = 0;
   };
   FlushLeft FlushProgress(uint64_t mark);
+  // After the unmount (flush_timeout, cmd/cachefs.cc): writes back what is
+  // dirty and not in conflict, retrying errors as the writer does, until it
+  // is all on SOURCE, `timeout_s` seconds have passed or `stop` (polled
+  // every 50 ms) says so; then stops the writer (StopWriteback). While it
+  // runs, the cache lock says "flushing", so a new mount of the cache may
+  // ask this daemon to stop (CacheDirLock::Acquire). Call once, with nothing
+  // else using the engine; only the destructor may follow.
+  struct DrainReport {
+    bool complete = false;     // nothing but conflicts left dirty
+    bool stopped = false;      // `stop` ended it
+    uint64_t blocks_left = 0;  // dirty blocks left (conflicts included)
+    uint64_t dirty_bytes_left = 0;
+    uint64_t bytes_written_back = 0;  // by the drain
+  };
+  DrainReport DrainForExit(double timeout_s, const std::function<bool()>& stop);
+  // Stops the writer thread: a round in progress ends after the block it is
+  // writing, and the blocks written so far are marked clean. The destructor
+  // calls it; afterwards nothing is written back in the background.
+  void StopWriteback();
   // Returns once every block fetched so far is installed in the cache (reads
   // reply before their blocks are written to the store).
   void WaitForInstalls();
@@ -763,6 +782,8 @@ class Engine {
   bool wb_kick_ = false;      // guarded by wb_mu_
   uint64_t flush_goal_ = 0;   // guarded by wb_mu_: the newest StartFlush mark not yet reached
   bool wb_stopping_ = false;  // guarded by wb_mu_
+  // Set by StopWriteback: a writer round ends after the block in progress.
+  std::atomic<bool> wb_abort_{false};
   std::thread writeback_thread_;
   // Group commit: each Persist() call takes a ticket; one persist covers
   // every ticket taken before it started.

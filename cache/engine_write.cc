@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 
 #include "cache/engine.h"
 #include "common/crc32c.h"
@@ -662,7 +663,14 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
   Buffer block = AllocAligned(bs);
   if (!block) return Status::Error(ENOMEM, "out of memory");
   uint64_t written = 0;
+  bool aborted = false;
   for (uint64_t index : indices) {
+    // Shutting down: what was written so far is synced and marked clean
+    // below, the rest stays dirty (as if written again meanwhile).
+    if (background && wb_abort_.load(std::memory_order_relaxed)) {
+      aborted = true;
+      break;
+    }
     auto lock = LockBlock(file_id, index);
     auto r = meta_->GetBlock(file_id, index);
     Status s = r.ok() ? Status::Ok() : r.status();
@@ -706,7 +714,9 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     }
     taken.push_back(Taken{index, rec.generation, rec.dirty, std::move(clipped)});
   }
-  if (static_cast<uint64_t>(st.st_size) != size) {
+  // Cut short, SOURCE keeps its size: the blocks not written stay dirty and
+  // the mount's size with them; the next round sets it.
+  if (!aborted && static_cast<uint64_t>(st.st_size) != size) {
     if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
       return Status::FromErrno(errno, "writeback of '" + file_rec.path + "': truncate");
     }
@@ -851,6 +861,7 @@ Status Engine::Flush() {
   // the others back; the first error is returned.
   Status first;
   for (const auto& [file_id, set] : by_file) {
+    if (wb_abort_.load(std::memory_order_relaxed)) break;  // StopWriteback
     Status s = WriteBackFile(file_id, std::vector<uint64_t>(set.begin(), set.end()),
                              /*background=*/true);
     if (!s.ok() && first.ok()) first = s;
@@ -881,6 +892,49 @@ Engine::FlushLeft Engine::FlushProgress(uint64_t mark) {
     if (conflict_files_.count(it->second.file_id) != 0) left.conflicted++;
   }
   return left;
+}
+
+Engine::DrainReport Engine::DrainForExit(double timeout_s, const std::function<bool()>& stop) {
+  DrainReport report;
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(std::max(0.0, timeout_s) * 1000));
+  const uint64_t written_before = counters_.bytes_written_back.load();
+  Status marked = lock_ ? lock_->MarkFlushing() : Status::Ok();
+  if (!marked.ok()) LogWarning("cache '" + dir_ + "': " + marked.message());
+  // Everything is dirty from before the mark: nothing writes after the unmount.
+  const uint64_t mark = StartFlush();
+  while (true) {
+    FlushLeft left = FlushProgress(mark);
+    if (left.blocks <= left.conflicted) {
+      report.complete = true;
+      break;
+    }
+    if (stop && stop()) {
+      report.stopped = true;
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  StopWriteback();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    report.blocks_left = dirty_.size();
+    report.dirty_bytes_left = dirty_subs_total_ * kSubBlockSize;
+  }
+  report.bytes_written_back = counters_.bytes_written_back.load() - written_before;
+  return report;
+}
+
+void Engine::StopWriteback() {
+  wb_abort_.store(true, std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lock(wb_mu_);
+    wb_stopping_ = true;
+  }
+  wb_cv_.notify_all();
+  if (writeback_thread_.joinable()) writeback_thread_.join();
 }
 
 void Engine::WritebackLoop() {

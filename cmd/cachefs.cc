@@ -10,24 +10,38 @@
 // -f, else by the parent, which is the unit's main PID and hands that role to
 // the serving child (MAINPID=) in the same message, so the default
 // NotifyAccess=main accepts it and every later message (docs/systemd.md).
+//
+// Unmounted with dirty data, the daemon writes back for up to flush_timeout
+// seconds before it exits (the kernel does not wait for it); a signal, or a
+// new mount of the cache (CacheDirLock::Acquire), ends that early, and what is
+// left stays dirty in the cache for the next mount.
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cache/engine.h"
 #include "cmd/cli.h"
 #include "cmd/control_server.h"
+#include "cmd/stats_format.h"
 #include "common/log.h"
 #include "common/notify.h"
 #include "fs/filesystem.h"
@@ -127,6 +141,126 @@ void SetIoFlusher() {
   }
 }
 
+// The signal (SIGTERM, SIGINT, SIGHUP) that asks the writeback after the
+// unmount to end; 0: none yet.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void OnStopSignal(int sig) { g_stop_signal = sig; }
+
+// Replaces libfuse's handlers once its loop is done: from then on these
+// signals end the writeback after the unmount instead of killing the daemon
+// before its clean shutdown.
+void CatchStopSignals() {
+  struct sigaction sa = {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaction(sig, &sa, nullptr);
+}
+
+std::string Seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f s", s);
+  return buf;
+}
+
+// A write to SOURCE that never returns (a hard NFS mount whose server is
+// gone, a hung FUSE SOURCE) would keep the daemon from exiting, and from
+// giving the cache to a new mount. So once the writeback after the unmount is
+// over (its timeout passed, or a signal came), the clean shutdown gets
+// kShutdownGrace; past that the daemon exits without it. Nothing is lost:
+// the dirty data survives as after kill -9 (contract 1), and the next mount
+// recovers it. Lives from the start of that writeback to the end of the
+// clean shutdown.
+class ShutdownWatchdog {
+ public:
+  // Under CacheDirLock::kTakeOverSeconds, so a new mount's take-over works.
+  static constexpr std::chrono::seconds kShutdownGrace{5};
+
+  explicit ShutdownWatchdog(double timeout_s)
+      : end_(std::chrono::steady_clock::now() +
+             std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000))),
+        thread_([this] { Run(); }) {}
+  ~ShutdownWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  ShutdownWatchdog(const ShutdownWatchdog&) = delete;
+  ShutdownWatchdog& operator=(const ShutdownWatchdog&) = delete;
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto end = end_;
+    while (!done_) {
+      auto now = std::chrono::steady_clock::now();
+      if (g_stop_signal != 0 && now < end) end = now;
+      if (now >= end + kShutdownGrace) {
+        LogError(
+            "the clean shutdown did not end within 5 s after the writeback after the unmount "
+            "(a write to SOURCE hangs?): exiting without it; the dirty data stays in the "
+            "cache for the next mount");
+        _exit(kExitFailure);
+      }
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+    }
+  }
+
+  const std::chrono::steady_clock::time_point end_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;  // guarded by mu_
+  std::thread thread_;
+};
+
+// flush_timeout: after the unmount, writes back what is dirty for up to
+// `timeout` seconds, logging a line before and one after. Not when a signal
+// ended the mount (a request to stop now: systemctl stop, the shutdown's
+// kill), nor in mode=cow, whose data is only ever written back by a commit.
+// Returns the watchdog of the shutdown when it wrote back (null otherwise),
+// to be kept until the engine is closed.
+std::unique_ptr<ShutdownWatchdog> FlushAfterUnmount(Engine& engine, double timeout,
+                                                    int exit_signal) {
+  if (engine.mode() == CacheMode::kCow) return nullptr;
+  Engine::FlushLeft left = engine.FlushProgress(UINT64_MAX);
+  if (left.blocks <= left.conflicted) return nullptr;  // nothing the writer may write back
+  const std::string dirty = HumanBytes(static_cast<double>(engine.stats().dirty_bytes)) + " (" +
+                            std::to_string(left.blocks) + " blocks)";
+  if (exit_signal != 0 || timeout <= 0) {
+    LogInfo(std::string(exit_signal != 0 ? "stopped by a signal" : "flush_timeout=0") + ": " +
+            dirty + " stays dirty in the cache for the next mount");
+    return nullptr;
+  }
+  auto watchdog = std::make_unique<ShutdownWatchdog>(timeout);
+  LogInfo("unmounted with " + dirty + " dirty: writing it back for up to " + Seconds(timeout) +
+          " (flush_timeout) before exiting");
+  Status status = NotifyServiceManager("STATUS=writing back " + dirty + " after the unmount");
+  if (!status.ok()) LogWarning(status.message());
+  const auto start = std::chrono::steady_clock::now();
+  Engine::DrainReport r = engine.DrainForExit(timeout, [] { return g_stop_signal != 0; });
+  const std::string took =
+      Seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  if (r.complete) {
+    std::string line =
+        "written back after the unmount: " + HumanBytes(static_cast<double>(r.bytes_written_back)) +
+        " in " + took;
+    if (r.blocks_left > 0) {
+      line += "; " + std::to_string(r.blocks_left) +
+              " blocks of files in conflict stay dirty (cachefsctl conflicts)";
+    }
+    LogInfo(line);
+    return watchdog;
+  }
+  LogInfo(std::string(r.stopped ? "writeback after the unmount stopped by a signal"
+                                : "flush_timeout reached") +
+          " after " + took + ": " + HumanBytes(static_cast<double>(r.dirty_bytes_left)) + " (" +
+          std::to_string(r.blocks_left) + " blocks) left dirty in the cache for the next mount");
+  return watchdog;
+}
+
 std::string Canonical(const std::string& path) {
   char buf[PATH_MAX];
   if (realpath(path.c_str(), buf) == nullptr) return path;
@@ -183,6 +317,8 @@ int Serve(const DaemonConfig& cfg) {
   }
   LogInfo("mounted " + source + " on " + Canonical(cfg.mountpoint));
   s = mount.value()->Run();
+  const int exit_signal = mount.value()->exit_signal();
+  CatchStopSignals();
   Status stopping = NotifyServiceManager("STOPPING=1");
   if (!stopping.ok()) LogWarning(stopping.message());
   control.reset();
@@ -192,7 +328,10 @@ int Serve(const DaemonConfig& cfg) {
     return kExitFailure;
   }
   fs.value()->set_engine(nullptr);
+  std::unique_ptr<ShutdownWatchdog> watchdog =
+      FlushAfterUnmount(*engine.value(), cfg.cache.flush_timeout, exit_signal);
   engine.value().reset();  // clean shutdown of the cache
+  watchdog.reset();
   LogInfo("unmounted " + Canonical(cfg.mountpoint));
   return 0;
 }

@@ -191,6 +191,7 @@ Status FuseMount::Run() {
   }
   fuse_session_unmount(se_);
   mounted_ = false;
+  if (res > 0) exit_signal_ = res;  // the loops return the signal that ended them
   if (res < 0) return Status::Error(-res, "the FUSE loop failed");
   return Status::Ok();
 }

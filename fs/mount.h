@@ -48,12 +48,16 @@ class FuseMount {
   // Serves requests until the filesystem is unmounted or SIGINT, SIGTERM or
   // SIGHUP arrives; then unmounts.
   Status Run();
+  // After Run(): the signal that ended it, 0 when the filesystem was
+  // unmounted (libfuse 3.10 and later report it).
+  int exit_signal() const { return exit_signal_; }
 
  private:
   FuseMount(fuse_session* se, Filesystem* fs) : se_(se), fs_(fs) {}
   fuse_session* se_;
   Filesystem* fs_;
   bool mounted_ = true;
+  int exit_signal_ = 0;
 };
 
 }  // namespace cachefs

@@ -25,8 +25,10 @@
 # Reported for the measured phase, medians of the rounds: the hot set's hit
 # ratio, IOPS, MiB/s and p99 latency, its IOPS against slowfs under the same
 # load, the scan's MiB/s, and cachefs's counters (cachefsctl stats deltas:
-# evictions, not_admitted, bypassed, hits, misses) with what the slow store
-# served.
+# evictions, not_admitted, bypassed, hits, misses, bytes_from_source) with
+# what the slow store served, and bytes_from_source against the bytes the
+# scan read (each byte of SOURCE fetched once: about 1.0x, a little more for
+# the hot set's misses, counted in too).
 #
 # The hot set's hit ratio comes from fio's latency histogram of the hot jobs:
 # a miss waits at least LATENCY in slowfs, so a read faster than that was a
@@ -343,12 +345,13 @@ print("%.3f" % (n / hot_blocks))' "$hot_bytes" "$cachefs_block_size"
 }
 
 # The counters of cachefs (read_hits read_misses not_admitted bypassed
-# evictions) on one line.
+# evictions bytes_from_source) on one line.
 ctl_counters() {
   ctl_stats | python3 -c '
 import json, sys
 s = json.load(sys.stdin)["stats"]
-print(*(s[k] for k in ("read_hits", "read_misses", "not_admitted", "bypassed", "evictions")))'
+print(*(s[k] for k in ("read_hits", "read_misses", "not_admitted", "bypassed", "evictions",
+                      "bytes_from_source")))'
 }
 
 # --- fio -------------------------------------------------------------------------
@@ -388,8 +391,8 @@ write_job() {
 
 # Runs $work/job.fio in the background (a signal ends it through the
 # cleanup) and sets fio_line to "hot_iops hot_kib_s hot_ios hot_fast p50_us
-# p99_us scan_kib_s": hot_fast is the share of hot reads faster than the slow
-# store's latency.
+# p99_us scan_kib_s scan_bytes": hot_fast is the share of hot reads faster
+# than the slow store's latency.
 run_job() {
   fio --output-format=json "$work/job.fio" >"$work/fio.json" 2>"$work/fio.err" &
   local pid=$!
@@ -411,9 +414,9 @@ fast += sum(v for k, v in hot["latency_ms"].items() if not k.startswith(">") and
 pct = r["clat_ns"].get("percentile", {})
 p50 = pct.get("50.000000", 0) / 1000
 p99 = pct.get("99.000000", 0) / 1000
-scan = jobs.get("scan", {"read": {"bw": 0}})["read"]
-print("%.1f %d %d %.4f %.0f %.0f %d" % (r["iops"], r["bw"], r["total_ios"], fast / 100, p50, p99,
-                                      scan["bw"]))
+scan = jobs.get("scan", {"read": {"bw": 0, "io_bytes": 0}})["read"]
+print("%.1f %d %d %.4f %.0f %.0f %d %d" % (r["iops"], r["bw"], r["total_ios"], fast / 100, p50, p99,
+                                         scan["bw"], scan["io_bytes"]))
 EOF
   ) || die "cannot read fio's report $work/fio.json"
 }
@@ -432,8 +435,8 @@ slow_reads() {
 
 # Records the measured phase of VARIANT from fio_line and the slow store.
 record_phase() {
-  local v=$1 iops kib ios fast p50 p99 sbw reads rbytes
-  read -r iops kib ios fast p50 p99 sbw <<<"$fio_line"
+  local v=$1 iops kib ios fast p50 p99 sbw sbytes reads rbytes
+  read -r iops kib ios fast p50 p99 sbw sbytes <<<"$fio_line"
   read -r reads rbytes < <(slow_reads)
   add "$v" iops "$iops"
   add "$v" kib "$kib"
@@ -441,6 +444,7 @@ record_phase() {
   add "$v" p50 "$p50"
   add "$v" p99 "$p99"
   add "$v" scan "$sbw"
+  add "$v" scanbytes "$sbytes"
   add "$v" slowmib "$(awk -v b="$rbytes" 'BEGIN {printf "%.0f", b / 1048576}')"
   add "$v" slowreqs "$reads"
   log "$v: hot $(printf '%.0f' "$iops") IOPS ($ios reads), $(mib "$kib") MiB/s, hit ratio" \
@@ -503,13 +507,17 @@ measure_cachefs() {
   run_job || die "fio failed ($v)"
   c1=$(ctl_counters) || die "cachefsctl stats failed"
   record_phase "$v"
-  local names=(hits misses notadm bypassed evictions) a b k
+  local names=(hits misses notadm bypassed evictions srcbytes) a b k sbytes
   read -r -a a <<<"$c0"
   read -r -a b <<<"$c1"
-  for k in 0 1 2 3 4; do add "$v" "${names[$k]}" $((b[k] - a[k])); done
+  for k in 0 1 2 3 4 5; do add "$v" "${names[$k]}" $((b[k] - a[k])); done
+  sbytes=$(awk '{print $8}' <<<"$fio_line")
+  # SOURCE bytes fetched per byte the scan read.
+  add "$v" srcratio "$(awk -v s=$((b[5] - a[5])) -v r="$sbytes" 'BEGIN {printf "%.3f", (r > 0 ? s / r : 0)}')"
   log "$v: cachefs counters over the measured phase: hits $((b[0] - a[0])), misses" \
     "$((b[1] - a[1])), not admitted $((b[2] - a[2])), bypassed $((b[3] - a[3])), evictions" \
-    "$((b[4] - a[4]))"
+    "$((b[4] - a[4])), bytes_from_source $((b[5] - a[5])) ($(mib_of $((b[5] - a[5]))) MiB," \
+    "the scan read $(mib_of "$sbytes") MiB)"
   bench_stop_mount "$mnt_cachefs" "$cachefs_pid"
   cachefs_pid=""
   is_mounted "$mnt_cachefs" && die "cannot unmount $mnt_cachefs"
@@ -618,22 +626,27 @@ report_main() {
 
 report_counters() {
   echo "cachefs's counters over the measured phase (cachefsctl stats deltas, hot set and scan" \
-    "together, in blocks) and what the slow store served meanwhile:"
+    "together, in blocks; SOURCE MiB = bytes_from_source), the MiB the scan read, SOURCE MiB" \
+    "per scan MiB (the hot set's misses are in SOURCE MiB too), and what the slow store" \
+    "served meanwhile:"
   echo
   echo "| cache | bypass | read_hits | read_misses | not_admitted | bypassed | evictions" \
-    "| slow-store MiB | slow-store READs |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    "| SOURCE MiB | scan MiB | SOURCE / scan | slow-store MiB | slow-store READs |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   local v
   for v in "${variants[@]}"; do
     case "$v" in
       slowfs*)
-        printf '| %s | - | | | | | | %s | %s |\n' "$v" "$(medf "$v" slowmib %.0f)" \
-          "$(medf "$v" slowreqs %.0f)" ;;
+        printf '| %s | - | | | | | | | %s | | %s | %s |\n' "$v" \
+          "$(medf "$v" scanbytes %.0f | awk '{printf "%.0f", $1 / 1048576}')" \
+          "$(medf "$v" slowmib %.0f)" "$(medf "$v" slowreqs %.0f)" ;;
       *)
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${v%/*}" "${v#*/}" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${v%/*}" "${v#*/}" \
           "$(medf "$v" hits %.0f)" "$(medf "$v" misses %.0f)" "$(medf "$v" notadm %.0f)" \
-          "$(medf "$v" bypassed %.0f)" "$(medf "$v" evictions %.0f)" "$(medf "$v" slowmib %.0f)" \
-          "$(medf "$v" slowreqs %.0f)" ;;
+          "$(medf "$v" bypassed %.0f)" "$(medf "$v" evictions %.0f)" \
+          "$(medf "$v" srcbytes %.0f | awk '{printf "%.0f", $1 / 1048576}')" \
+          "$(medf "$v" scanbytes %.0f | awk '{printf "%.0f", $1 / 1048576}')" \
+          "$(medf "$v" srcratio %.2f)" "$(medf "$v" slowmib %.0f)" "$(medf "$v" slowreqs %.0f)" ;;
     esac
   done
 }

@@ -38,6 +38,9 @@ constexpr int kReadaheadThreads = 4;
 // Fetched runs waiting for the installer at most; past it readers install
 // their own (the store cannot keep up, so waiting is the right brake).
 constexpr size_t kMaxQueuedInstalls = 64;
+// Readahead blocks the cache did not take, kept in memory for their readers
+// (Engine::Kept), all files together at most: 64 streams' default windows.
+constexpr uint64_t kMaxKeptBytes = uint64_t{64} << 20;
 
 // A buffer aligned for O_DIRECT stores.
 struct AlignedBuffer {
@@ -934,6 +937,13 @@ Status Engine::MarkConflict(uint64_t file_id, CachedFile* live) {
 }
 
 Status Engine::CloseFile(CachedFile& file) {
+  if (kept_blocks_.load(std::memory_order_relaxed) > 0) {
+    // The handle whose stream it was read ahead for is most likely this
+    // one (the engine does not count handles: another handle's stream
+    // reads those blocks again).
+    std::lock_guard<std::mutex> lock(mu_);
+    DropKept(file.file_id_, 0, kNoEnd);
+  }
   std::lock_guard<std::mutex> lock(files_mu_);
   return WriteFileRecord(file);
 }
@@ -1145,6 +1155,9 @@ Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to
     if (!s.ok()) return s;
   }
   std::lock_guard<std::mutex> lock(mu_);
+  // Kept readahead data of these blocks goes too: whatever made them stale
+  // (an outside change, a truncate) makes it stale as well.
+  DropKept(file_id, from_index, to_index);
   std::map<uint64_t, uint64_t> dirty_seq;  // index -> seq, of this file's dirty blocks
   for (const auto& [seq, key] : dirty_) {
     if (key.file_id == file_id) dirty_seq[key.index] = seq;
@@ -1472,8 +1485,20 @@ void Engine::InstallRun(CachedFile& file, const std::vector<std::shared_ptr<Fetc
                            f->from / kSubBlockSize, f->bytes, f->warm);
     }
     {
+      // Read ahead but not cached: kept for the reader, or it would read
+      // the block again (and offer it to the policy again). The fetch's
+      // lock, then the engine's: a reader served from the fetch meanwhile
+      // either set its flags before (nothing or a used block kept) or finds
+      // the kept block after (ReadAt).
+      const bool keep = f->readahead && f->status.ok() && f->data && f->bytes > 0 &&
+                        f->outcome != InstallOutcome::kCached;
+      std::unique_lock<std::mutex> fetch_lock(f->mu, std::defer_lock);
+      if (keep) fetch_lock.lock();
       std::lock_guard<std::mutex> lock(mu_);
       fetches_.erase({file.file_id_, f->index});
+      // In the same step as the unregistering: a writer's LockBlock that
+      // waited for this fetch finds the kept data and lets it go.
+      if (keep && !f->served_to_end) KeepFetched(file, *f, f->served);
     }
     {
       std::lock_guard<std::mutex> lock(f->mu);
@@ -1521,18 +1546,26 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
 
     std::shared_ptr<Fetch> other;
     std::vector<std::shared_ptr<Fetch>> run;
+    Kept kept;
+    bool from_kept = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = fetches_.find({id, index});
       if (it != fetches_.end()) {
         other = it->second;
+      } else if (kept_blocks_.load(std::memory_order_relaxed) > 0 &&
+                 TakeKept(file, index, begin, end, &kept)) {
+        from_kept = true;
       } else {
         // Lead this block and the following missing blocks of the request:
         // one read of SOURCE for the run.
         uint64_t epoch = file.epoch_.load();
         uint64_t last = (pos + want - 1) / bs;
         for (uint64_t b = index; b <= last; ++b) {
-          if (b > index && (fetches_.count({id, b}) != 0 || index_->Find({id, b}))) break;
+          if (b > index &&
+              (fetches_.count({id, b}) != 0 || index_->Find({id, b}) || IsKept(id, b))) {
+            break;
+          }
           auto f = std::make_shared<Fetch>(b, epoch);
           f->fill = index_->Find({id, b}).has_value();
           f->no_install = bypass && !f->fill;
@@ -1540,6 +1573,13 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
           run.push_back(std::move(f));
         }
       }
+    }
+    if (from_kept) {
+      // Read ahead before, not cached: in memory, a hit (as a fetch done).
+      std::memcpy(out, kept.data.get() + kept.data_off + (begin - kept.from), end - begin);
+      counters_.read_hits++;
+      counters_.bytes_from_cache += end - begin;
+      return size_t{end - begin};
     }
     if (other) {
       std::unique_lock<std::mutex> lock(other->mu);
@@ -1554,9 +1594,24 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
       if (!other->fill && other->epoch == file.epoch_.load() && other->data &&
           other->from <= begin && other->from + other->bytes >= end) {
         std::memcpy(out, other->data.get() + other->data_off + (begin - other->from), end - begin);
+        other->served = true;
+        const bool to_end = end >= other->from + other->bytes;
+        if (to_end) other->served_to_end = true;
+        const bool readahead = other->readahead;
+        const char* buffer = other->data.get();
+        lock.unlock();
         if (!waited) {
           counters_.read_hits++;
           counters_.bytes_from_cache += end - begin;
+        }
+        if (readahead && kept_blocks_.load(std::memory_order_relaxed) > 0) {
+          // Kept before this reader set the flags (InstallRun): it was read.
+          std::lock_guard<std::mutex> l(mu_);
+          auto it = kept_.find({id, index});
+          if (it != kept_.end() && it->second.data.get() == buffer) {
+            it->second.used = true;
+            if (to_end) EraseKept(it);
+          }
         }
         return size_t{end - begin};
       }
@@ -1693,6 +1748,11 @@ Result<size_t> Engine::ReadRange(CachedFile& file, const SourceFdRef& fd, uint64
   if (off >= size || len == 0) return size_t{0};
   len = static_cast<size_t>(std::min<uint64_t>(len, size - off));
   const bool bypass = FollowStream(file, fd, off, len, size);
+  if (kept_blocks_.load(std::memory_order_relaxed) > 0 && off > kLateReadSlack) {
+    // The stream has moved past them (allowing for its late requests).
+    std::lock_guard<std::mutex> lock(mu_);
+    DropKept(file.file_id_, 0, (off - kLateReadSlack) / sb_.block_size);
+  }
   size_t done = 0;
   while (done < len) {
     auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done, bypass, missed);
@@ -1742,6 +1802,7 @@ bool Engine::FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off,
       file.ahead_until_ = 0;
     }
     file.next_offset_ = off + len;
+    file.stream_end_.store(off + len);
     // A long stream (a backup, a scan) bypasses the cache: its misses are
     // served, not kept, so it cannot evict the working set (admission).
     // A pinned file is always cached: pinning asks for exactly that.
@@ -1809,11 +1870,19 @@ void Engine::RunReadahead(const ReadaheadJob& job) {
       std::lock_guard<std::mutex> lock(mu_);
       uint64_t epoch = file.epoch_.load();
       // Skip what is cached or on its way; partly valid blocks are left to readers.
-      while (b < job.to_index && (fetches_.count({id, b}) != 0 || index_->Find({id, b}))) ++b;
-      while (b < job.to_index && run.size() < max_run && fetches_.count({id, b}) == 0 &&
-             !index_->Find({id, b})) {
+      // Blocks the reader has reached it reads itself (it registered them
+      // under mu_ after it moved stream_end_, so a block it fetched and let
+      // go is not fetched again here).
+      const uint64_t reader = file.stream_end_.load();
+      auto present = [&](uint64_t i) {
+        return i * bs < reader || fetches_.count({id, i}) != 0 || index_->Find({id, i}) ||
+               IsKept(id, i);
+      };
+      while (b < job.to_index && present(b)) ++b;
+      while (b < job.to_index && run.size() < max_run && !present(b)) {
         auto f = std::make_shared<Fetch>(b, epoch);
         f->no_install = job.bypass;
+        f->readahead = true;
         fetches_[{id, b}] = f;
         run.push_back(std::move(f));
         ++b;
@@ -1827,12 +1896,88 @@ void Engine::RunReadahead(const ReadaheadJob& job) {
   }
 }
 
+// --- kept readahead blocks -----------------------------------------------------
+
+void Engine::KeepFetched(CachedFile& file, const Fetch& f, bool used) {
+  const uint64_t id = file.file_id_;
+  // Stale (the file changed while it was read), or cached after all.
+  if (f.epoch != file.epoch_.load() || index_->Find({id, f.index})) return;
+  auto old = kept_.find({id, f.index});
+  if (old != kept_.end()) EraseKept(old);
+  Kept k;
+  k.owner = file.weak_from_this();
+  k.epoch = f.epoch;
+  k.data = f.data;
+  k.data_off = f.data_off;
+  k.from = f.from;
+  k.bytes = f.bytes;
+  k.seq = next_kept_seq_++;
+  k.used = used;
+  kept_.emplace(std::make_pair(id, f.index), std::move(k));
+  kept_by_age_[next_kept_seq_ - 1] = {id, f.index};
+  kept_file_bytes_[id] += f.bytes;
+  kept_bytes_ += f.bytes;
+  kept_blocks_.store(kept_.size(), std::memory_order_relaxed);
+  // The window ahead of the reader, and as much again for the stream's
+  // requests arriving late; past that the block the reader is least likely
+  // to come back for (the lowest) goes.
+  const uint64_t bs = sb_.block_size;
+  const uint64_t per_file =
+      2 * std::max<uint64_t>(tunables_.readahead.load(std::memory_order_relaxed), bs);
+  for (auto fb = kept_file_bytes_.find(id); fb != kept_file_bytes_.end() && fb->second > per_file;
+       fb = kept_file_bytes_.find(id)) {
+    EraseKept(kept_.lower_bound({id, 0}));
+  }
+  while (kept_bytes_ > kMaxKeptBytes) EraseKept(kept_.find(kept_by_age_.begin()->second));
+}
+
+bool Engine::TakeKept(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, Kept* out) {
+  auto it = kept_.find({file.file_id_, index});
+  if (it == kept_.end()) return false;
+  Kept& k = it->second;
+  // The block cached meanwhile has sub-blocks of its own that win (maybe
+  // dirty); the file changed; or the file as the mount shows it is longer
+  // than SOURCE was.
+  const bool usable = k.owner.lock().get() == &file && k.epoch == file.epoch_.load() &&
+                      !index_->Find({file.file_id_, index}) && k.from <= begin &&
+                      k.from + k.bytes >= end;
+  if (!usable) {
+    EraseKept(it);
+    return false;
+  }
+  k.used = true;
+  *out = k;
+  if (end >= k.from + k.bytes) EraseKept(it);  // taken to its end
+  return true;
+}
+
+void Engine::DropKept(uint64_t file_id, uint64_t from_index, uint64_t to_index) {
+  if (kept_.empty()) return;
+  auto it = kept_.lower_bound({file_id, from_index});
+  while (it != kept_.end() && it->first.first == file_id && it->first.second < to_index) {
+    EraseKept(it++);
+  }
+}
+
+void Engine::EraseKept(std::map<std::pair<uint64_t, uint64_t>, Kept>::iterator it) {
+  const Kept& k = it->second;
+  if (!k.used) counters_.readahead_dropped++;
+  auto bytes = kept_file_bytes_.find(it->first.first);
+  bytes->second -= k.bytes;
+  if (bytes->second == 0) kept_file_bytes_.erase(bytes);
+  kept_bytes_ -= k.bytes;
+  kept_by_age_.erase(k.seq);
+  kept_.erase(it);
+  kept_blocks_.store(kept_.size(), std::memory_order_relaxed);
+}
+
 EngineStats Engine::stats() const {
   EngineStats s;
   s.read_hits = counters_.read_hits;
   s.read_misses = counters_.read_misses;
   s.fetch_waits = counters_.fetch_waits;
   s.readahead_blocks = counters_.readahead_blocks;
+  s.readahead_dropped = counters_.readahead_dropped;
   s.write_hits = counters_.write_hits;
   s.write_misses = counters_.write_misses;
   s.promotions = counters_.promotions;
@@ -1862,6 +2007,7 @@ EngineStats Engine::stats() const {
   s.cache_used = s.blocks_cached * sb_.block_size;
   s.blocks_dirty = dirty_.size();
   s.blocks_pinned = blocks_pinned_;
+  s.readahead_kept = kept_.size();
   s.dirty_bytes = dirty_subs_total_ * kSubBlockSize;
   // Waiting: dirty, not being written now, and not of a file in conflict
   // (never written back until resolved).

@@ -17,7 +17,10 @@
 // is written to the store before the record that points at it is committed.
 // On a sequential stream, the following `readahead` bytes of whole blocks are
 // fetched by background threads; a reader that reaches them waits for the
-// fetch in flight instead of fetching again.
+// fetch in flight instead of fetching again. A block read ahead that the
+// cache does not take (the policy does not admit it, or its stream bypasses
+// the cache) is kept in memory (`kept_`, bounded) until its reader takes it,
+// so every block is read from SOURCE, and offered to the policy, once.
 //
 // Writes (mode, in the superblock): writethrough puts what the FUSE layer
 // wrote to SOURCE into the cache as clean data; writeback keeps it in the
@@ -109,6 +112,10 @@ struct EngineStats {
   uint64_t read_misses = 0;       // blocks fetched from SOURCE
   uint64_t fetch_waits = 0;       // readers that waited for another's fetch
   uint64_t readahead_blocks = 0;  // blocks fetched ahead of a sequential reader
+  // Of them, not cached (not admitted, or a bypassed stream): let go before
+  // a reader took them, and kept in memory for their reader now.
+  uint64_t readahead_dropped = 0;
+  uint64_t readahead_kept = 0;
   uint64_t bytes_from_cache = 0;
   uint64_t bytes_from_source = 0;
   uint64_t crc_errors = 0;
@@ -187,6 +194,9 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   uint64_t next_offset_ = 0;
   uint64_t sequential_bytes_ = 0;
   uint64_t ahead_until_ = 0;
+  // next_offset_, for readahead threads, which skip the blocks the reader
+  // has reached already: it fetches those itself.
+  std::atomic<uint64_t> stream_end_{0};
   bool advised_ = false;  // POSIX_FADV_SEQUENTIAL given to SOURCE
   bool bypass_ = false;   // the current stream bypasses the cache
   // Writeback mode, guarded by mu_: the file as the mount shows it while
@@ -231,7 +241,8 @@ class Engine {
   // Compares SOURCE's attributes `st` with the file's fingerprint and drops the
   // cached blocks if they differ. Returns whether they differed.
   Result<bool> Revalidate(CachedFile& file, const struct stat& st);
-  // Writes the file's fingerprint to the metadata if it changed (last close).
+  // Writes the file's fingerprint to the metadata if it changed (last close),
+  // and lets go of the blocks read ahead and kept for it (a handle's close).
   Status CloseFile(CachedFile& file);
 
   // Reads up to `len` bytes at `off` of `file` (SOURCE descriptor `fd`),
@@ -503,10 +514,36 @@ class Engine {
     // the fill is installed.
     bool fill = false;
     bool no_install = false;  // read for a stream that bypasses the cache: served, not kept
+    // Fetched by readahead: when the cache does not take it, kept in memory
+    // for the reader (Kept). `served`: a reader was served from this fetch;
+    // `served_to_end`: up to the end of its data, so it need not be kept.
+    bool readahead = false;
+    bool served = false;         // guarded by mu
+    bool served_to_end = false;  // guarded by mu
     // Fetched by Warm: cached whatever the policy's admission says, counted
     // as warmed rather than as a read miss.
     bool warm = false;
     InstallOutcome outcome = InstallOutcome::kSkipped;  // set by InstallRun
+  };
+  // A block fetched by readahead that the cache did not take: its data, kept
+  // for the sequential reader it was fetched for, who is served from it like
+  // from a fetch in flight instead of reading SOURCE (and asking the policy)
+  // a second time. It serves only the CachedFile it was fetched for
+  // (`owner`: a file closed and opened again starts over at epoch 0) at the
+  // epoch it was fetched in, and only while the block is not cached; a
+  // writer locking the block (LockBlock), a drop of the block (truncate,
+  // invalidation) and a close of a handle of the file let it go. Bounded: twice
+  // the readahead window per file (the window plus late requests of the
+  // stream), kMaxKeptBytes in all, the lowest block or the oldest going first.
+  struct Kept {
+    std::weak_ptr<CachedFile> owner;
+    uint64_t epoch = 0;
+    std::shared_ptr<char> data;  // the buffer of the fetch's whole run
+    size_t data_off = 0;         // bytes [from, from + bytes) of the block are at data + data_off
+    uint32_t from = 0;
+    uint32_t bytes = 0;
+    uint64_t seq = 0;   // age, for the global bound
+    bool used = false;  // a reader was served from it (or from its fetch)
   };
   struct ReadaheadJob {
     std::shared_ptr<CachedFile> file;
@@ -602,6 +639,23 @@ class Engine {
                     uint64_t file_size);
   void ReadaheadLoop();
   void RunReadahead(const ReadaheadJob& job);
+  // Kept readahead blocks (Kept). KeepFetched keeps the completed readahead
+  // fetch `f` of `file` (its buffer, not a copy) unless it is stale or the
+  // block is cached; `used`: a reader was served from it already.
+  void KeepFetched(CachedFile& file, const Fetch& f, bool used) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies the kept block `index` of `file` to `*out` when it holds
+  // [begin, end) and may serve it; lets it go once served to its end, and
+  // at once when it may no longer serve.
+  bool TakeKept(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, Kept* out)
+      EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lets go of the kept blocks from_index <= index < to_index of `file_id`.
+  void DropKept(uint64_t file_id, uint64_t from_index, uint64_t to_index)
+      EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseKept(std::map<std::pair<uint64_t, uint64_t>, Kept>::iterator it)
+      EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IsKept(uint64_t file_id, uint64_t index) const EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return kept_.count({file_id, index}) != 0;
+  }
 
   // Write caching (cache/engine_write.cc).
   // Registers the caller as the only one changing block `index` of `file`
@@ -715,6 +769,14 @@ class Engine {
   uint64_t blocks_pinned_ GUARDED_BY(mu_) = 0;         // slots with pinned_slot_ set
   uint64_t next_dirty_seq_ GUARDED_BY(mu_) = 1;
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Fetch>> fetches_ GUARDED_BY(mu_);
+  // Kept readahead blocks by (file, index); by age (seq); bytes per file and in all.
+  std::map<std::pair<uint64_t, uint64_t>, Kept> kept_ GUARDED_BY(mu_);
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> kept_by_age_ GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, uint64_t> kept_file_bytes_ GUARDED_BY(mu_);
+  uint64_t kept_bytes_ GUARDED_BY(mu_) = 0;
+  uint64_t next_kept_seq_ GUARDED_BY(mu_) = 0;
+  // kept_.size(), read without mu_ so that reads skip the lock when nothing is kept.
+  std::atomic<uint64_t> kept_blocks_{0};
   uint64_t next_generation_ GUARDED_BY(mu_) = 1;
   // Persist epochs (contract 1c, docs/format.md "Rollback"). Data written to
   // the store is tagged, after the write, with the current epoch; Persist()
@@ -741,6 +803,7 @@ class Engine {
         bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0},
         write_hits{0}, write_misses{0}, promotions{0}, bytes_written_back{0}, writeback_errors{0},
         writeback_retries{0}, conflicts{0}, persists{0}, not_admitted{0}, bypassed{0}, warmed{0};
+    std::atomic<uint64_t> readahead_dropped{0};
   };
   mutable Counters counters_;
   RecoveryReport recovery_;  // written by Recover() only, before any other thread starts

@@ -80,6 +80,8 @@ std::shared_ptr<Engine::Fetch> Engine::LockBlock(uint64_t file_id, uint64_t inde
       if (it == fetches_.end()) {
         auto mine = std::make_shared<Fetch>(index, 0);
         fetches_[{file_id, index}] = mine;
+        // Readahead data kept for the block may be about to be stale.
+        DropKept(file_id, index, index + 1);
         return mine;
       }
       other = it->second;

@@ -407,6 +407,247 @@ TEST_F(EngineTest, ReadaheadFetchesEachBlockOnceAhead) {
   EXPECT_EQ(e->stats().readahead_blocks, before);
 }
 
+// How a sequential stream's blocks end up not cached (or evicting others).
+enum class NotCached { kLruFull, kSmqRefuses, kSequentialBypass, kFileSizeLimit };
+
+class ReadaheadOnceTest : public EngineTest, public ::testing::WithParamInterface<NotCached> {};
+
+// Whatever becomes of a block read ahead (cached, refused by the policy, of
+// a stream that bypasses the cache), the reader gets it without a second
+// read of SOURCE, and the policy is asked about it once.
+TEST_P(ReadaheadOnceTest, ReadsEachByteOfSourceOnce) {
+  const NotCached how = GetParam();
+  const size_t blocks = 40;
+  EngineConfig c = Config(16 * kBlock);
+  c.options.readahead = 8 * kBlock;
+  c.options.policy = how == NotCached::kLruFull ? "lru" : "smq";
+  if (how == NotCached::kSequentialBypass) c.options.sequential_threshold = 2;
+  if (how == NotCached::kFileSizeLimit) c.options.file_size_limit = 20 * kBlock;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  // A working set that fills the cache and is hit often, read out of order
+  // (no stream): smq then refuses a block seen once.
+  std::string hot = Pattern(16 * kBlock, 40);
+  auto hfd = MakeFile("hot", hot);
+  auto h = e->OpenFile("hot", Stat(hfd));
+  ASSERT_TRUE(h.ok());
+  for (int pass = 0; pass < 8; ++pass) {
+    for (uint64_t i = 0; i < 16; ++i) {
+      const uint64_t off = (i * 7 % 16) * kBlock;
+      ASSERT_EQ(ReadAll(*e, *h.value(), hfd, off, 4096), hot.substr(off, 4096));
+    }
+  }
+  ASSERT_EQ(e->stats().blocks_cached, 16u);
+
+  std::string data = Pattern(blocks * kBlock, 41);
+  auto fd = MakeFile("scan", data);
+  auto f = e->OpenFile("scan", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  const EngineStats before = e->stats();
+  const uint64_t source_before = backing_.bytes;
+  backing_.delay_ms = 2;  // readahead and reader overlap
+  for (uint64_t off = 0; off < data.size(); off += 2 * kBlock) {
+    ASSERT_EQ(ReadAll(*e, *f.value(), fd, off, 2 * kBlock), data.substr(off, 2 * kBlock));
+  }
+  // The reader may be served from a readahead fetch before the thread that
+  // read it installs it: wait until each block was installed, refused or
+  // bypassed.
+  auto settled = [&](const EngineStats& s) {
+    return s.promotions + s.not_admitted + s.bypassed >=
+           before.promotions + before.not_admitted + before.bypassed + blocks;
+  };
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!settled(e->stats()) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  const EngineStats after = e->stats();
+  EXPECT_EQ(backing_.bytes - source_before, data.size());
+  EXPECT_EQ(after.bytes_from_source - before.bytes_from_source, data.size());
+  EXPECT_GE(after.readahead_blocks - before.readahead_blocks, blocks / 2);
+  // Each block offered to the policy once (or, bypassed, not at all).
+  switch (how) {
+    case NotCached::kLruFull:
+      EXPECT_EQ(after.promotions - before.promotions, blocks);
+      EXPECT_EQ(after.not_admitted, before.not_admitted);
+      break;
+    case NotCached::kSmqRefuses:
+      EXPECT_EQ(after.not_admitted - before.not_admitted, blocks);
+      EXPECT_EQ(after.promotions, before.promotions);
+      break;
+    case NotCached::kSequentialBypass:
+    case NotCached::kFileSizeLimit:
+      EXPECT_EQ(after.bypassed - before.bypassed, blocks);
+      EXPECT_EQ(after.not_admitted, before.not_admitted);
+      EXPECT_EQ(after.promotions, before.promotions);
+      break;
+  }
+  // Every block kept for the reader was taken by it.
+  EXPECT_EQ(after.readahead_dropped, 0u);
+  EXPECT_EQ(after.readahead_kept, 0u);
+  // The working set is still cached (hits only), except where lru made room.
+  const uint64_t source_mid = backing_.bytes;
+  for (uint64_t i = 0; i < 16; ++i) {
+    ASSERT_EQ(ReadAll(*e, *h.value(), hfd, i * 7 % 16 * kBlock, 4096),
+              hot.substr(i * 7 % 16 * kBlock, 4096));
+  }
+  if (how != NotCached::kLruFull) {
+    EXPECT_EQ(backing_.bytes, source_mid);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, ReadaheadOnceTest,
+                         ::testing::Values(NotCached::kLruFull, NotCached::kSmqRefuses,
+                                           NotCached::kSequentialBypass, NotCached::kFileSizeLimit),
+                         [](const ::testing::TestParamInfo<NotCached>& info) {
+                           switch (info.param) {
+                             case NotCached::kLruFull:
+                               return std::string("LruFull");
+                             case NotCached::kSmqRefuses:
+                               return std::string("SmqRefuses");
+                             case NotCached::kSequentialBypass:
+                               return std::string("SequentialBypass");
+                             case NotCached::kFileSizeLimit:
+                               return std::string("FileSizeLimit");
+                           }
+                           return std::string();
+                         });
+
+// Polls until `n` blocks read ahead are kept in memory for their reader.
+bool WaitKept(Engine& e, uint64_t n) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (e.stats().readahead_kept < n) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+// Blocks 2..9 of a bypassed stream read ahead and kept, then the file
+// changes through the mount (a write through, a truncate and regrowth) or
+// outside: the reader gets the new bytes, never the kept old ones.
+TEST_F(EngineTest, ReadaheadKeptDataIsNotServedAfterAChange) {
+  EngineConfig c = Config(64 * kBlock);
+  c.options.readahead = 8 * kBlock;
+  c.options.sequential_threshold = 1;  // every stream bypasses: read ahead, not cached
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  enum Change { kWriteThrough, kTruncateAndGrow, kOutside };
+  for (Change change : {kWriteThrough, kTruncateAndGrow, kOutside}) {
+    SCOPED_TRACE(change);
+    const std::string name = "f" + std::to_string(change);
+    std::string data = Pattern(12 * kBlock, 50 + change);
+    auto fd = MakeFile(name, data);
+    auto f = e->OpenFile(name, Stat(fd));
+    ASSERT_TRUE(f.ok());
+    const uint64_t kept_before = e->stats().readahead_kept;
+    ASSERT_EQ(ReadAll(*e, *f.value(), fd, 0, 2 * kBlock), data.substr(0, 2 * kBlock));
+    ASSERT_TRUE(WaitKept(*e, kept_before + 8));
+    const std::string path = source_ + "/" + name;
+    int wfd = open(path.c_str(), O_WRONLY);
+    ASSERT_GE(wfd, 0);
+    if (change == kWriteThrough) {
+      // As the FUSE layer does: SOURCE first, then the cache.
+      std::string w = Pattern(5000, 60);
+      const uint64_t at = 3 * kBlock + 100;
+      ASSERT_TRUE(e->BeforeWriteThrough(*f.value(), at, w.size()).ok());
+      ASSERT_EQ(pwrite(wfd, w.data(), w.size(), at), static_cast<ssize_t>(w.size()));
+      ASSERT_TRUE(e->WriteThrough(*f.value(), fd, at, w.data(), w.size(), Stat(fd)).ok());
+      data.replace(at, w.size(), w);
+    } else if (change == kTruncateAndGrow) {
+      // Cut at block 6 and grown again with other bytes: the kept blocks
+      // 6..9 held the old ones.
+      ASSERT_EQ(ftruncate(wfd, 6 * kBlock), 0);
+      ASSERT_TRUE(e->AfterTruncate(*f.value(), Stat(fd)).ok());
+      std::string w = Pattern(6 * kBlock, 61);
+      ASSERT_EQ(pwrite(wfd, w.data(), w.size(), 6 * kBlock), static_cast<ssize_t>(w.size()));
+      ASSERT_TRUE(e->AfterWrite(*f.value(), 6 * kBlock, w.size(), Stat(fd)).ok());
+      data.replace(6 * kBlock, w.size(), w);
+    } else {
+      // Changed in SOURCE directly: same size, new bytes in block 5 and mtime.
+      std::string w = Pattern(kBlock, 62);
+      ASSERT_EQ(pwrite(wfd, w.data(), w.size(), 5 * kBlock), static_cast<ssize_t>(w.size()));
+      struct timespec ts[2] = {{0, UTIME_NOW}, {12345, 0}};
+      ASSERT_EQ(futimens(wfd, ts), 0);
+      auto changed = e->Revalidate(*f.value(), Stat(fd));
+      ASSERT_TRUE(changed.ok());
+      EXPECT_TRUE(changed.value());
+      data.replace(5 * kBlock, w.size(), w);
+    }
+    close(wfd);
+    for (uint64_t off = 2 * kBlock; off < data.size(); off += 2 * kBlock) {
+      ASSERT_EQ(ReadAll(*e, *f.value(), fd, off, 2 * kBlock), data.substr(off, 2 * kBlock))
+          << "at block " << off / kBlock;
+    }
+    ASSERT_TRUE(e->CloseFile(*f.value()).ok());
+  }
+  EXPECT_GT(e->stats().readahead_dropped, 0u);
+  EXPECT_EQ(e->stats().readahead_kept, 0u);
+}
+
+// Kept readahead blocks go once the stream has moved on, and at the last
+// close, counted as dropped unread; each block is still read once.
+TEST_F(EngineTest, ReadaheadKeptBlocksGoWhenTheStreamMovesOn) {
+  EngineConfig c = Config(64 * kBlock);
+  c.options.readahead = 8 * kBlock;
+  c.options.sequential_threshold = 1;  // every stream bypasses: read ahead, not cached
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  const size_t blocks = 48;
+  std::string data = Pattern(blocks * kBlock, 80);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  ASSERT_EQ(ReadAll(*e, *f.value(), fd, 0, 2 * kBlock), data.substr(0, 2 * kBlock));
+  ASSERT_TRUE(WaitKept(*e, 8));  // blocks 2..9
+  EXPECT_EQ(e->stats().readahead_dropped, 0u);
+  // A jump more than 1 MiB past them lets them go; then a new stream from
+  // there, with its own readahead (blocks 42..47, to the end of the file).
+  const uint64_t jump = 40 * kBlock;
+  ASSERT_EQ(ReadAll(*e, *f.value(), fd, jump, kBlock), data.substr(jump, kBlock));
+  EXPECT_EQ(e->stats().readahead_kept, 0u);
+  EXPECT_EQ(e->stats().readahead_dropped, 8u);
+  ASSERT_EQ(ReadAll(*e, *f.value(), fd, jump + kBlock, kBlock), data.substr(jump + kBlock, kBlock));
+  ASSERT_TRUE(WaitKept(*e, 6));
+  EXPECT_EQ(e->stats().readahead_kept, 6u);
+  ASSERT_TRUE(e->CloseFile(*f.value()).ok());
+  EXPECT_EQ(e->stats().readahead_kept, 0u);
+  EXPECT_EQ(e->stats().readahead_dropped, 14u);
+  // 2 + 8 + 1 + 1 + 6 blocks, each read once.
+  EXPECT_EQ(backing_.bytes, uint64_t{18} * kBlock);
+}
+
+// mode=writeback: a cached write into a block being read ahead (the writer
+// waits for the fetch, then lets its kept data go) or kept already.
+TEST_F(EngineTest, ReadaheadKeptDataIsNotServedAfterACachedWrite) {
+  EngineConfig c = WritebackConfig();
+  c.options.readahead = 8 * kBlock;
+  c.options.sequential_threshold = 1;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  for (bool wait_kept : {false, true}) {
+    SCOPED_TRACE(wait_kept);
+    const std::string name = wait_kept ? "kept" : "in-flight";
+    std::string data = Pattern(12 * kBlock, 70 + wait_kept);
+    auto fd = MakeFile(name, data);
+    auto f = e->OpenFile(name, Stat(fd));
+    ASSERT_TRUE(f.ok());
+    backing_.delay_ms = wait_kept ? 0 : 50;  // the readahead is still reading at the write
+    ASSERT_EQ(ReadAll(*e, *f.value(), fd, 0, 2 * kBlock), data.substr(0, 2 * kBlock));
+    if (wait_kept) {
+      ASSERT_TRUE(WaitKept(*e, 8));
+    }
+    std::string w = Pattern(3 * kBlock, 72);
+    const uint64_t at = 3 * kBlock + 4096 + 100;
+    ASSERT_TRUE(e->Write(*f.value(), fd, at, w.data(), w.size(), false).ok());
+    data.replace(at, w.size(), w);
+    for (uint64_t off = 2 * kBlock; off < data.size(); off += 2 * kBlock) {
+      ASSERT_EQ(ReadAll(*e, *f.value(), fd, off, 2 * kBlock), data.substr(off, 2 * kBlock))
+          << "at block " << off / kBlock;
+    }
+    backing_.delay_ms = 0;
+  }
+}
+
 TEST_F(EngineTest, ReadErrorOfSourceIsReported) {
   auto e = OpenEngine(Config());
   auto fd = MakeFile("f", Pattern(kBlock, 13));

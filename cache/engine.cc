@@ -187,10 +187,9 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
     // A new mode is taken below, once the old one allows it (leaving
     // writeback drains first).
   }
-  if (sb.mode == CacheMode::kCow) {
-    return Status::Invalid(std::string("mode=") + CacheModeName(sb.mode) +
-                           " is not available yet (writethrough, writeback, writearound, "
-                           "readonly are)");
+  if ((sb.mode == CacheMode::kCow || o.mode == CacheMode::kCow) && !config.source_is_file) {
+    return Status::Invalid("mode=cow needs an image SOURCE (a regular file); '" + config.source +
+                           "' is a directory");
   }
 
   StoreConfig sc;
@@ -238,7 +237,16 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   }
   // Dirty data is written back in every mode (readonly too: it was promised).
   e->writeback_thread_ = std::thread([raw = e.get()] { raw->WritebackLoop(); });
+  // Image mode: every dirty block at mount is one epoch (the epochs of a
+  // crashed mount died with it; all of it was acknowledged).
+  s = e->SealEpoch(/*all=*/true);
+  if (!s.ok()) return s;
   if (!formatting && o.mode && *o.mode != sb.mode) {
+    if (sb.mode == CacheMode::kCow && e->HasAnyDirty()) {
+      return Status::Invalid("cache '" + dir +
+                             "' holds an uncommitted cow layer; mount with mode=cow and run "
+                             "cachefsctl commit or discard");
+    }
     s = e->SetMode(*o.mode);
     if (!s.ok()) return s;
   }
@@ -613,8 +621,9 @@ void Engine::PersistLoop() {
 }
 
 Status Engine::SetMode(CacheMode mode) {
-  if (mode == CacheMode::kCow) {
-    return Status::Invalid("mode=cow is not available yet");
+  if (mode == CacheMode::kCow && !config_.source_is_file) {
+    return Status::Invalid("mode=cow needs an image SOURCE (a regular file); '" + config_.source +
+                           "' is a directory");
   }
   std::lock_guard<std::mutex> switching(mode_switch_mu_);
   const CacheMode from = this->mode();
@@ -622,14 +631,20 @@ Status Engine::SetMode(CacheMode mode) {
   // Leaving writeback: everything dirty goes to SOURCE first, so no later
   // write through SOURCE can be overwritten by older cached data. The bulk
   // is written back while writes go on; the rest with writes held off.
-  Status s = from == CacheMode::kWriteback ? Flush() : Status::Ok();
+  Status s = from == CacheMode::kWriteback ? FlushAll() : Status::Ok();
   {
     std::unique_lock<std::mutex> lock(gate_mu_);
     gate_closed_ = true;
     gate_cv_.wait(lock, [this] { return gate_writers_ == 0; });
   }
+  if (s.ok() && from == CacheMode::kCow && HasAnyDirty()) {
+    // Leaving cow would write the layer back (writeback) or drop it from
+    // view (the others): only commit and discard may end it.
+    s = Status::Error(EBUSY, std::string("cache '") + dir_ + "' holds an uncommitted cow layer: " +
+                                 "run cachefsctl commit or discard first");
+  }
   if (s.ok() && from == CacheMode::kWriteback) {
-    s = Flush();
+    s = FlushAll();
     if (s.ok() && HasAnyDirty()) {
       s = Status::Error(EBUSY, "data of files in conflict is still dirty (cachefsctl conflicts)");
     }

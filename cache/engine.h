@@ -25,7 +25,10 @@
 // Writes (mode, in the superblock): writethrough puts what the FUSE layer
 // wrote to SOURCE into the cache as clean data; writeback keeps it in the
 // cache as dirty data, written back by the writer thread; writearound drops
-// the touched blocks (cache/engine_write.cc has the details).
+// the touched blocks (cache/engine_write.cc has the details). With an image
+// SOURCE the writer writes back in fsync epochs (only the state as of the
+// last fsync), and mode=cow keeps writes in the cache until CommitLayer or
+// DiscardLayer (cache/engine_image.cc).
 //
 // Power loss (contract 1c): block records carry the persist epoch of their
 // data and earlier versions; recovery rolls a block whose data did not
@@ -281,6 +284,8 @@ class Engine {
   // mode). Leaving writeback first writes back everything dirty while writes
   // go on, then holds new writes off (WriteGuard) for the rest, and fails,
   // keeping the mode, if something stays dirty (an error, a conflict).
+  // mode=cow needs an image SOURCE (EINVAL otherwise); leaving cow needs an
+  // empty layer (EBUSY otherwise: CommitLayer or DiscardLayer first).
   Status SetMode(CacheMode mode);
   // Held by the FUSE layer around one operation that changes file data
   // (write, truncate, fallocate, copy_file_range): its choice of path by
@@ -485,6 +490,27 @@ class Engine {
     std::string saved_as;  // kSaveOurs: the new file, relative to SOURCE
   };
   Result<Resolved> ResolveConflict(const std::string& path, Resolution how);
+
+  // --- the cow layer (mode=cow, image SOURCE only; cache/engine_image.cc) ---
+  // In mode=cow writes stay in the cache as dirty data (the layer) and the
+  // writer never writes them back; reads merge the layer and the image.
+  struct LayerResult {
+    uint64_t blocks = 0;  // dirty blocks written down or dropped
+    uint64_t bytes = 0;   // their dirty 4 KiB sub-blocks x 4 KiB
+  };
+  // Writes the whole layer down to the image and syncs it there (an fsync
+  // epoch of its own), while writes go on, then with writes held off for
+  // the rest; the mount stays in mode=cow with an empty layer. Errors: not
+  // in mode=cow (EINVAL), the image changed outside the mount (EBUSY, a
+  // conflict: nothing is written over it), SOURCE's write errors. A failed
+  // or interrupted commit leaves the layer whole (what reached the image
+  // stays dirty in it) and only a commit may follow (DiscardLayer refuses).
+  Result<LayerResult> CommitLayer();
+  // Drops every block of the layer in one synced metadata batch, so the
+  // image shows through again; clean cached blocks of the image go too.
+  // The caller drops the kernel's pages of the image. Errors: not in
+  // mode=cow (EINVAL), a commit was cut short (EBUSY: commit again).
+  Result<LayerResult> DiscardLayer();
 
  private:
   // What Install did with a fetched block.
@@ -731,6 +757,43 @@ class Engine {
   void ReleaseReader(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlot(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PersistLoop();
+
+  // Image mode: writeback in fsync epochs (cache/engine_image.cc). The
+  // newest sealed epoch is, per dirty block of the image, the version (slot,
+  // generation, CRCs, dirty sub-blocks) it had at the last fsync; each
+  // version holds its slot (readers_) so that a write after the fsync,
+  // which moves the block to a new slot, does not free the old one before
+  // the writer wrote it back. The writer writes only these versions.
+  bool ImageEpochs() const { return config_.source_is_file; }
+  // May the writer write back now? Not in mode=cow, unless committing.
+  bool WritebackAllowed() const;
+  // A write put dirty data into block `key` (it joins the next epoch).
+  void NoteEpochWrite(const BlockKey& key) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Seals an epoch: the blocks written since the last seal (`all`: every
+  // dirty block) get their current version recorded. Called at fsync, and
+  // before a writeback that must cover everything (flush, mode switch).
+  Status SealEpoch(bool all) LOCKS_EXCLUDED(mu_);
+  // SealEpoch(true) in image mode, then Flush().
+  Status FlushAll();
+  // The versions of `file_id` one writeback round may write (by block
+  // index), each slot held for the round; ReleaseEpoch ends the hold.
+  using EpochVersions = std::map<uint64_t, BlockRecord>;
+  EpochVersions TakeEpoch(uint64_t file_id) LOCKS_EXCLUDED(mu_);
+  void ReleaseEpoch(const EpochVersions& taken) LOCKS_EXCLUDED(mu_);
+  // Sub-blocks `written` of version `generation` of `key` are on the image
+  // and synced (or the block is gone): the epoch forgets them, and the
+  // version once none of its dirty sub-blocks is left, unless a later seal
+  // replaced it.
+  void EpochBlockDone(const BlockKey& key, uint64_t generation,
+                      const std::vector<uint64_t>& written) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets every version of `file_id` (its blocks were dropped: a discard
+  // of the cow layer, a conflict resolved as keep-theirs).
+  void DropEpoch(uint64_t file_id) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::mutex epoch_mu_;  // serialises seals and the writer taking an epoch
+  std::map<std::pair<uint64_t, uint64_t>, BlockRecord> epoch_blocks_ GUARDED_BY(mu_);
+  std::set<std::pair<uint64_t, uint64_t>> epoch_touched_ GUARDED_BY(mu_);
+  std::atomic<bool> committing_{false};  // CommitLayer runs: cow may write back
+
   // The persistent counters over every mount: earlier mounts' + this one's.
   PersistentCounters Totals() const;
   // Puts Totals() in the metadata's log if they changed since the last save;

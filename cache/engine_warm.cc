@@ -559,6 +559,7 @@ Result<uint64_t> Engine::DiscardOurs(uint64_t file_id, const struct stat& st) {
   }
   std::lock_guard<std::mutex> lock(mu_);
   conflict_files_.erase(file_id);
+  DropEpoch(file_id);  // image mode: its versions are gone with the blocks
   return dropped;
 }
 

@@ -380,6 +380,7 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
     policy_->Track(slot);
   }
   if (newly_dirty) AddDirty(out.dirty_seq, BlockKey{id, index});
+  if (dirty) NoteEpochWrite(BlockKey{id, index});
   if (old_slot) ReleaseReader(*old_slot);
   // dm-cache's sense: a write hit finds the block in the cache.
   (old_slot ? counters_.write_hits : counters_.write_misses)++;
@@ -396,8 +397,23 @@ Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint
     s = Persist();
     if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty);
     if (s.code() != ENOSPC || !dirty) continue;
+    if (round > 0 && ImageEpochs() && WritebackAllowed()) {
+      // Image mode: the cache is full of data written since the last
+      // fsync. Failing the guest's writes would break its disk; writing
+      // back what it has not synced yet only weakens the epoch promise
+      // (docs/cache-engine.md), so the current state becomes an epoch.
+      LogWarning(
+          "image mode: the cache is full of data written since the last fsync; "
+          "writing it back unsynced");
+      s = SealEpoch(/*all=*/true);
+      if (!s.ok()) return s;
+    }
     s = Flush();
     if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty);
+  }
+  if (s.code() == ENOSPC && dirty && !WritebackAllowed()) {
+    return Status::Error(ENOSPC,
+                         "mode=cow: the layer fills the cache (cachefsctl commit or discard)");
   }
   return s;
 }
@@ -458,8 +474,10 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     Status s = WriteFileRecord(file);
     if (!s.ok()) return s;
   }
-  if (sync) return Persist();
-  return Status::Ok();
+  if (!sync) return Status::Ok();
+  Status s = Persist();
+  if (s.ok()) s = SealEpoch(/*all=*/false);  // an O_SYNC write is an fsync of the image
+  return s;
 }
 
 Status Engine::BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len) {
@@ -528,7 +546,13 @@ Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t of
   return Status::Ok();
 }
 
-Status Engine::Sync(CachedFile& /*file*/) { return Persist(); }
+Status Engine::Sync(CachedFile& /*file*/) {
+  Status s = Persist();
+  // Image mode: what was written so far is the state the writer may put
+  // on the image next.
+  if (s.ok()) s = SealEpoch(/*all=*/false);
+  return s;
+}
 
 void Engine::OverlayPath(const std::string& path, struct stat* st) {
   if (!HasAnyDirty()) return;
@@ -577,10 +601,28 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     conflict_files_.insert(file_id);
     return Status::Ok();
   }
+  if (!WritebackAllowed()) {
+    return Status::Error(EROFS, "mode=cow: the layer reaches the image only by cachefsctl commit");
+  }
   // The indices were taken before writeback_mu_: another flush may have
   // written them back meanwhile, and SOURCE may since have been changed
   // through the mount (truncate), its new look not yet adopted.
   if (!HasDirty(file_id)) return Status::Ok();
+  // Image mode: only the versions of the newest sealed epoch, whatever the
+  // caller asked for (docs/cache-engine.md, "Image mode").
+  std::vector<uint64_t> wanted = indices;
+  EpochVersions epoch;
+  if (ImageEpochs()) {
+    epoch = TakeEpoch(file_id);
+    wanted.clear();
+    for (const auto& [index, version] : epoch) wanted.push_back(index);
+  }
+  struct EpochHold {
+    Engine* e;
+    const EpochVersions& taken;
+    ~EpochHold() { e->ReleaseEpoch(taken); }
+  } epoch_hold{this, epoch};
+  if (ImageEpochs() && wanted.empty()) return Status::Ok();
   auto live = LiveFile(file_id);
   if (live && background) {
     std::lock_guard<std::mutex> lock(live->mu_);
@@ -666,7 +708,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
   if (!block) return Status::Error(ENOMEM, "out of memory");
   uint64_t written = 0;
   bool aborted = false;
-  for (uint64_t index : indices) {
+  for (uint64_t index : wanted) {
     // Shutting down: what was written so far is synced and marked clean
     // below, the rest stays dirty (as if written again meanwhile).
     if (background && wb_abort_.load(std::memory_order_relaxed)) {
@@ -677,8 +719,20 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     auto r = meta_->GetBlock(file_id, index);
     Status s = r.ok() ? Status::Ok() : r.status();
     BlockRecord rec;
-    if (s.ok() && r.value() && r.value()->AnyDirty()) {
-      rec = *r.value();
+    bool have = s.ok() && r.value() && r.value()->AnyDirty();
+    if (have) rec = *r.value();
+    if (s.ok() && ImageEpochs()) {
+      // The version sealed at the last fsync (its slot is held), not the
+      // current one; none once the block is clean or gone.
+      auto v = epoch.find(index);
+      if (!have) {
+        std::lock_guard<std::mutex> l(mu_);
+        EpochBlockDone(BlockKey{file_id, index}, v->second.generation, v->second.dirty);
+      }
+      have = have && v->second.AnyDirty();
+      if (have) rec = v->second;
+    }
+    if (have) {
       for (uint32_t i = 0; s.ok() && i < rec.sub_blocks(); ++i) {
         if (!rec.IsDirty(i)) continue;
         s = ReadSubBlocks(rec, i, i + 1, block.get() + static_cast<size_t>(i) * kSubBlockSize);
@@ -686,7 +740,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     }
     UnlockBlock(file_id, lock);
     if (!s.ok()) return s;
-    if (!r.value() || !r.value()->AnyDirty()) continue;
+    if (!have) continue;
     in_flight.total++;
     in_flight.mine++;
     std::vector<uint64_t> clipped(rec.dirty.size(), 0);
@@ -790,6 +844,8 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       s = meta_->Commit(batch, false);
       if (s.ok()) {
         std::lock_guard<std::mutex> l(mu_);
+        // This version is on the image, synced: its epoch is done with it.
+        if (ImageEpochs()) EpochBlockDone(BlockKey{file_id, t.index}, t.generation, t.dirty);
         if (index_->Find({file_id, t.index}) == rec.slot) {
           SetDirtySubs(static_cast<uint32_t>(rec.slot), rec.DirtyCount());
         }
@@ -828,6 +884,9 @@ Status Engine::FlushFile(CachedFile& file) {
   }
   if (indices.empty()) return Status::Ok();
   std::sort(indices.begin(), indices.end());
+  // Image mode: the caller needs all of it on SOURCE: now is an epoch.
+  Status s = SealEpoch(/*all=*/true);
+  if (!s.ok()) return s;
   std::lock_guard<std::mutex> lock(writeback_mu_);
   return WriteBackFile(file.file_id_, indices, /*background=*/false);
 }
@@ -847,11 +906,15 @@ Status Engine::FlushPath(const std::string& path, bool only_if_open) {
     }
   }
   std::sort(indices.begin(), indices.end());
+  Status s = SealEpoch(/*all=*/true);
+  if (!s.ok()) return s;
   std::lock_guard<std::mutex> lock(writeback_mu_);
   return WriteBackFile(*id.value(), indices, /*background=*/false);
 }
 
 Status Engine::Flush() {
+  // mode=cow: the layer stays (CommitLayer writes it down).
+  if (!WritebackAllowed()) return Status::Ok();
   // Everything dirty now, by file, each file's blocks in order.
   std::map<uint64_t, std::set<uint64_t>> by_file;
   {
@@ -872,6 +935,10 @@ Status Engine::Flush() {
 }
 
 uint64_t Engine::StartFlush() {
+  if (!WritebackAllowed()) return 0;  // mode=cow: nothing is written back
+  // Image mode: a flush asked for makes the current state an epoch.
+  Status sealed = SealEpoch(/*all=*/true);
+  if (!sealed.ok()) LogWarning("flush: " + sealed.message());
   uint64_t mark;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -950,11 +1017,12 @@ void Engine::WritebackLoop() {
     bool drain;
     {
       std::lock_guard<std::mutex> l(mu_);
-      drain = policy_->DrainsDirty() && !dirty_.empty();
+      drain = policy_->DrainsDirty() && !dirty_.empty() && WritebackAllowed();
     }
+    bool flush_wanted = false;
     if (!drain && flush_goal_ > 0) {
       FlushLeft left = FlushProgress(flush_goal_);
-      drain = left.blocks > left.conflicted;
+      drain = flush_wanted = left.blocks > left.conflicted;
       if (!drain) flush_goal_ = 0;
     }
     uint64_t pause_ms =
@@ -966,7 +1034,9 @@ void Engine::WritebackLoop() {
     wb_kick_ = false;
     lock.unlock();
     if (failed) counters_.writeback_retries++;
-    Status s = Flush();
+    // Image mode: blocks a waited-for flush covers that were written again
+    // while being written back are in no epoch yet; the flush makes one.
+    Status s = flush_wanted ? FlushAll() : Flush();
     failed = !s.ok();
     if (failed) {
       counters_.writeback_errors++;

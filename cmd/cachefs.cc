@@ -308,8 +308,19 @@ int Serve(const DaemonConfig& cfg) {
     return kExitFailure;
   }
   // cachefsctl's socket, ready before the command returns; gone at unmount.
-  std::unique_ptr<ControlServer> control =
-      StartDaemonControl(source, Canonical(cfg.mountpoint), cfg, engine.value().get());
+  // An image SOURCE is the mount's root inode; after a discard of the cow
+  // layer the kernel must not keep serving the layer's pages.
+  Filesystem* served = fs.value().get();
+  auto invalidate_image = [served] {
+    if (served->source_is_directory() || served->session() == nullptr) return;
+    int rc = fuse_lowlevel_notify_inval_inode(served->session(), FUSE_ROOT_ID, 0, 0);
+    if (rc != 0 && rc != -ENOENT) {
+      LogWarning("dropping the kernel's pages of the image failed: " +
+                 std::string(std::strerror(-rc)));
+    }
+  };
+  std::unique_ptr<ControlServer> control = StartDaemonControl(
+      source, Canonical(cfg.mountpoint), cfg, engine.value().get(), invalidate_image);
   if (report_fd >= 0) {
     FinishDetach(report_fd);  // the parent notifies systemd
   } else {

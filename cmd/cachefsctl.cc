@@ -12,6 +12,8 @@
 //   cachefsctl unpin PATH...
 //   cachefsctl conflicts [PATH] [--json]
 //   cachefsctl conflicts --keep-ours FILE | --keep-theirs FILE | --save-ours FILE
+//   cachefsctl commit [PATH] [--json]
+//   cachefsctl discard [PATH] [--json]
 //   cachefsctl check CACHE_DIR [--repair | --no-data] [--json]
 //   cachefsctl dump CACHE_DIR [--blocks] [--json]
 //
@@ -69,9 +71,9 @@ constexpr int kWarmTimeoutMs = 600 * 1000;
 // evict and resolve may write back first.
 constexpr int kWriteBackTimeoutMs = 600 * 1000;
 
-const std::vector<std::string> kCommands = {"list",      "stats", "get",   "set", "mode",
-                                            "flush",     "warm",  "evict", "pin", "unpin",
-                                            "conflicts", "check", "dump"};
+const std::vector<std::string> kCommands = {"list",      "stats",  "get",     "set",   "mode",
+                                            "flush",     "warm",   "evict",   "pin",   "unpin",
+                                            "conflicts", "commit", "discard", "check", "dump"};
 
 // A failure that ends the program: one line on stderr and an exit status.
 struct Failure {
@@ -774,6 +776,32 @@ int Conflicts(const ConflictArgs& a) {
   return 0;
 }
 
+// `commit [PATH] [--json]`, `discard [PATH] [--json]`: end the cow layer of
+// an image mount, written down to the image or dropped (docs/control.md).
+int Layer(const std::string& cmd, const std::string& path, bool json) {
+  Failure failure;
+  auto mount = ResolveMount(path, &failure);
+  if (!mount) return Fail(failure);
+  auto reply = Ask(*mount, cmd, JsonValue::MakeObject(), kWriteBackTimeoutMs);
+  if (!reply.ok()) return Fail({kExitFailure, Explain(*mount, reply.status())});
+  if (json) {
+    std::printf("%s\n", Document(reply.value()).Serialize(2).c_str());
+    return 0;
+  }
+  uint64_t blocks = 0, bytes = 0;
+  if (const JsonValue* v = reply->Find("blocks")) v->as_uint64(&blocks);
+  if (const JsonValue* v = reply->Find("bytes")) v->as_uint64(&bytes);
+  const std::string size = Plural(blocks, "block", "blocks") + ", " + HumanBytes(bytes);
+  if (cmd == "commit") {
+    std::printf("commit: the cow layer (%s) is on the image and synced; the layer is empty\n",
+                size.c_str());
+  } else {
+    std::printf("discard: the cow layer (%s) is dropped; the mount shows the image again\n",
+                size.c_str());
+  }
+  return 0;
+}
+
 // `check CACHE_DIR`: the offline check (and repair) of an unmounted cache;
 // the exit status says the verdict (CheckExitCode).
 int Check(const std::string& dir, const CheckOptions& options, bool json) {
@@ -862,7 +890,7 @@ int Main(int argc, char** argv) {
   std::string mode_name;
   std::string mode_path;
   CLI::App* mode = app.add_subcommand(
-      "mode", "switch the mode (writethrough, writeback, writearound, readonly) of a mount");
+      "mode", "switch the mode (writethrough, writeback, writearound, readonly, cow) of a mount");
   mode->add_option("mode", mode_name, "the new mode")->type_name("MODE")->required();
   mode->add_option("path", mode_path, "a path inside the mount")->type_name("PATH");
 
@@ -932,6 +960,20 @@ int Main(int argc, char** argv) {
   keep_ours->excludes(keep_theirs)->excludes(save_ours);
   keep_theirs->excludes(save_ours);
 
+  std::string commit_path;
+  bool commit_json = false;
+  CLI::App* commit = app.add_subcommand(
+      "commit", "write the cow layer of an image mount down to the image (mode=cow)");
+  commit->add_option("path", commit_path, "a path inside the mount")->type_name("PATH");
+  commit->add_flag("--json", commit_json, "JSON output (docs/control.md)");
+
+  std::string discard_path;
+  bool discard_json = false;
+  CLI::App* discard = app.add_subcommand(
+      "discard", "drop the cow layer of an image mount: it shows the image again (mode=cow)");
+  discard->add_option("path", discard_path, "a path inside the mount")->type_name("PATH");
+  discard->add_flag("--json", discard_json, "JSON output (docs/control.md)");
+
   std::string check_dir;
   CheckOptions check_options;
   bool check_no_data = false;
@@ -982,6 +1024,8 @@ int Main(int argc, char** argv) {
   if (pin->parsed()) return Pin(pin_paths, pin_warm);
   if (unpin->parsed()) return Unpin(unpin_paths);
   if (conflicts->parsed()) return Conflicts(conflict_args);
+  if (commit->parsed()) return Layer("commit", commit_path, commit_json);
+  if (discard->parsed()) return Layer("discard", discard_path, discard_json);
   if (check->parsed()) {
     check_options.verify_data = !check_no_data;
     return Check(check_dir, check_options, check_json);

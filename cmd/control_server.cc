@@ -334,6 +334,8 @@ Result<JsonValue> DaemonControlHandler::Handle(const JsonValue& request) {
       {"unpin", &DaemonControlHandler::Unpin},
       {"conflicts", &DaemonControlHandler::Conflicts},
       {"resolve", &DaemonControlHandler::Resolve},
+      {"commit", &DaemonControlHandler::Commit},
+      {"discard", &DaemonControlHandler::Discard},
   };
   const std::string& cmd = *request.Find("cmd")->as_string();
   auto it = kCommands.find(cmd);
@@ -426,8 +428,34 @@ Result<JsonValue> DaemonControlHandler::Mode(const JsonValue& request) {
 
 // {"cmd":"flush"}: wakes the writer; "mark" names what was dirty then.
 Result<JsonValue> DaemonControlHandler::Flush(const JsonValue& /*request*/) {
+  if (info_.engine->mode() == CacheMode::kCow) {
+    return Status::Invalid(
+        "mode=cow never writes back: cachefsctl commit writes the layer to the image");
+  }
   JsonValue r = JsonValue::MakeObject();
   r.Set("mark", info_.engine->StartFlush());
+  return r;
+}
+
+// {"cmd":"commit"}: writes the cow layer down to the image (synced).
+Result<JsonValue> DaemonControlHandler::Commit(const JsonValue& /*request*/) {
+  auto layer = info_.engine->CommitLayer();
+  if (!layer.ok()) return layer.status();
+  JsonValue r = JsonValue::MakeObject();
+  r.Set("blocks", layer->blocks);
+  r.Set("bytes", layer->bytes);
+  return r;
+}
+
+// {"cmd":"discard"}: drops the cow layer; the kernel forgets its pages of
+// the image, so reads show the image again.
+Result<JsonValue> DaemonControlHandler::Discard(const JsonValue& /*request*/) {
+  auto layer = info_.engine->DiscardLayer();
+  if (!layer.ok()) return layer.status();
+  if (info_.invalidate_image) info_.invalidate_image();
+  JsonValue r = JsonValue::MakeObject();
+  r.Set("blocks", layer->blocks);
+  r.Set("bytes", layer->bytes);
   return r;
 }
 
@@ -581,7 +609,8 @@ Result<JsonValue> DaemonControlHandler::Resolve(const JsonValue& request) {
 
 std::unique_ptr<ControlServer> StartDaemonControl(const std::string& source,
                                                   const std::string& mount_point,
-                                                  const DaemonConfig& config, Engine* engine) {
+                                                  const DaemonConfig& config, Engine* engine,
+                                                  std::function<void()> invalidate_image) {
   auto fail = [](const std::string& why) {
     LogWarning("no control socket (cachefsctl cannot reach this mount): " + why);
     return nullptr;
@@ -612,6 +641,7 @@ std::unique_ptr<ControlServer> StartDaemonControl(const std::string& source,
   info.source = source;
   info.config = config;
   info.engine = engine;
+  info.invalidate_image = std::move(invalidate_image);
   const std::string path = ControlSocketPath(info.dev);
   auto server =
       ControlServer::Start(path, getuid(), std::make_unique<DaemonControlHandler>(std::move(info)));

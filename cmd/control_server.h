@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -104,6 +105,9 @@ struct DaemonInfo {
   dev_t dev = 0;            // of the mount
   DaemonConfig config;      // the options it was started with
   Engine* engine = nullptr;
+  // Drops the kernel's cached pages of an image SOURCE (after a discard of
+  // the cow layer, which changes what the mount shows); may be empty.
+  std::function<void()> invalidate_image;
 };
 
 // The commands of a mounted daemon:
@@ -124,6 +128,7 @@ struct DaemonInfo {
 //   conflicts {"path": REL} -> {"conflicts": [CONFLICT, ...]}
 //   resolve {"path": REL, "action": "keep-ours" | "keep-theirs" | "save-ours"}
 //          -> {"path", "action", "bytes"[, "saved_as"]}
+//   commit, discard  {} -> {"blocks", "bytes"}  the cow layer (mode=cow only)
 // REL is a path relative to SOURCE in canonical form ("" for all of it);
 // the engine refuses anything else and opens nothing outside SOURCE.
 // MOUNT is {"mount_point", "source", "cache_dir", "device", "mode",
@@ -152,6 +157,8 @@ class DaemonControlHandler : public ControlHandler {
   Result<JsonValue> Unpin(const JsonValue& request);
   Result<JsonValue> Conflicts(const JsonValue& request);
   Result<JsonValue> Resolve(const JsonValue& request);
+  Result<JsonValue> Commit(const JsonValue& request);
+  Result<JsonValue> Discard(const JsonValue& request);
 
   const DaemonInfo info_;
   std::mutex config_mu_;                        // one `set` at a time
@@ -165,9 +172,11 @@ JsonValue LiveOptionsJson(const DaemonConfig& config);
 // Starts the control server of the daemon mounted as `info` (the mount
 // must be up): creates /run/cachefs (0755) if missing and serves on
 // /run/cachefs/MAJ:MIN.sock for getuid(). Returns nullptr, after logging
-// why, when it cannot: the mount works without it.
+// why, when it cannot: the mount works without it. `invalidate_image`
+// becomes DaemonInfo::invalidate_image.
 std::unique_ptr<ControlServer> StartDaemonControl(const std::string& source,
                                                   const std::string& mount_point,
-                                                  const DaemonConfig& config, Engine* engine);
+                                                  const DaemonConfig& config, Engine* engine,
+                                                  std::function<void()> invalidate_image = {});
 
 }  // namespace cachefs

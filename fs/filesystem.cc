@@ -121,6 +121,9 @@ void CacheAfterWrite(Filesystem& fs, const std::shared_ptr<CachedFile>& cached, 
 // copy_file_range, SEEK_DATA/SEEK_HOLE, rename over another file, the last
 // unlink of an open file) first write it back. Returns an errno.
 int WriteBackFirst(Filesystem& fs, const std::shared_ptr<CachedFile>& cached) {
+  // mode=cow: the image changes only by cachefsctl commit; an operation on
+  // SOURCE's copy would bypass the layer.
+  if (cached && fs.engine() != nullptr && fs.engine()->mode() == CacheMode::kCow) return EOPNOTSUPP;
   if (!cached || fs.engine() == nullptr || fs.engine()->mode() != CacheMode::kWriteback) return 0;
   Status s = fs.engine()->FlushFile(*cached);
   if (s.ok()) return 0;
@@ -129,7 +132,8 @@ int WriteBackFirst(Filesystem& fs, const std::shared_ptr<CachedFile>& cached) {
 }
 
 bool CachesWrites(const Filesystem& fs, const std::shared_ptr<CachedFile>& cached) {
-  return cached && fs.engine() != nullptr && fs.engine()->mode() == CacheMode::kWriteback;
+  return cached && fs.engine() != nullptr &&
+         (fs.engine()->mode() == CacheMode::kWriteback || fs.engine()->mode() == CacheMode::kCow);
 }
 
 bool ReadOnlyMode(const Filesystem& fs) {
@@ -698,7 +702,8 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
     }
     size = static_cast<size_t>(allowed);
   }
-  if (fh->cached && (mode == CacheMode::kWriteback || mode == CacheMode::kWritethrough)) {
+  if (fh->cached && (mode == CacheMode::kWriteback || mode == CacheMode::kWritethrough ||
+                     mode == CacheMode::kCow)) {
     // The cache takes the bytes: they are needed in memory.
     thread_local std::vector<char> buf;
     if (buf.size() < size) buf.resize(size);
@@ -730,7 +735,8 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
       fuse_reply_write(req, static_cast<size_t>(res));
       return;
     }
-    // mode=writeback: into the cache, written back later.
+    // mode=writeback: into the cache, written back later (mode=cow: at
+    // cachefsctl commit).
     uint64_t pos = static_cast<uint64_t>(off);
     if ((fh->flags & O_APPEND) != 0) {
       struct stat st;
@@ -811,6 +817,18 @@ void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off
 }
 
 void OpLseek(fuse_req_t req, fuse_ino_t /*ino*/, off_t off, int whence, fuse_file_info* fi) {
+  if (Fh(fi)->cached && Fs(req).engine() != nullptr &&
+      Fs(req).engine()->mode() == CacheMode::kCow && (whence == SEEK_DATA || whence == SEEK_HOLE)) {
+    // The layer may hold data where the image has a hole: all of the
+    // image counts as data (allowed: a hole is only a hint).
+    uint64_t size = 0;
+    if (int err = ImageSize(Fs(req), Fh(fi)->fd, Fh(fi)->cached, &size); err != 0) {
+      return ReplyErr(req, err);
+    }
+    if (off < 0 || static_cast<uint64_t>(off) >= size) return ReplyErr(req, ENXIO);
+    fuse_reply_lseek(req, whence == SEEK_DATA ? off : static_cast<off_t>(size));
+    return;
+  }
   if (int err = WriteBackFirst(Fs(req), Fh(fi)->cached); err != 0) return ReplyErr(req, err);
   off_t res = lseek(Fh(fi)->fd, off, whence);
   if (res == -1) return ReplyErr(req, errno);

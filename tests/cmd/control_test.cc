@@ -443,8 +443,8 @@ TEST(DaemonControl, UnknownCommandNamesTheKnownOnes) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(
       r.status().message(),
-      "unknown command 'frobnicate' (this daemon knows conflicts, evict, flush, flush_status, "
-      "get, info, mode, pin, resolve, set, stats, unpin, warm)");
+      "unknown command 'frobnicate' (this daemon knows commit, conflicts, discard, evict, flush, "
+      "flush_status, get, info, mode, pin, resolve, set, stats, unpin, warm)");
   req.Set("cmd", "get");
   auto g = h.Handle(req);
   ASSERT_TRUE(g.ok()) << g.status().message();

@@ -20,6 +20,11 @@
 #      to another size and a growing fallocate give EPERM; writes, appends and
 #      copy_file_range at or past the end give ENOSPC; a write across the end
 #      is cut short there; writes inside the image work.
+#   f) mode=cow: an ext4 image on the slow store, changed through the mount and
+#      loop (fsck clean, the slow image untouched); cachefsctl discard: the
+#      mount shows the old ext4 again, files equal; changed again and
+#      cachefsctl commit: the SLOW image, loop-mounted directly after the
+#      unmount, is fsck clean and holds the change.
 # Usage: tests/mount/image_test.sh /path/to/cachefs /path/to/cachefsctl
 # Needs root (losetup, mount). Prints one line per step and ends with
 # "image_test: N passed, M failed"; exits non-zero if anything failed. A
@@ -561,6 +566,39 @@ d_io_flusher() {
   fi
 }
 
+# --- f) mode=cow: discard and commit under a real guest ------------------------
+
+f_cow() {
+  local img=$slow/ext-cow.img mnt=$tmp/ext-cow.img cache=$tmp/cache-ext-cow
+  mkfs.ext4 -q -F -d "$tmp/ref.d" "$img" 64M >/dev/null || {
+    step "f) cow: mkfs.ext4 -d on the slow image" FAIL
+    return
+  }
+  cp "$img" "$tmp/ext-cow.orig"
+  if mount_image "$img" "$mnt" "$cache" cow && attach "$mnt" && mount "$dev" "$tmp/ext" &&
+    rm -r "$tmp/ext/tree/a" && cp "$tmp/chunk" "$tmp/ext/tree/new" && umount "$tmp/ext" &&
+    fsck_clean "$dev" && detach "$dev" && cmp -s "$img" "$tmp/ext-cow.orig"; then
+    step "f) cow: the ext4 changed through loop, fsck clean, the slow image untouched" OK
+  else
+    step "f) cow: the ext4 changed through loop, fsck clean, the slow image untouched" FAIL
+  fi
+  if "$cachefsctl" discard "$mnt" >/dev/null && cmp -s "$mnt" "$tmp/ext-cow.orig" &&
+    attach "$mnt" && fsck_clean "$dev" && compare_ext "$dev" ro,noload && detach "$dev"; then
+    step "f) cow: cachefsctl discard: the mount shows the old ext4, the files compare equal" OK
+  else
+    step "f) cow: cachefsctl discard: the mount shows the old ext4, the files compare equal" FAIL
+  fi
+  if attach "$mnt" && mount "$dev" "$tmp/ext" && cp "$tmp/chunk" "$tmp/ext/tree/new" &&
+    umount "$tmp/ext" && detach "$dev" && "$cachefsctl" commit "$mnt" >/dev/null &&
+    cmp -s "$mnt" "$img" && unmount_image "$mnt" && attach "$img" -r && fsck_clean "$dev" &&
+    mount -o ro,noload "$dev" "$tmp/ext" && cmp -s "$tmp/chunk" "$tmp/ext/tree/new" &&
+    umount "$tmp/ext" && detach "$dev"; then
+    step "f) cow: changed again, cachefsctl commit: the SLOW image is fsck clean and has it" OK
+  else
+    step "f) cow: changed again, cachefsctl commit: the SLOW image is fsck clean and has it" FAIL
+  fi
+}
+
 # --- run -------------------------------------------------------------------------
 
 head -c 8M /dev/urandom >"$tmp/chunk"
@@ -577,4 +615,5 @@ done
 a_loop_readonly
 b_dd_readonly
 c_qemu_readonly
+f_cow
 finish

@@ -86,11 +86,15 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   std::unique_ptr<Engine> e(new Engine());
   e->config_ = config;
   e->backing_ = config.backing != nullptr ? config.backing : RealBacking();
+  e->wb_backing_ = e->backing_;
   const CacheOptions& o = config.options;
   if (o.source_timeout > 0) {
     auto ms = std::chrono::milliseconds(static_cast<int64_t>(o.source_timeout * 1000));
     e->timeout_backing_ = std::make_unique<TimeoutBacking>(e->backing_, ms, kSourceReadWorkers);
+    e->wb_timeout_backing_ = std::make_unique<TimeoutBacking>(e->backing_, ms, kSourceReadWorkers,
+                                                              /*time_writes=*/true);
     e->backing_ = e->timeout_backing_.get();
+    e->wb_backing_ = e->wb_timeout_backing_.get();
   }
   e->dir_ = o.cache_dir.empty() ? DefaultCacheDir(config.source) : o.cache_dir;
   const std::string& dir = e->dir_;
@@ -236,11 +240,11 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
     if (e->source_root_ < 0) return Status::FromErrno(errno, "SOURCE '" + root + "'");
   }
   // Dirty data is written back in every mode (readonly too: it was promised).
-  e->writeback_thread_ = std::thread([raw = e.get()] { raw->WritebackLoop(); });
   // Image mode: every dirty block at mount is one epoch (the epochs of a
   // crashed mount died with it; all of it was acknowledged).
   s = e->SealEpoch(/*all=*/true);
   if (!s.ok()) return s;
+  e->StartWriteback();
   if (!formatting && o.mode && *o.mode != sb.mode) {
     if (sb.mode == CacheMode::kCow && e->HasAnyDirty()) {
       return Status::Invalid("cache '" + dir +
@@ -1999,6 +2003,9 @@ EngineStats Engine::stats() const {
   s.bytes_written_back = counters_.bytes_written_back;
   s.writeback_errors = counters_.writeback_errors;
   s.writeback_retries = counters_.writeback_retries;
+  s.writeback_writes = counters_.writeback_writes;
+  s.writeback_timeouts = counters_.writeback_timeouts;
+  s.writeback_failing = wb_failing_;
   s.writeback_in_flight = writeback_in_flight_;
   s.conflicts = counters_.conflicts;
   s.persists = counters_.persists;

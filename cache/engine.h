@@ -79,6 +79,7 @@
 #include "cache/cache_dir.h"
 #include "cache/options.h"
 #include "cache/policy.h"
+#include "cache/timeout_backing.h"
 #include "common/histogram.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
@@ -105,6 +106,8 @@ struct EngineConfig {
   static constexpr double kDefaultCachePercent = 10;
   // readahead= when unset (docs/benchmarks.md: the cold sequential sweep).
   static constexpr uint64_t kDefaultReadahead = 1u << 20;
+  // writeback_threads= when unset (docs/benchmarks.md: the drain benchmark).
+  static constexpr unsigned kDefaultWritebackThreads = 4;
 };
 
 // Counters of one mount (cachefsctl stats shows them; docs/control.md has
@@ -132,14 +135,17 @@ struct EngineStats {
   uint64_t writeback_queue = 0;      // dirty blocks waiting for the writer (not in conflict)
   uint64_t writeback_in_flight = 0;  // dirty blocks the writer is writing back now
   uint64_t bytes_written_back = 0;
-  uint64_t writeback_errors = 0;   // failed attempts (retried)
-  uint64_t writeback_retries = 0;  // writer rounds run again after a failed one
-  uint64_t conflicts = 0;          // files changed outside while dirty
-  uint64_t persists = 0;           // store persists + WAL syncs (fsync group commit)
-  uint64_t not_admitted = 0;       // read misses served uncached by the policy's choice
-  uint64_t bypassed = 0;           // blocks of long sequential streams or big files served uncached
-  uint64_t warmed = 0;             // blocks fetched into the cache by Warm (cachefsctl warm)
-  uint64_t blocks_pinned = 0;      // cached blocks of pinned files (never evicted)
+  uint64_t writeback_errors = 0;    // failed attempts (retried)
+  uint64_t writeback_retries = 0;   // attempts on a file whose last attempt failed
+  uint64_t writeback_writes = 0;    // writes to SOURCE by the writeback (after coalescing)
+  uint64_t writeback_timeouts = 0;  // writes and syncs of SOURCE that timed out
+  uint64_t writeback_failing = 0;   // files whose writeback fails now (backing off)
+  uint64_t conflicts = 0;           // files changed outside while dirty
+  uint64_t persists = 0;            // store persists + WAL syncs (fsync group commit)
+  uint64_t not_admitted = 0;        // read misses served uncached by the policy's choice
+  uint64_t bypassed = 0;       // blocks of long sequential streams or big files served uncached
+  uint64_t warmed = 0;         // blocks fetched into the cache by Warm (cachefsctl warm)
+  uint64_t blocks_pinned = 0;  // cached blocks of pinned files (never evicted)
   uint64_t blocks_cached = 0;
   uint64_t slots = 0;
   uint64_t cache_used = 0;  // bytes: blocks_cached x block_size (the store's slots in use)
@@ -384,9 +390,10 @@ class Engine {
     uint64_t bytes_written_back = 0;  // by the drain
   };
   DrainReport DrainForExit(double timeout_s, const std::function<bool()>& stop);
-  // Stops the writer thread: a round in progress ends after the block it is
-  // writing, and the blocks written so far are marked clean. The destructor
-  // calls it; afterwards nothing is written back in the background.
+  // Stops the writeback workers: a batch in progress ends after the block it
+  // is copying, and the blocks written so far are synced and marked clean.
+  // The destructor calls it; afterwards nothing is written back in the
+  // background (writes of SOURCE that still hang are abandoned).
   void StopWriteback();
   // Returns once every block fetched so far is installed in the cache (reads
   // reply before their blocks are written to the store).
@@ -397,7 +404,8 @@ class Engine {
 
   // --- runtime control (cachefsctl; cache/engine_control.cc) ---
   // Takes the options of `options` that may change while mounted
-  // (policy, writeback_delay, commit_interval, sequential_threshold,
+  // (policy, writeback_threads, dirty_high, dirty_low, writeback_delay,
+  // migration_threshold, commit_interval, sequential_threshold,
   // file_size_limit, readahead, verify); the others are ignored. A policy
   // change keeps every cached block (the new policy starts cold).
   Status Reconfigure(const CacheOptions& options);
@@ -592,6 +600,10 @@ class Engine {
     std::atomic<uint64_t> file_size_limit{0};
     std::atomic<uint64_t> readahead{0};  // bytes; 0: off
     std::atomic<bool> verify{true};
+    std::atomic<unsigned> writeback_threads{1};  // resolved: never 0
+    std::atomic<unsigned> dirty_high{60};
+    std::atomic<unsigned> dirty_low{40};
+    std::atomic<uint64_t> migration_threshold{64ull << 20};
   };
   void SetTunables(const CacheOptions& options);
 
@@ -701,12 +713,54 @@ class Engine {
   // Reads the valid sub-blocks [first, last) of `rec` from the store into
   // `out`, checking their CRCs.
   Status ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t last, char* out);
-  void WritebackLoop();
-  // Writes back the dirty blocks of one file; `flushing` when someone waits.
-  // `background`: for Flush() (the writer, cachefsctl flush), which leaves
-  // alone a file the FUSE layer is changing on SOURCE itself (SourceChange);
-  // FlushFile and FlushPath, called by the FUSE layer, do not.
+  // Writes back the dirty blocks `indices` (in order) of one file, in
+  // batches of at most WritebackBatchBlocks(), each synced on SOURCE before
+  // its blocks are marked clean, within the migration_threshold budget.
+  // Waits while another writer has the file (one at a time per file, so its
+  // writes stay ordered). `background`: for Flush() (the pool, cachefsctl
+  // flush), which leaves alone a file the FUSE layer is changing on SOURCE
+  // itself (SourceChange); FlushFile and FlushPath, called by the FUSE
+  // layer, do not.
   Status WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indices, bool background);
+  // WriteBackFile for a caller that has the file already (wb_busy_).
+  Status WriteBackBatches(uint64_t file_id, const std::vector<uint64_t>& indices, bool background);
+  // One batch of WriteBackFile. REQUIRES: the caller has the file (wb_busy_).
+  // Only the `last` batch grows SOURCE's file to the mount's size (earlier
+  // ones extend it as far as they write): a drain cut short between batches
+  // leaves no hole where dirty data was not written yet.
+  Status WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& indices, bool background,
+                        bool last);
+
+  // The writeback pool (cache/engine_writeback.cc).
+  void StartWriteback();  // at open, after recovery
+  // Starts workers up to the writeback_threads tunable (extra ones idle).
+  void ResizeWritebackPool();
+  void WritebackWorker(unsigned id);
+  // What a worker does next: a file and its dirty blocks to write back, or
+  // nothing and how long to wait.
+  struct WritebackPick {
+    bool found = false;
+    uint64_t file_id = 0;
+    std::vector<uint64_t> indices;
+    uint64_t wait_ms = 0;
+    bool seal = false;  // image mode: nothing sealed left, a flush waits: seal an epoch
+  };
+  WritebackPick PickWriteback(unsigned worker) EXCLUSIVE_LOCKS_REQUIRED(wb_mu_);
+  // Counts an attempt at `file_id`'s writeback and its outcome (backoff, log).
+  void NoteWriteback(uint64_t file_id, const Status& s) EXCLUSIVE_LOCKS_REQUIRED(wb_mu_);
+  uint64_t WritebackBatchBlocks() const;
+  // Waits for, and takes, / gives back the right to write back `file_id`.
+  void AcquireWritebackFile(uint64_t file_id) LOCKS_EXCLUDED(wb_mu_);
+  void ReleaseWritebackFile(uint64_t file_id) LOCKS_EXCLUDED(wb_mu_);
+  // The dirty-age clock: dirty seqs up to the returned one were first made
+  // dirty at least writeback_delay ago.
+  uint64_t EligibleThrough(uint64_t now_ms) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Before a batch of `file_id`: fails while a write or sync of an earlier
+  // attempt that timed out still runs (so it can never land over newer
+  // bytes), and closes its parked descriptor once it is done.
+  Status CheckParked(uint64_t file_id) LOCKS_EXCLUDED(wb_mu_);
+  // Keeps `fd` of `file_id` open after one of its calls timed out.
+  void Park(uint64_t file_id, int fd) LOCKS_EXCLUDED(wb_mu_);
   std::shared_ptr<CachedFile> LiveFile(uint64_t file_id);
   // Slots no longer used by a record whose change is not yet synced; freed
   // at the next persist (contract 2: a slot synced metadata may point at is
@@ -810,6 +864,10 @@ class Engine {
   EngineConfig config_;
   std::unique_ptr<Backing> timeout_backing_;  // wraps the slow store when source_timeout > 0
   Backing* backing_ = nullptr;
+  // The writeback's view of the slow store: its writes, syncs and stats
+  // time out after source_timeout too (when it is > 0).
+  std::unique_ptr<TimeoutBacking> wb_timeout_backing_;
+  Backing* wb_backing_ = nullptr;
   std::string dir_;
   Superblock sb_;
   std::unique_ptr<CacheDirLock> lock_;
@@ -825,6 +883,18 @@ class Engine {
   std::vector<bool> dirty_slot_ GUARDED_BY(mu_);        // holds dirty data: never a victim
   std::vector<uint32_t> quarantine_ GUARDED_BY(mu_);    // freed at the next persist
   std::map<uint64_t, BlockKey> dirty_ GUARDED_BY(mu_);  // the dirty index, by seq
+  // When dirty seqs were handed out (monotonic ms), in buckets of up to
+  // kAgeBucketMs: the seqs up to `last_seq` were all made dirty by
+  // `last_ms`. Buckets older than writeback_delay are folded into
+  // `eligible_through_`; so at most delay / kAgeBucketMs buckets are kept.
+  struct DirtyAge {
+    uint64_t first_ms = 0;
+    uint64_t last_seq = 0;
+    uint64_t last_ms = 0;
+  };
+  static constexpr uint64_t kAgeBucketMs = 10;
+  std::deque<DirtyAge> dirty_ages_ GUARDED_BY(mu_);
+  uint64_t eligible_through_ GUARDED_BY(mu_) = 0;
   std::unordered_map<uint64_t, uint64_t> dirty_per_file_ GUARDED_BY(mu_);  // dirty blocks
   std::set<uint64_t> conflict_files_ GUARDED_BY(mu_);  // files flagged kConflict
   std::set<uint64_t> pinned_files_ GUARDED_BY(mu_);    // files flagged kPinned
@@ -865,7 +935,8 @@ class Engine {
     std::atomic<uint64_t> read_hits{0}, read_misses{0}, fetch_waits{0}, readahead_blocks{0},
         bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0},
         write_hits{0}, write_misses{0}, promotions{0}, bytes_written_back{0}, writeback_errors{0},
-        writeback_retries{0}, conflicts{0}, persists{0}, not_admitted{0}, bypassed{0}, warmed{0};
+        writeback_retries{0}, conflicts{0}, persists{0}, not_admitted{0}, bypassed{0}, warmed{0},
+        writeback_writes{0}, writeback_timeouts{0};
     std::atomic<uint64_t> readahead_dropped{0};
   };
   mutable Counters counters_;
@@ -903,14 +974,34 @@ class Engine {
 
   int source_root_ = -1;     // SOURCE (a directory, or the image file's directory)
   std::mutex writeback_mu_;  // one writer of SOURCE at a time (the thread or a flush)
+  // The writeback pool. Lock order: wb_mu_ before mu_.
   std::mutex wb_mu_;
-  std::condition_variable wb_cv_;
-  bool wb_kick_ = false;      // guarded by wb_mu_
-  uint64_t flush_goal_ = 0;   // guarded by wb_mu_: the newest StartFlush mark not yet reached
-  bool wb_stopping_ = false;  // guarded by wb_mu_
-  // Set by StopWriteback: a writer round ends after the block in progress.
+  std::condition_variable wb_cv_;               // work may have appeared, or stop
+  std::condition_variable wb_file_cv_;          // a file left wb_busy_, or budget was freed
+  uint64_t wb_kicks_ GUARDED_BY(wb_mu_) = 0;    // bumped by StartFlush and Reconfigure
+  uint64_t flush_goal_ GUARDED_BY(wb_mu_) = 0;  // the newest StartFlush mark not yet reached
+  bool wb_stopping_ GUARDED_BY(wb_mu_) = false;
+  bool wb_pressure_ GUARDED_BY(wb_mu_) = false;     // above dirty_high, until below dirty_low
+  unsigned wb_active_ GUARDED_BY(wb_mu_) = 0;       // workers writing back now
+  std::set<uint64_t> wb_busy_ GUARDED_BY(wb_mu_);   // files being written back
+  uint64_t wb_budget_used_ GUARDED_BY(wb_mu_) = 0;  // bytes of batches in flight
+  // Files whose last writeback attempt failed: retried with exponential
+  // backoff (kRetryMinMs doubling to kRetryMaxMs), reset by a success.
+  struct Backoff {
+    uint64_t next_ms = 0;  // monotonic: not before
+    uint64_t delay_ms = 0;
+    uint64_t failures = 0;
+  };
+  std::map<uint64_t, Backoff> wb_backoff_ GUARDED_BY(wb_mu_);
+  std::atomic<uint64_t> wb_failing_{0};                   // wb_backoff_.size()
+  uint64_t wb_burst_failures_ GUARDED_BY(wb_mu_) = 0;     // since the failing set was last empty
+  std::map<uint64_t, int> wb_parked_ GUARDED_BY(wb_mu_);  // file -> descriptor (CheckParked)
+  // Files a worker found nothing to do for (the FUSE layer changes them on
+  // SOURCE itself): not picked again before the time given (monotonic ms).
+  std::map<uint64_t, uint64_t> wb_snoozed_ GUARDED_BY(wb_mu_);
+  std::vector<std::thread> wb_threads_ GUARDED_BY(wb_mu_);
+  // Set by StopWriteback: a writer ends after the block in progress.
   std::atomic<bool> wb_abort_{false};
-  std::thread writeback_thread_;
   // Group commit: each Persist() call takes a ticket; one persist covers
   // every ticket taken before it started.
   std::mutex sync_mu_;  // serialises persists

@@ -15,6 +15,11 @@ void Engine::SetTunables(const CacheOptions& o) {
   tunables_.file_size_limit = o.file_size_limit;
   tunables_.readahead = o.readahead.value_or(EngineConfig::kDefaultReadahead);
   tunables_.verify = o.verify;
+  tunables_.writeback_threads =
+      o.writeback_threads != 0 ? o.writeback_threads : EngineConfig::kDefaultWritebackThreads;
+  tunables_.dirty_high = o.dirty_high;
+  tunables_.dirty_low = o.dirty_low;
+  tunables_.migration_threshold = o.migration_threshold;
 }
 
 std::string Engine::policy_name() const {
@@ -46,11 +51,7 @@ Status Engine::Reconfigure(const CacheOptions& options) {
     persist_reconfigured_++;
   }
   persist_cv_.notify_all();
-  {
-    std::lock_guard<std::mutex> lock(wb_mu_);
-    wb_kick_ = true;
-  }
-  wb_cv_.notify_all();
+  ResizeWritebackPool();  // and wakes the workers
   return Status::Ok();
 }
 

@@ -16,9 +16,10 @@
 // and the writer all hold the block's entry in `fetches_` while they work
 // on its record; readers wait for that entry like for a fetch.
 //
-// The writer (one thread, woken every writeback_delay or by Flush) takes the
-// dirty index oldest first, writes each file's dirty sub-blocks to SOURCE,
-// syncs the source file, records SOURCE's new fingerprint (its own change),
+// The writer (a pool of threads, cache/engine_writeback.cc, or a flush)
+// takes the dirty index oldest first, writes each file's dirty sub-blocks to
+// SOURCE (adjacent runs coalesced into one write), in batches, syncs the
+// source file after each batch, records SOURCE's new fingerprint (its own change),
 // and only then marks the blocks clean, unless they were written again
 // meanwhile (their generation moved). A file changed outside while dirty is
 // a conflict: never written over, reported.
@@ -29,6 +30,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <set>
@@ -41,14 +44,17 @@
 namespace cachefs {
 namespace {
 
-// The writer's shortest pause between rounds, and its pause between rounds
-// while it drains (cleaner policy, or a flush waited for), longer when
-// the last round failed.
-constexpr uint64_t kMinWritebackDelayMs = 50;
-constexpr uint64_t kDrainPauseMs = 10;
-constexpr uint64_t kFailedDrainPauseMs = 1000;  // after a round that failed
 // How often a write that finds no free slot frees some and tries again.
 constexpr int kRoomRounds = 8;
+// The most bytes of adjacent dirty runs the writeback puts in one write.
+constexpr size_t kCoalesceBytes = 4u << 20;
+// Such a write goes to SOURCE in pieces that take about kWritePieceNs at the
+// rate the file's last piece was written at (at least kWritePieceMinBytes),
+// so that StopWriteback ends it within that time, not the whole write's
+// (4 MiB at 2 MiB/s), while a fast store still gets whole writes (small
+// pieces cost a third of a FUSE store's rate: measured, drain_bench).
+constexpr size_t kWritePieceMinBytes = 512u << 10;
+constexpr uint64_t kWritePieceNs = 200'000'000;
 
 // When this thread's write through began (BeforeWriteThrough), so that its
 // latency covers the FUSE layer's write of SOURCE too; 0: none pending.
@@ -139,6 +145,15 @@ void Engine::SealVersion(const BlockRecord* before, BlockRecord* out) {
 void Engine::AddDirty(uint64_t seq, const BlockKey& key) {
   dirty_[seq] = key;
   dirty_per_file_[key.file_id]++;
+  // The block's age starts now (its seq is new: a block written again while
+  // dirty keeps its seq, so its first write counts).
+  const uint64_t now_ms = MonotonicNs() / 1000000;
+  if (dirty_ages_.empty() || now_ms - dirty_ages_.back().first_ms >= kAgeBucketMs) {
+    dirty_ages_.push_back(DirtyAge{now_ms, seq, now_ms});
+  } else {
+    dirty_ages_.back().last_seq = std::max(dirty_ages_.back().last_seq, seq);
+    dirty_ages_.back().last_ms = now_ms;
+  }
 }
 
 void Engine::SetDirtySubs(uint32_t slot, uint32_t subs) {
@@ -586,8 +601,8 @@ std::shared_ptr<CachedFile> Engine::LiveFile(uint64_t file_id) {
   return it == open_files_.end() ? nullptr : it->second.lock();
 }
 
-Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indices,
-                             bool background) {
+Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& indices,
+                              bool background, bool last) {
   const uint64_t bs = sb_.block_size;
   auto frec = meta_->GetFile(file_id);
   if (!frec.ok()) return frec.status();
@@ -639,10 +654,24 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
   }
   struct Closer {
     int fd;
-    ~Closer() { close(fd); }
+    ~Closer() {
+      if (fd >= 0) close(fd);
+    }
   } closer{fd};
+  // A write, sync or stat that timed out may still be running: the
+  // descriptor stays open (parked) until it is done, and the file is not
+  // written back again before (CheckParked).
+  auto failed = [&](const Status& s) {
+    if (s.code() == ETIMEDOUT && closer.fd >= 0) {
+      counters_.writeback_timeouts++;
+      Park(file_id, closer.fd);
+      closer.fd = -1;
+    }
+    return s.Prefixed("writeback of '" + file_rec.path + "'");
+  };
   struct stat st;
-  if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "writeback: fstat");
+  Status stat_status = wb_backing_->Stat(fd, &st);
+  if (!stat_status.ok()) return failed(stat_status);
   Fingerprint expected = file_rec.fingerprint;
   uint64_t size = file_rec.size;
   int64_t mtime_ns = file_rec.mtime_ns;
@@ -695,6 +724,7 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
     uint64_t generation;
     std::vector<uint64_t> dirty;
     std::vector<uint64_t> clipped;  // dirty sub-blocks not (all) written: past `size`
+    uint64_t write_seq = 0;         // the number of the last write holding its data
   };
   std::vector<Taken> taken;
   // The taken blocks count as in flight (stats) until each is marked
@@ -708,6 +738,92 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
   if (!block) return Status::Error(ENOMEM, "out of memory");
   uint64_t written = 0;
   bool aborted = false;
+  // Dirty runs that continue one another (across blocks too) go to SOURCE
+  // in one write of up to kCoalesceBytes. One write is in flight (on a
+  // thread of its own) while the next is copied out of the cache, so the
+  // copying and CRC checks overlap SOURCE's time; the next write starts
+  // only after it ends, so a file's writes stay in order.
+  const size_t co_cap = std::max<size_t>(kCoalesceBytes, bs);
+  Buffer co_bufs[2] = {AllocAligned(co_cap), AllocAligned(co_cap)};
+  if (!co_bufs[0] || !co_bufs[1]) return Status::Error(ENOMEM, "out of memory");
+  int co_cur = 0;
+  uint64_t co_pos = 0;
+  size_t co_len = 0;
+  uint64_t co_seq = 0;  // the number the buffer being filled will have as a write
+  // The next piece's size: set by the write in flight, read by the next one
+  // after it ended (future::get orders them).
+  size_t piece = kWritePieceMinBytes;
+  uint64_t writes_done = 0;  // writes finished (in order: one is in flight at a time)
+  // Waited for on every way out, before the descriptor closes (it is
+  // destroyed before `closer`); a write that timed out parks it.
+  struct InFlightWrite {
+    std::future<Status> f;
+    size_t len = 0;
+    std::function<void(const Status&)> timed_out;
+    Status Wait() {
+      if (!f.valid()) return Status::Ok();
+      Status w = f.get();
+      if (w.code() == ETIMEDOUT) timed_out(w);
+      return w;
+    }
+    ~InFlightWrite() { (void)Wait(); }
+  } in_flight_write;
+  in_flight_write.timed_out = [&](const Status& w) { (void)failed(w); };
+  // A write StopWriteback cut short ends the batch as if it stopped before
+  // that write (`aborted`): not an error.
+  auto wait_write = [&]() -> Status {
+    const bool any = in_flight_write.f.valid();
+    Status w = in_flight_write.Wait();
+    if (any && w.code() == ECANCELED) {
+      aborted = true;
+      return Status::Ok();
+    }
+    if (any && w.ok()) {
+      counters_.writeback_writes++;
+      writes_done++;
+      written += in_flight_write.len;
+    }
+    return w;
+  };
+  auto write_out = [&]() -> Status {
+    if (co_len == 0) return Status::Ok();
+    Status w = wait_write();
+    if (!w.ok()) return w;
+    if (aborted) {
+      co_len = 0;  // never written: those blocks stay dirty
+      return Status::Ok();
+    }
+    const char* data = co_bufs[co_cur].get();
+    const uint64_t pos = co_pos;
+    const size_t len = co_len;
+    Backing* backing = wb_backing_;
+    const std::atomic<bool>* abort = background ? &wb_abort_ : nullptr;
+    size_t* next_piece = &piece;
+    in_flight_write.f = std::async(
+        std::launch::async, [backing, abort, next_piece, fd, pos, len, data]() -> Status {
+          for (size_t done = 0; done < len;) {
+            if (abort && abort->load(std::memory_order_relaxed)) {
+              return Status::Error(ECANCELED, "writeback stopped");
+            }
+            const size_t n = std::min(*next_piece, len - done);
+            const uint64_t t0 = MonotonicNs();
+            Status s = backing->Write(fd, pos + done, n, data + done);
+            if (!s.ok()) return s;
+            const uint64_t ns = std::max<uint64_t>(1, MonotonicNs() - t0);
+            const double fit = static_cast<double>(n) * kWritePieceNs / static_cast<double>(ns);
+            *next_piece = fit >= static_cast<double>(kCoalesceBytes)
+                              ? kCoalesceBytes
+                              : std::max(kWritePieceMinBytes, static_cast<size_t>(fit));
+            done += n;
+          }
+          return Status::Ok();
+        });
+    in_flight_write.len = len;
+    co_cur ^= 1;
+    co_len = 0;
+    co_seq++;
+    return Status::Ok();
+  };
   for (uint64_t index : wanted) {
     // Shutting down: what was written so far is synced and marked clean
     // below, the rest stays dirty (as if written again meanwhile).
@@ -733,9 +849,16 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       if (have) rec = v->second;
     }
     if (have) {
-      for (uint32_t i = 0; s.ok() && i < rec.sub_blocks(); ++i) {
-        if (!rec.IsDirty(i)) continue;
-        s = ReadSubBlocks(rec, i, i + 1, block.get() + static_cast<size_t>(i) * kSubBlockSize);
+      // Each run of dirty sub-blocks in one read of the store.
+      for (uint32_t i = 0; s.ok() && i < rec.sub_blocks();) {
+        if (!rec.IsDirty(i)) {
+          ++i;
+          continue;
+        }
+        uint32_t n = 1;
+        while (i + n < rec.sub_blocks() && rec.IsDirty(i + n)) ++n;
+        s = ReadSubBlocks(rec, i, i + n, block.get() + static_cast<size_t>(i) * kSubBlockSize);
+        i += n;
       }
     }
     UnlockBlock(file_id, lock);
@@ -761,32 +884,50 @@ Status Engine::WriteBackFile(uint64_t file_id, const std::vector<uint64_t>& indi
       }
       if (pos < size) {
         len = std::min<uint64_t>(len, size - pos);
-        s = backing_->Write(fd, pos, static_cast<size_t>(len),
-                            block.get() + static_cast<size_t>(i) * kSubBlockSize);
-        if (!s.ok()) return s.Prefixed("writeback of '" + file_rec.path + "'");
-        written += len;
+        if (co_len > 0 && (co_pos + co_len != pos || co_len + len > co_cap)) {
+          s = write_out();
+          if (!s.ok()) return failed(s);
+        }
+        if (co_len == 0) co_pos = pos;
+        std::memcpy(co_bufs[co_cur].get() + co_len,
+                    block.get() + static_cast<size_t>(i) * kSubBlockSize, static_cast<size_t>(len));
+        co_len += static_cast<size_t>(len);
       }
       i += n;
     }
-    taken.push_back(Taken{index, rec.generation, rec.dirty, std::move(clipped)});
+    taken.push_back(Taken{index, rec.generation, rec.dirty, std::move(clipped), co_seq});
   }
-  // Cut short, SOURCE keeps its size: the blocks not written stay dirty and
-  // the mount's size with them; the next round sets it.
-  if (!aborted && static_cast<uint64_t>(st.st_size) != size) {
+  {
+    Status w = aborted ? Status::Ok() : write_out();
+    if (w.ok()) w = wait_write();
+    if (!w.ok()) return failed(w);
+  }
+  if (aborted) {
+    // Only blocks whose every write finished are synced and marked clean;
+    // the others stay dirty (the next mount writes them again).
+    taken.erase(std::remove_if(taken.begin(), taken.end(),
+                               [&](const Taken& t) { return t.write_seq >= writes_done; }),
+                taken.end());
+  }
+  // Cut short, or more batches to come, SOURCE does not grow to the mount's
+  // size yet: the blocks not written stay dirty and the size with them.
+  const bool grow = size > static_cast<uint64_t>(st.st_size);
+  if (static_cast<uint64_t>(st.st_size) != size && (!grow || (last && !aborted))) {
     if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
       return Status::FromErrno(errno, "writeback of '" + file_rec.path + "': truncate");
     }
   }
   // On SOURCE for good before any block is called clean.
-  Status s = backing_->Sync(fd);
-  if (!s.ok()) return s.Prefixed("writeback of '" + file_rec.path + "'");
+  Status s = wb_backing_->Sync(fd);
+  if (!s.ok()) return failed(s);
   struct timespec times[2];
   times[0].tv_nsec = UTIME_OMIT;
   times[0].tv_sec = 0;
   times[1].tv_sec = static_cast<time_t>(mtime_ns / 1000000000);
   times[1].tv_nsec = static_cast<long>(mtime_ns % 1000000000);
   if (mtime_ns > 0) (void)futimens(fd, times);
-  if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "writeback: fstat");
+  s = wb_backing_->Stat(fd, &st);
+  if (!s.ok()) return failed(s);
   counters_.bytes_written_back += written;
 
   // SOURCE's new look is ours: recorded before the blocks turn clean, so a
@@ -887,7 +1028,6 @@ Status Engine::FlushFile(CachedFile& file) {
   // Image mode: the caller needs all of it on SOURCE: now is an epoch.
   Status s = SealEpoch(/*all=*/true);
   if (!s.ok()) return s;
-  std::lock_guard<std::mutex> lock(writeback_mu_);
   return WriteBackFile(file.file_id_, indices, /*background=*/false);
 }
 
@@ -908,7 +1048,6 @@ Status Engine::FlushPath(const std::string& path, bool only_if_open) {
   std::sort(indices.begin(), indices.end());
   Status s = SealEpoch(/*all=*/true);
   if (!s.ok()) return s;
-  std::lock_guard<std::mutex> lock(writeback_mu_);
   return WriteBackFile(*id.value(), indices, /*background=*/false);
 }
 
@@ -921,7 +1060,6 @@ Status Engine::Flush() {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [seq, key] : dirty_) by_file[key.file_id].insert(key.index);
   }
-  std::lock_guard<std::mutex> lock(writeback_mu_);
   // One file failing (SOURCE refuses it, its record is gone) does not hold
   // the others back; the first error is returned.
   Status first;
@@ -946,7 +1084,7 @@ uint64_t Engine::StartFlush() {
   }
   {
     std::lock_guard<std::mutex> lock(wb_mu_);
-    wb_kick_ = true;
+    wb_kicks_++;
     flush_goal_ = std::max(flush_goal_, mark);
   }
   wb_cv_.notify_all();
@@ -994,56 +1132,6 @@ Engine::DrainReport Engine::DrainForExit(double timeout_s, const std::function<b
   }
   report.bytes_written_back = counters_.bytes_written_back.load() - written_before;
   return report;
-}
-
-void Engine::StopWriteback() {
-  wb_abort_.store(true, std::memory_order_relaxed);
-  {
-    std::lock_guard<std::mutex> lock(wb_mu_);
-    wb_stopping_ = true;
-  }
-  wb_cv_.notify_all();
-  if (writeback_thread_.joinable()) writeback_thread_.join();
-}
-
-void Engine::WritebackLoop() {
-  std::unique_lock<std::mutex> lock(wb_mu_);
-  bool failed = false;
-  while (!wb_stopping_) {
-    // Read each round: cachefsctl set may change the delay or the policy
-    // (and wakes us). The cleaner policy drains without waiting, and so
-    // does a flush someone waits for while blocks it covers are still
-    // dirty (written again while they were being written back).
-    bool drain;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      drain = policy_->DrainsDirty() && !dirty_.empty() && WritebackAllowed();
-    }
-    bool flush_wanted = false;
-    if (!drain && flush_goal_ > 0) {
-      FlushLeft left = FlushProgress(flush_goal_);
-      drain = flush_wanted = left.blocks > left.conflicted;
-      if (!drain) flush_goal_ = 0;
-    }
-    uint64_t pause_ms =
-        std::max<uint64_t>(kMinWritebackDelayMs, tunables_.writeback_delay_ms.load());
-    if (drain) pause_ms = failed ? kFailedDrainPauseMs : kDrainPauseMs;
-    wb_cv_.wait_for(lock, std::chrono::milliseconds(pause_ms),
-                    [this] { return wb_stopping_ || wb_kick_; });
-    if (wb_stopping_) break;
-    wb_kick_ = false;
-    lock.unlock();
-    if (failed) counters_.writeback_retries++;
-    // Image mode: blocks a waited-for flush covers that were written again
-    // while being written back are in no epoch yet; the flush makes one.
-    Status s = flush_wanted ? FlushAll() : Flush();
-    failed = !s.ok();
-    if (failed) {
-      counters_.writeback_errors++;
-      LogWarning("writeback: " + s.message() + " (kept dirty, retried)");
-    }
-    lock.lock();
-  }
 }
 
 }  // namespace cachefs

@@ -1,14 +1,20 @@
-// TimeoutBacking: a Backing whose reads give up after a deadline.
+// TimeoutBacking: a Backing whose calls give up after a deadline.
 //
 // A read of a hung slow store (an NFS server gone, a stalled link) would block
 // a FUSE worker, and with enough of them the whole mount, forever. Reads are
 // therefore run by a small pool of worker threads while the caller waits up
 // to `timeout`; past it the caller gets EIO ("timed out") and the worker is
 // left to finish (or hang) on its own, its result thrown away. When every
-// worker is stuck, new reads wait for a free one up to the same deadline. A
+// worker is stuck, new calls wait for a free one up to the same deadline. A
 // stuck worker reads into a buffer of its own, never into the caller's memory.
 //
-// Writes, syncs and stats pass straight to the inner Backing.
+// With `time_writes` (the writeback's wrapper), writes, syncs and stats run
+// the same way and fail with ETIMEDOUT past the deadline; a write copies the
+// caller's bytes first. A write that timed out may still reach the store
+// later: Busy(fd) says whether a call on `fd` is still queued or running, so
+// a caller that keeps `fd` open can wait for it before it writes the same
+// bytes again (and an old write never lands over a newer one). Without
+// `time_writes` they pass straight to the inner Backing.
 //
 // Thread-safety: all methods may be called concurrently.
 #pragma once
@@ -24,7 +30,8 @@ class TimeoutBacking final : public Backing {
  public:
   // REQUIRES: timeout > 0, max_workers > 0; `inner` outlives this object and
   // every worker (RealBacking() does).
-  TimeoutBacking(Backing* inner, std::chrono::milliseconds timeout, unsigned max_workers);
+  TimeoutBacking(Backing* inner, std::chrono::milliseconds timeout, unsigned max_workers,
+                 bool time_writes = false);
   ~TimeoutBacking() override;
   TimeoutBacking(const TimeoutBacking&) = delete;
   TimeoutBacking& operator=(const TimeoutBacking&) = delete;
@@ -34,9 +41,14 @@ class TimeoutBacking final : public Backing {
   Status Sync(int fd) override;
   Status Stat(int fd, struct stat* st) override;
 
+  // True while a call on `fd` is queued or running (one that timed out
+  // included).
+  bool Busy(int fd) const;
+
  private:
   struct Shared;  // outlives this object while workers run
   std::shared_ptr<Shared> shared_;
+  const bool time_writes_;
 };
 
 }  // namespace cachefs

@@ -67,7 +67,7 @@ const std::vector<OptionSpec>& Specs() {
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseUint(v, 1, 1024), [&](uint64_t n) { c.fs.fuse_threads = unsigned(n); });
        }},
-      {"writeback_threads", "background writeback threads", true,
+      {"writeback_threads", "background writeback threads [4]", true,
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseUint(v, 1, 256),
                        [&](uint64_t n) { c.cache.writeback_threads = unsigned(n); });
@@ -80,7 +80,7 @@ const std::vector<OptionSpec>& Specs() {
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseUint(v, 0, 100), [&](uint64_t n) { c.cache.dirty_low = unsigned(n); });
        }},
-      {"writeback_delay", "seconds between writeback rounds [5]", true,
+      {"writeback_delay", "seconds a dirty block ages before it is written back [5]", true,
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSeconds(v), [&](double s) { c.cache.writeback_delay = s; });
        }},
@@ -211,8 +211,9 @@ Status ApplyMountOptions(DaemonConfig& c, const std::string& list) {
 
 bool IsLiveOption(const std::string& name) {
   static const std::set<std::string> kLive = {
-      "policy",          "writeback_delay", "commit_interval", "sequential_threshold",
-      "file_size_limit", "readahead",       "verify"};
+      "policy",          "writeback_threads",   "dirty_high",      "dirty_low",
+      "writeback_delay", "migration_threshold", "commit_interval", "sequential_threshold",
+      "file_size_limit", "readahead",           "verify"};
   return kLive.count(name) > 0;
 }
 

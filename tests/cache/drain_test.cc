@@ -60,6 +60,9 @@ class DrainTest : public ::testing::Test {
     c.options.readahead = 0;
     c.options.mode = CacheMode::kWriteback;
     c.options.writeback_delay = 3600;
+    // One block per batch (and so per write: the pool coalesces only within
+    // a batch): a drain can stop between blocks, each synced and clean.
+    c.options.migration_threshold = kBlock;
     c.source = source_;
     c.backing = &backing_;
     auto e = Engine::Open(c);

@@ -94,6 +94,10 @@ int main(int argc, char** argv) {
   cfg.options.block_size = block_size;
   cfg.options.cache_size = cachefs::SizeOrPercent{false, 0, blocks * block_size};
   cfg.options.source_timeout = 0;
+  // Every block cached: one sequential pass would otherwise be bypassed
+  // (sequential_threshold) or not admitted (smq's scan resistance).
+  cfg.options.policy = "lru";
+  cfg.options.sequential_threshold = UINT64_MAX / block_size;
   cfg.source = base + "/src";
   cfg.backing = &backing;
   auto fd = std::make_shared<cachefs::SourceFd>(open(file.c_str(), O_RDONLY));

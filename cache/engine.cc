@@ -232,6 +232,7 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   e->compare_ino_ = !(statfs(config.source.c_str(), &sfs) == 0 && sfs.f_type == kFuseSuperMagic);
   e->persist_thread_ = std::thread([raw = e.get()] { raw->PersistLoop(); });
   e->install_thread_ = std::thread([raw = e.get()] { raw->InstallLoop(); });
+  e->gc_thread_ = std::thread([raw = e.get()] { raw->GcLoop(); });
   {
     // The writer opens files by their path relative to SOURCE.
     std::string root = config.source;
@@ -271,6 +272,10 @@ Status Engine::Recover() {
   readers_.assign(slots, 0);
   free_when_unread_.assign(slots, false);
   dirty_slot_.assign(slots, false);
+  segments_ =
+      std::make_unique<SegmentTable>(slots, SegmentTable::SlotsPerSegment(sb_.block_size, slots));
+  gc_low_ = std::max<uint32_t>(1, segments_->segment_count() / 32);
+  gc_high_ = std::max<uint32_t>(2, segments_->segment_count() / 16);
   auto durable = meta_->GetDurableEpoch();
   if (!durable.ok()) return durable.status();
   // Versions of epochs up to `trusted` have their data in the store for sure
@@ -412,8 +417,8 @@ Status Engine::Recover() {
     return true;
   });
   if (!s.ok()) return s.Prefixed("cache '" + dir_ + "' recovery");
-  for (uint32_t slot = slots; slot-- > 0;) {
-    if (!index_->InUse(slot)) free_slots_.push_back(slot);
+  for (uint32_t slot = 0; slot < slots; ++slot) {
+    if (!index_->InUse(slot)) segments_->Free(slot);
   }
   auto max_id = meta_->MaxFileId();
   if (!max_id.ok()) return max_id.status();
@@ -558,6 +563,12 @@ Engine::Verified Engine::VerifyVersion(uint64_t file_id, uint64_t index, BlockVe
 
 Engine::~Engine() {
   {
+    std::lock_guard<std::mutex> lock(gc_wake_mu_);
+    gc_stopping_ = true;
+  }
+  gc_cv_.notify_all();
+  if (gc_thread_.joinable()) gc_thread_.join();
+  {
     std::lock_guard<std::mutex> lock(ra_mu_);
     ra_stopping_ = true;
     ra_queue_.clear();
@@ -651,6 +662,24 @@ Status Engine::SetMode(CacheMode mode) {
     s = FlushAll();
     if (s.ok() && HasAnyDirty()) {
       s = Status::Error(EBUSY, "data of files in conflict is still dirty (cachefsctl conflicts)");
+    }
+    if (s.ok()) {
+      // Everything is on SOURCE: the files look as SOURCE shows them. (A
+      // file whose last writes went through to SOURCE, the cache being
+      // full, had nothing dirty left for the flush, which is what drops
+      // the overlay otherwise; the other modes never update it, so a stale
+      // one would hide what they write.)
+      std::vector<std::shared_ptr<CachedFile>> live;
+      {
+        std::lock_guard<std::mutex> lock(files_mu_);
+        for (auto& [id, weak] : open_files_) {
+          if (auto f = weak.lock()) live.push_back(f);
+        }
+      }
+      for (auto& f : live) {
+        std::lock_guard<std::mutex> lock(f->mu_);
+        f->overlay_ = false;
+      }
     }
     if (!s.ok()) {
       s = Status::Error(s.code(), std::string("cache '") + dir_ +
@@ -1115,7 +1144,7 @@ Status Engine::Link(const std::string& existing, const std::string& new_path) {
 
 // --- blocks -------------------------------------------------------------------
 
-void Engine::FreeSlot(uint32_t slot) { free_slots_.push_back(slot); }
+void Engine::FreeSlot(uint32_t slot) { segments_->Free(slot); }
 
 void Engine::ReleaseReader(uint32_t slot) {
   if (--readers_[slot] == 0 && free_when_unread_[slot]) {
@@ -1124,19 +1153,23 @@ void Engine::ReleaseReader(uint32_t slot) {
   }
 }
 
-std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch, const BlockKey* admit) {
+std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch, const BlockKey* admit, bool log) {
   // A read miss is cached only if the policy admits it (scan resistance);
   // dirty data always is.
   if (admit != nullptr &&
-      !policy_->Admit(BlockKeyHash(admit->file_id, admit->index), free_slots_.empty())) {
+      !policy_->Admit(BlockKeyHash(admit->file_id, admit->index), segments_->free_slots() == 0)) {
     counters_.not_admitted++;
     return std::nullopt;
   }
-  if (!free_slots_.empty()) {
-    uint32_t slot = free_slots_.back();
-    free_slots_.pop_back();
-    return slot;
+  if (log) {
+    bool opened = false;
+    auto slot = segments_->TakeLog(&opened);
+    if (!slot || (opened && segments_->empty_segments() < gc_low_)) WakeGc();
+    if (slot) return slot;
+    // No wholly free segment yet: any free slot (or a victim) rather than
+    // fail while clean space can be had.
   }
+  if (auto slot = segments_->TakeAny()) return slot;
   for (int tries = 0; tries < 64; ++tries) {
     auto victim = policy_->Victim();
     if (!victim) return std::nullopt;
@@ -2012,6 +2045,10 @@ EngineStats Engine::stats() const {
   s.not_admitted = counters_.not_admitted;
   s.bypassed = counters_.bypassed;
   s.warmed = counters_.warmed;
+  s.write_through_fallbacks = counters_.write_through_fallbacks;
+  s.segments_cleaned = counters_.segments_cleaned;
+  s.gc_moved_blocks = counters_.gc_moved_blocks;
+  s.gc_dropped_blocks = counters_.gc_dropped_blocks;
   s.bytes_from_cache = counters_.bytes_from_cache;
   s.bytes_from_source = counters_.bytes_from_source;
   s.crc_errors = counters_.crc_errors;
@@ -2042,7 +2079,10 @@ EngineStats Engine::stats() const {
   s.writeback_queue = s.blocks_dirty > busy ? s.blocks_dirty - busy : 0;
   s.index_memory = index_->MemoryUsed() + policy_->MemoryUsed() +
                    (readers_.capacity() + dirty_subs_.capacity()) * sizeof(uint16_t) +
-                   free_slots_.capacity() * 4 + free_when_unread_.capacity() / 8;
+                   segments_->MemoryUsed() + free_when_unread_.capacity() / 8;
+  s.log_wraps = segments_->wraps();
+  s.segments = segments_->segment_count();
+  s.segments_empty = segments_->empty_segments();
   return s;
 }
 

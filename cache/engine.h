@@ -30,6 +30,13 @@
 // last fsync), and mode=cow keeps writes in the cache until CommitLayer or
 // DiscardLayer (cache/engine_image.cc).
 //
+// Allocation (cache/segments.h, cache/engine_gc.cc): written blocks take
+// their new slots from an append cursor over the store's segments, so
+// random writes become sequential store writes; fetched blocks take any
+// free slot; a collector thread makes wholly free segments for the cursor.
+// A writeback write that finds the cache full of dirty data goes through to
+// SOURCE instead of failing (WriteBlockThrough).
+//
 // Power loss (contract 1c): block records carry the persist epoch of their
 // data and earlier versions; recovery rolls a block whose data did not
 // survive back to the newest version that did (docs/format.md, "Rollback").
@@ -50,8 +57,8 @@
 // crash loses only what was counted since the last persist.
 //
 // Thread-safety: all public methods may be called concurrently. One mutex
-// guards the index, the policy and the free list; IO to SOURCE, the store and
-// the metadata happens outside it. A block's record is changed only by the
+// guards the index, the policy and the segment table (free slots); IO to
+// SOURCE, the store and the metadata happens outside it. A block's record is changed only by the
 // one fetch that leads it (`fetches_`) or removed by a drop, so record updates
 // need no lock of their own.
 #pragma once
@@ -79,6 +86,7 @@
 #include "cache/cache_dir.h"
 #include "cache/options.h"
 #include "cache/policy.h"
+#include "cache/segments.h"
 #include "cache/timeout_backing.h"
 #include "common/histogram.h"
 #include "common/status.h"
@@ -143,9 +151,21 @@ struct EngineStats {
   uint64_t conflicts = 0;           // files changed outside while dirty
   uint64_t persists = 0;            // store persists + WAL syncs (fsync group commit)
   uint64_t not_admitted = 0;        // read misses served uncached by the policy's choice
-  uint64_t bypassed = 0;       // blocks of long sequential streams or big files served uncached
-  uint64_t warmed = 0;         // blocks fetched into the cache by Warm (cachefsctl warm)
-  uint64_t blocks_pinned = 0;  // cached blocks of pinned files (never evicted)
+  uint64_t bypassed = 0;  // blocks of long sequential streams or big files served uncached
+  uint64_t warmed = 0;    // blocks fetched into the cache by Warm (cachefsctl warm)
+  // Block writes of mode=writeback that found no slot (the cache full of
+  // dirty, pinned or busy blocks) and went to SOURCE directly instead.
+  uint64_t write_through_fallbacks = 0;
+  // Log-structured allocation (cache/segments.h): times the append cursor
+  // wrapped around the store, segments the garbage collector emptied, and
+  // the blocks it moved (dirty or pinned) or dropped (clean) doing so.
+  uint64_t log_wraps = 0;
+  uint64_t segments_cleaned = 0;
+  uint64_t gc_moved_blocks = 0;
+  uint64_t gc_dropped_blocks = 0;
+  uint64_t segments = 0;        // segments of the store
+  uint64_t segments_empty = 0;  // wholly free segments ahead of the cursor
+  uint64_t blocks_pinned = 0;   // cached blocks of pinned files (never evicted)
   uint64_t blocks_cached = 0;
   uint64_t slots = 0;
   uint64_t cache_used = 0;  // bytes: blocks_cached x block_size (the store's slots in use)
@@ -707,9 +727,24 @@ class Engine {
   Status WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
                     const char* data, bool dirty);
   // WriteBlock, and when no slot is free: after a persist (releasing
-  // quarantined slots), then (dirty data) after writing back.
+  // quarantined slots); then dirty data (mode=writeback) goes to SOURCE for
+  // this write (WriteBlockThrough) rather than fail; in image mode only
+  // after everything dirty before it was written back (order of the image).
   Status WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
                             const char* data, bool dirty);
+  // The full-cache fallback: writes [begin, end) of block `index` to SOURCE
+  // (widened to whole sub-blocks where the cached copy of an edge
+  // sub-block is dirty, so the bytes around the write come along), then
+  // drops the touched sub-blocks from the cached block (they are SOURCE's
+  // now; a dirty copy written back later would undo this write) and
+  // records SOURCE's new fingerprint as our own change. REQUIRES:
+  // writeback_mu_ held (the writer must not write an older copy of these
+  // sub-blocks over ours, nor record an older fingerprint after ours).
+  Status WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end,
+                           const char* data);
+  // SOURCE's file `file_id` opened for writing, by its recorded path (as
+  // the writer opens it), or the image.
+  Result<int> OpenSourceForWrite(uint64_t file_id);
   // Reads the valid sub-blocks [first, last) of `rec` from the store into
   // `out`, checking their CRCs.
   Status ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t last, char* out);
@@ -806,8 +841,26 @@ class Engine {
   // Finds a slot for a new block, evicting if needed; adds the evicted block's
   // removal to `batch`. REQUIRES mu_ held.
   // With `admit` (a read miss of that block), only if the policy admits it.
-  std::optional<uint32_t> AllocateSlot(MetaBatch& batch, const BlockKey* admit = nullptr)
-      EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // With `log` (a written block), from the append cursor while it has a
+  // wholly free segment to go on with (and the garbage collector is woken
+  // when few are left), else like a fetched block.
+  std::optional<uint32_t> AllocateSlot(MetaBatch& batch, const BlockKey* admit = nullptr,
+                                       bool log = false) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Garbage collection of segments (cache/engine_gc.cc). Cleans the
+  // segment with the fewest live blocks, one at a time, until `want`
+  // segments are wholly free or none can be cleaned: clean blocks are
+  // dropped (SOURCE has them), dirty and pinned ones moved to free slots
+  // outside it (the cursor's first), busy ones (read, fetched, written)
+  // left for the next round. Each segment's slots are freed by the persist
+  // that ends its round (contract 2: the records that no longer point at
+  // them are synced first). One collection at a time.
+  Status CollectGarbage(uint32_t want) LOCKS_EXCLUDED(mu_);
+  // Moves block `key` out of `slot` (in the segment being cleaned) into a
+  // free slot elsewhere, keeping its generation (the data is the same); sets
+  // `*gone` when `slot` no longer holds it (moved, or dropped meanwhile).
+  Status MoveBlock(const BlockKey& key, uint32_t slot, bool* gone) LOCKS_EXCLUDED(mu_);
+  void GcLoop();
+  void WakeGc();
   void ReleaseReader(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlot(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PersistLoop();
@@ -877,7 +930,17 @@ class Engine {
   mutable std::mutex mu_;
   std::unique_ptr<BlockIndex> index_ GUARDED_BY(mu_);
   std::unique_ptr<Policy> policy_ GUARDED_BY(mu_);
-  std::vector<uint32_t> free_slots_ GUARDED_BY(mu_);
+  std::unique_ptr<SegmentTable> segments_ GUARDED_BY(mu_);  // free slots, the append cursor
+  // Wholly free segments below which a written block wakes the collector,
+  // and how many it then makes.
+  uint32_t gc_low_ = 1;
+  uint32_t gc_high_ = 2;
+  std::mutex gc_mu_;  // one collection at a time
+  std::mutex gc_wake_mu_;
+  std::condition_variable gc_cv_;
+  bool gc_kick_ = false;      // guarded by gc_wake_mu_
+  bool gc_stopping_ = false;  // guarded by gc_wake_mu_
+  std::thread gc_thread_;
   std::vector<uint16_t> readers_ GUARDED_BY(mu_);       // readers of each slot in progress
   std::vector<bool> free_when_unread_ GUARDED_BY(mu_);  // dropped while being read
   std::vector<bool> dirty_slot_ GUARDED_BY(mu_);        // holds dirty data: never a victim
@@ -936,7 +999,8 @@ class Engine {
         bytes_from_cache{0}, bytes_from_source{0}, crc_errors{0}, evictions{0}, invalidations{0},
         write_hits{0}, write_misses{0}, promotions{0}, bytes_written_back{0}, writeback_errors{0},
         writeback_retries{0}, conflicts{0}, persists{0}, not_admitted{0}, bypassed{0}, warmed{0},
-        writeback_writes{0}, writeback_timeouts{0};
+        writeback_writes{0}, writeback_timeouts{0}, write_through_fallbacks{0}, segments_cleaned{0},
+        gc_moved_blocks{0}, gc_dropped_blocks{0};
     std::atomic<uint64_t> readahead_dropped{0};
   };
   mutable Counters counters_;

@@ -135,6 +135,7 @@ std::string TimeStamp() {
 
 void Engine::IndexInsert(const BlockKey& key, uint32_t slot) {
   index_->Insert(key, slot);
+  segments_->AddLive(slot);
   if (pinned_files_.count(key.file_id) != 0) {
     pinned_slot_[slot] = true;
     ++blocks_pinned_;
@@ -146,6 +147,7 @@ void Engine::IndexErase(uint32_t slot) {
     pinned_slot_[slot] = false;
     --blocks_pinned_;
   }
+  if (index_->InUse(slot)) segments_->RemoveLive(slot);
   index_->Erase(slot);
 }
 

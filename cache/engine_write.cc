@@ -11,6 +11,9 @@
 // the record keeps for a rollback after a power loss). A write is acknowledged
 // after its data reached the store (the kernel) and its record the
 // metadata's log: it survives kill -9. Sync() makes it survive power loss.
+// A block that moves takes its new slot from the append cursor (cache/
+// segments.h); a write that finds no slot at all (every one dirty, pinned
+// or busy) goes through to SOURCE for that write (WriteBlockThrough).
 //
 // One block is changed by one actor at a time: a write, a fetch's install
 // and the writer all hold the block's entry in `fetches_` while they work
@@ -44,8 +47,6 @@
 namespace cachefs {
 namespace {
 
-// How often a write that finds no free slot frees some and tries again.
-constexpr int kRoomRounds = 8;
 // The most bytes of adjacent dirty runs the writeback puts in one write.
 constexpr size_t kCoalesceBytes = 4u << 20;
 // Such a write goes to SOURCE in pieces that take about kWritePieceNs at the
@@ -303,7 +304,7 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
     uint64_t generation;
     {
       std::lock_guard<std::mutex> l(mu_);
-      fresh = AllocateSlot(batch);
+      fresh = AllocateSlot(batch, nullptr, /*log=*/true);
       generation = next_generation_++;
     }
     if (!fresh) {
@@ -405,32 +406,245 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
 Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin,
                                   uint32_t end, const char* data, bool dirty) {
   Status s = WriteBlock(file, fd, index, begin, end, data, dirty);
-  // No free slot: the slots of replaced data wait for a persist, and dirty
-  // blocks for the writer. Free them, then try again; other writers may
-  // take what was freed first, so a few rounds.
-  for (int round = 0; round < kRoomRounds && s.code() == ENOSPC; ++round) {
-    s = Persist();
-    if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty);
-    if (s.code() != ENOSPC || !dirty) continue;
-    if (round > 0 && ImageEpochs() && WritebackAllowed()) {
-      // Image mode: the cache is full of data written since the last
-      // fsync. Failing the guest's writes would break its disk; writing
-      // back what it has not synced yet only weakens the epoch promise
-      // (docs/cache-engine.md), so the current state becomes an epoch.
-      LogWarning(
-          "image mode: the cache is full of data written since the last fsync; "
-          "writing it back unsynced");
-      s = SealEpoch(/*all=*/true);
-      if (!s.ok()) return s;
-    }
-    s = Flush();
-    if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty);
-  }
-  if (s.code() == ENOSPC && dirty && !WritebackAllowed()) {
+  if (s.code() != ENOSPC) return s;
+  // No free slot: the slots of replaced data wait for a persist.
+  s = Persist();
+  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty);
+  // A clean copy (writethrough) that finds no room is dropped by the caller.
+  if (s.code() != ENOSPC || !dirty) return s;
+  // Full of dirty, pinned or busy blocks. Waiting for the writer to drain it
+  // all would stall this write for as long as SOURCE takes to absorb the
+  // whole cache; this one write goes to SOURCE instead (as writethrough
+  // would), and the writer is woken to make room for the next ones.
+  // mode=cow may never write to SOURCE: full is full there.
+  if (!WritebackAllowed()) {
     return Status::Error(ENOSPC,
                          "mode=cow: the layer fills the cache (cachefsctl commit or discard)");
   }
+  if (config_.source_is_file) {
+    // An image is written back in order: whatever was written before this
+    // write reaches it first, so SOURCE never shows this write without them.
+    // The cache is full of data written since the last fsync. Failing the
+    // guest's writes would break its disk; writing back what it has not
+    // synced yet only weakens the epoch promise (docs/cache-engine.md), so
+    // the current state becomes an epoch.
+    Status full = s;
+    LogWarning(
+        "image mode: the cache is full of data written since the last fsync; "
+        "writing it back unsynced");
+    s = SealEpoch(/*all=*/true);
+    if (s.ok()) s = Flush();
+    if (!s.ok()) return s;
+    // A Flush cut short by StopWriteback (the daemon exiting) wrote back
+    // only part of it.
+    if (wb_abort_.load(std::memory_order_relaxed)) return full;
+  }
+  {
+    // With the file's writeback held off: it must not write an older copy
+    // of these sub-blocks over ours. A batch that just finished may have
+    // made room.
+    AcquireWritebackFile(file.file_id_);
+    s = WriteBlock(file, fd, index, begin, end, data, dirty);
+    if (s.code() == ENOSPC) s = WriteBlockThrough(file, index, begin, end, data);
+    ReleaseWritebackFile(file.file_id_);
+  }
+  StartFlush();
   return s;
+}
+
+Result<int> Engine::OpenSourceForWrite(uint64_t file_id) {
+  if (config_.source_is_file) {
+    int fd = open(config_.source.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return Status::FromErrno(errno, "SOURCE '" + config_.source + "'");
+    return fd;
+  }
+  auto rec = meta_->GetFile(file_id);
+  if (!rec.ok()) return rec.status();
+  if (!rec.value()) {
+    return Status::Error(ENOENT, "file " + std::to_string(file_id) + " has no record");
+  }
+  const std::string& path = rec.value()->path;
+  int fd = openat(source_root_, path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return Status::FromErrno(errno, "'" + path + "': open for writing");
+  return fd;
+}
+
+Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end,
+                                 const char* data) {
+  const uint64_t id = file.file_id_;
+  const uint64_t bs = sb_.block_size;
+  const uint32_t first = begin / kSubBlockSize;
+  const uint32_t last = (end + kSubBlockSize - 1) / kSubBlockSize;  // exclusive
+  auto opened = OpenSourceForWrite(id);
+  if (!opened.ok()) return opened.status();
+  const int wfd = opened.value();
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{wfd};
+  auto lock = LockBlock(id, index);
+  struct Unlock {
+    Engine* e;
+    uint64_t id;
+    const std::shared_ptr<Fetch>& l;
+    ~Unlock() { e->UnlockBlock(id, l); }
+  } unlock{this, id, lock};
+  uint64_t size;  // of the file as the mount shows it
+  {
+    std::lock_guard<std::mutex> l(file.mu_);
+    size = file.overlay_ ? file.size_ : file.fingerprint_.size;
+  }
+  std::optional<uint32_t> slot;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    slot = index_->Find({id, index});
+    if (slot) readers_[*slot]++;  // not reused while we read and change it
+  }
+  struct Release {
+    Engine* e;
+    std::optional<uint32_t> slot;
+    ~Release() {
+      if (!slot) return;
+      std::lock_guard<std::mutex> l(e->mu_);
+      e->ReleaseReader(*slot);
+    }
+  } release{this, slot};
+  BlockRecord rec;
+  bool have = false;
+  if (slot) {
+    auto r = meta_->GetBlock(id, index);
+    have = r.ok() && r.value() && r.value()->slot == *slot;
+    if (have) rec = *r.value();
+  }
+  const size_t span = static_cast<size_t>(last - first) * kSubBlockSize;
+  Buffer buf = AllocAligned(span);
+  if (!buf) return Status::Error(ENOMEM, "out of memory");
+  // An edge sub-block the write covers in part and whose cached copy is
+  // dirty: SOURCE lacks the rest of it, so it goes along whole (up to the
+  // file's end). Clean or uncached ones: SOURCE has the rest already.
+  uint64_t lo = begin;
+  uint64_t hi = end;
+  if (have && begin % kSubBlockSize != 0 && rec.IsDirty(first)) {
+    Status s = ReadSubBlocks(rec, first, first + 1, buf.get());
+    if (!s.ok()) return s;
+    lo = uint64_t{first} * kSubBlockSize;
+  }
+  if (have && end % kSubBlockSize != 0 && rec.IsDirty(last - 1)) {
+    Status s = ReadSubBlocks(rec, last - 1, last,
+                             buf.get() + static_cast<size_t>(last - 1 - first) * kSubBlockSize);
+    if (!s.ok()) return s;
+    const uint64_t in_file = size > index * bs ? size - index * bs : 0;
+    hi = std::max<uint64_t>(end, std::min<uint64_t>(uint64_t{last} * kSubBlockSize, in_file));
+  }
+  std::memcpy(buf.get() + (begin - first * kSubBlockSize), data, end - begin);
+  if (HasDirty(id)) {
+    // The intent first (synced), as the writer's: a crash after SOURCE
+    // changed must not make the next mount take our change for an outside
+    // one while the file holds dirty data.
+    std::lock_guard<std::mutex> l(files_mu_);
+    auto r = meta_->GetFile(id);
+    if (!r.ok()) return r.status();
+    if (r.value() && (r.value()->flags & FileRecord::kWritingBack) == 0) {
+      FileRecord f = *r.value();
+      f.flags |= FileRecord::kWritingBack;
+      MetaBatch batch;
+      batch.Put(f);
+      Status s = meta_->Commit(batch, true);
+      if (!s.ok()) return s;
+    }
+  }
+  // Our own change, like the writer's: a getattr that sees SOURCE changed
+  // before the new fingerprint is recorded must not take it for an outside
+  // change (a conflict).
+  {
+    std::lock_guard<std::mutex> l(file.mu_);
+    file.writing_back_ = true;
+  }
+  struct Done {
+    CachedFile& f;
+    ~Done() {
+      std::lock_guard<std::mutex> l(f.mu_);
+      f.writing_back_ = false;
+    }
+  } done{file};
+  Status s = backing_->Write(wfd, index * bs + lo, static_cast<size_t>(hi - lo),
+                             buf.get() + (lo - uint64_t{first} * kSubBlockSize));
+  if (!s.ok()) return s;
+  struct stat st;
+  if (fstat(wfd, &st) != 0) return Status::FromErrno(errno, "write through: fstat");
+
+  // The touched sub-blocks are SOURCE's now: the cached copy stops holding
+  // them (a dirty one written back later would undo this write; valid data
+  // is never overwritten in place). In the batch that records SOURCE's new
+  // look, so a crash cannot keep one without the other.
+  MetaBatch batch;
+  BlockRecord out = rec;
+  bool changed = false;
+  for (uint32_t i = first; have && i < last; ++i) {
+    if (!out.IsValid(i)) continue;
+    out.SetValid(i, false);
+    out.SetDirty(i, false);
+    changed = true;
+  }
+  const bool drop = changed && std::none_of(out.valid.begin(), out.valid.end(),
+                                            [](uint64_t w) { return w != 0; });
+  const bool now_clean = changed && rec.AnyDirty() && !out.AnyDirty();
+  const uint64_t seq = rec.dirty_seq;
+  if (drop) {
+    batch.RemoveBlock(id, index);
+    if (seq != 0) batch.RemoveDirty(seq);
+  } else if (changed) {
+    if (now_clean) {
+      batch.RemoveDirty(seq);
+      out.dirty_seq = 0;
+    }
+    batch.Put(out);
+  }
+  {
+    std::lock_guard<std::mutex> l(files_mu_);
+    auto r = meta_->GetFile(id);
+    if (!r.ok()) return r.status();
+    FileRecord f;
+    {
+      std::lock_guard<std::mutex> fl(file.mu_);
+      file.fingerprint_ = FingerprintOf(st);
+      file.source_ino_ = static_cast<uint64_t>(st.st_ino);
+      file.epoch_++;  // fetches that read SOURCE before this write are stale
+      if (r.value()) {
+        f = *r.value();
+        f.source_ino = file.source_ino_;
+        f.fingerprint = file.fingerprint_;
+        f.size = file.overlay_ ? file.size_ : file.fingerprint_.size;
+        f.mtime_ns = file.overlay_ ? file.mtime_ns_ : file.fingerprint_.mtime_ns;
+        f.ctime_ns = file.fingerprint_.ctime_ns;
+        f.flags &= ~FileRecord::kWritingBack;
+        file.record_stale_ = false;
+      }
+    }
+    if (r.value()) batch.Put(f);
+    if (!batch.empty()) s = meta_->Commit(batch, false);
+  }
+  if (!s.ok()) return s;
+  counters_.write_through_fallbacks++;
+  if (!changed) return Status::Ok();
+  std::lock_guard<std::mutex> l(mu_);
+  if (index_->Find({id, index}) != slot) return Status::Ok();
+  if (drop) {
+    if (seq != 0) EraseDirty(seq);
+    dirty_slot_[*slot] = false;
+    SetDirtySubs(*slot, 0);
+    IndexErase(*slot);
+    policy_->Remove(*slot);
+    QuarantineSlot(*slot);  // its removal is committed, not yet synced
+    return Status::Ok();
+  }
+  SetDirtySubs(*slot, out.DirtyCount());
+  if (now_clean) {
+    EraseDirty(seq);
+    dirty_slot_[*slot] = false;
+    if (!policy_->IsTracked(*slot) && !pinned_slot_[*slot]) policy_->Track(*slot);
+  }
+  return Status::Ok();
 }
 
 Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,

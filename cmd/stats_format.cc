@@ -80,6 +80,14 @@ const std::vector<StatField>& StatFields() {
       CACHEFS_STAT(bypassed, "blocks", kCounter,
                    "Blocks of long sequential streams or big files served uncached"),
       CACHEFS_STAT(warmed, "blocks", kCounter, "Blocks fetched into the cache by cachefsctl warm"),
+      CACHEFS_STAT(write_through_fallbacks, "blocks", kCounter,
+                   "Block writes (writeback) that found the cache full and went to SOURCE"),
+      CACHEFS_STAT(log_wraps, "wraps", kCounter, "Times the append cursor wrapped around the store"),
+      CACHEFS_STAT(segments_cleaned, "segments", kCounter, "Segments emptied by the garbage collector"),
+      CACHEFS_STAT(gc_moved_blocks, "blocks", kCounter, "Dirty or pinned blocks the garbage collector moved"),
+      CACHEFS_STAT(gc_dropped_blocks, "blocks", kCounter, "Clean blocks the garbage collector dropped"),
+      CACHEFS_STAT(segments, "segments", kGauge, "Segments of the store"),
+      CACHEFS_STAT(segments_empty, "segments", kGauge, "Wholly free segments left for the append cursor"),
       CACHEFS_STAT(blocks_cached, "blocks", kGauge, "Blocks in the cache"),
       CACHEFS_STAT(blocks_pinned, "blocks", kGauge, "Cached blocks of pinned files (never evicted)"),
       CACHEFS_STAT(slots, "blocks", kGauge, "Blocks the cache can hold"),
@@ -326,7 +334,8 @@ std::string FormatStatsTable(const JsonValue& reply, const JsonValue* previous, 
   // Cells left to right; trailing blanks go.
   auto row = [&](const std::string& name, const std::string& value, const std::string& total,
                  const std::string& last) {
-    std::string line = PadRight(name, kNameWidth) + PadRight(value, kValueWidth);
+    // A name longer than the column still gets a blank after it.
+    std::string line = PadRight(name + " ", kNameWidth) + PadRight(value, kValueWidth);
     if (totals) line += PadRight(total, kValueWidth);
     if (rates) line += last;
     while (!line.empty() && line.back() == ' ') line.pop_back();

@@ -230,5 +230,17 @@ TEST_F(CtlTest, FlushesWhileAppendingLoseNothing) {
   AppendWhile(mnt(), src(), {"flush", "flush", "flush", "flush", "flush", "flush", "writethrough"});
 }
 
+// The same with a cache far smaller than what is written and the writer
+// held off: writes that find the cache full go through to SOURCE (counted),
+// none fails, and leaving writeback shows every record.
+TEST_F(CtlTest, FullCacheWhileAppendingLosesNothing) {
+  ASSERT_TRUE(Mount({"--mode=writeback", "--writeback_delay=3600", "--cache_size=2M"}));
+  AppendWhile(mnt(), src(), {"writeback", "flush", "writeback", "writethrough"});
+  JsonValue doc = ParseOut(RunCtl({"stats", "--json", mnt()}));
+  const JsonValue* stats = doc.Find("stats");
+  ASSERT_NE(stats, nullptr);
+  EXPECT_GT(Uint(*stats, "write_through_fallbacks"), 0u);
+}
+
 }  // namespace
 }  // namespace cachefs::testing

@@ -793,6 +793,48 @@ std::string ReadSource(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// A 4 KiB overwrite of a cached block moves it to a new slot, carrying its
+// other valid sub-blocks over a run at a time; a clean sub-block that fails
+// its CRC on the way is left behind (and read from SOURCE again), the rest of
+// its run is still carried.
+TEST_F(EngineTest, OverwriteCarriesValidSubBlocksButNotACorruptOne) {
+  EngineConfig c = WritebackConfig();
+  std::string data = Pattern(kBlock, 13);
+  auto fd = MakeFile("f", data);
+  {
+    auto e = OpenEngine(c);
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  }
+  // Flip a byte of sub-block 5 in every slot of the store file.
+  std::string store = c.options.cache_dir + "/store";
+  int sfd = open(store.c_str(), O_RDWR);
+  ASSERT_GE(sfd, 0);
+  for (uint64_t slot = 0; slot < 16; ++slot) {
+    char b;
+    const off_t at = static_cast<off_t>(slot * kBlock + 5 * 4096 + 100);
+    ASSERT_EQ(pread(sfd, &b, 1, at), 1);
+    b ^= 0x40;
+    ASSERT_EQ(pwrite(sfd, &b, 1, at), 1);
+  }
+  fsync(sfd);
+  close(sfd);
+  auto e = OpenEngine(c);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  std::string w = Pattern(4096, 14);
+  ASSERT_TRUE(e->Write(*f.value(), fd, 2 * 4096, w.data(), w.size(), false).ok());
+  EXPECT_EQ(e->stats().crc_errors, 1u);
+  std::string expect = data;
+  expect.replace(2 * 4096, w.size(), w);
+  int before = backing_.reads;
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), expect);
+  EXPECT_EQ(backing_.reads, before + 1);  // sub-block 5 only
+  ASSERT_TRUE(e->Flush().ok());
+  EXPECT_EQ(ReadSource(source_ + "/f"), expect);
+}
+
 TEST_F(EngineTest, WritebackWritesLandInTheCacheAndReachSourceOnFlush) {
   std::string data = Pattern(3 * kBlock, 30);
   auto fd = MakeFile("f", data);

@@ -70,6 +70,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -723,23 +724,29 @@ class Engine {
   // Writes [begin, end) of block `index` into the cache, dirty or (for
   // writethrough, SOURCE having it already) clean. The rest of a partly
   // written sub-block comes from the cache, else from SOURCE (`fd`) up to
-  // the file's fingerprint size, else zeros.
+  // the file's fingerprint size, else zeros. Dirty data that ends past
+  // `recorded_size` (the file record's size when the write began) grows
+  // the record's size to its end in the same batch as the block's record,
+  // so that no committed byte lies past the size a crash leaves.
   Status WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                    const char* data, bool dirty);
+                    const char* data, bool dirty,
+                    uint64_t recorded_size = std::numeric_limits<uint64_t>::max());
   // WriteBlock, and when no slot is free: after a persist (releasing
   // quarantined slots); then dirty data (mode=writeback) goes to SOURCE for
   // this write (WriteBlockThrough) rather than fail; in image mode only
   // after everything dirty before it was written back (order of the image).
   Status WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                            const char* data, bool dirty);
+                            const char* data, bool dirty,
+                            uint64_t recorded_size = std::numeric_limits<uint64_t>::max());
   // The full-cache fallback: writes [begin, end) of block `index` to SOURCE
   // (widened to whole sub-blocks where the cached copy of an edge
   // sub-block is dirty, so the bytes around the write come along), then
   // drops the touched sub-blocks from the cached block (they are SOURCE's
   // now; a dirty copy written back later would undo this write) and
-  // records SOURCE's new fingerprint as our own change. REQUIRES:
-  // writeback_mu_ held (the writer must not write an older copy of these
-  // sub-blocks over ours, nor record an older fingerprint after ours).
+  // records SOURCE's new fingerprint as our own change. REQUIRES: the
+  // file's writeback held (AcquireWritebackFile: the writer must not write
+  // an older copy of these sub-blocks over ours, nor record an older
+  // fingerprint after ours).
   Status WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end,
                            const char* data);
   // SOURCE's file `file_id` opened for writing, by its recorded path (as

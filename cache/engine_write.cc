@@ -208,7 +208,7 @@ Status Engine::ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t la
 }
 
 Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                          const char* data, bool dirty) {
+                          const char* data, bool dirty, uint64_t recorded_size) {
   const uint64_t id = file.file_id_;
   const uint64_t bs = sb_.block_size;
   const uint32_t first = begin / kSubBlockSize;
@@ -402,9 +402,29 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   }
   if (newly_dirty) batch.Put(DirtyRecord{out.dirty_seq, id, index});
   batch.Put(out);
+  // Dirty data past the recorded size: the file's record grows to cover it
+  // in this same batch. Were the size committed only after the whole write
+  // (as before), a kill in between would leave committed bytes past the size
+  // the next mount shows, and a later write that grows the file with a gap
+  // would show them in the gap instead of zeros (and the writer would write
+  // them back). A read-modify-write of the file record, so under files_mu_
+  // until the commit, as everywhere (taken with the block held: nobody
+  // waits for a block while holding files_mu_).
+  const uint64_t data_end = index * bs + end;
+  std::unique_lock<std::mutex> files_lock(files_mu_, std::defer_lock);
+  if (dirty && data_end > recorded_size) {
+    files_lock.lock();
+    auto frec = meta_->GetFile(id);
+    if (frec.ok() && frec.value() && frec.value()->size < data_end) {
+      FileRecord grown = *frec.value();
+      grown.size = data_end;
+      batch.Put(grown);
+    }
+  }
   // Data in the store, then the record that points at it, in the log
   // before the reply (contracts 1a and 2).
   s = meta_->Commit(batch, false);
+  if (files_lock.owns_lock()) files_lock.unlock();
   std::lock_guard<std::mutex> l(mu_);
   if (!s.ok()) {
     if (!in_place) FreeSlot(slot);
@@ -437,12 +457,13 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
 }
 
 Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin,
-                                  uint32_t end, const char* data, bool dirty) {
-  Status s = WriteBlock(file, fd, index, begin, end, data, dirty);
+                                  uint32_t end, const char* data, bool dirty,
+                                  uint64_t recorded_size) {
+  Status s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size);
   if (s.code() != ENOSPC) return s;
   // No free slot: the slots of replaced data wait for a persist.
   s = Persist();
-  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty);
+  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size);
   // A clean copy (writethrough) that finds no room is dropped by the caller.
   if (s.code() != ENOSPC || !dirty) return s;
   // Full of dirty, pinned or busy blocks. Waiting for the writer to drain it
@@ -477,7 +498,7 @@ Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint
     // of these sub-blocks over ours. A batch that just finished may have
     // made room.
     AcquireWritebackFile(file.file_id_);
-    s = WriteBlock(file, fd, index, begin, end, data, dirty);
+    s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size);
     if (s.code() == ENOSPC) s = WriteBlockThrough(file, index, begin, end, data);
     ReleaseWritebackFile(file.file_id_);
   }
@@ -718,20 +739,32 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
       if (last) f.cv_.notify_all();
     }
   } write_done{file};
+  // The size the file's record holds (what a crash would leave): blocks
+  // whose data ends past it grow it with their own record (WriteBlock).
+  // Read once per write, after the write counts in writes_: from then on
+  // it only grows (a truncate waits for the writes in progress), so a
+  // stale value costs a look-up, never a missed update.
+  uint64_t recorded_size = 0;
+  {
+    auto frec = meta_->GetFile(file.file_id_);
+    if (frec.ok() && frec.value()) recorded_size = frec.value()->size;
+  }
   size_t done = 0;
   while (done < len) {
     uint64_t pos = off + done;
     uint64_t index = pos / bs;
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
-    Status s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, /*dirty=*/true);
+    Status s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, /*dirty=*/true,
+                                  recorded_size);
     if (!s.ok()) return s;
     done += end - begin;
   }
   if (grows) {
-    // The size the mount shows, after the data (a crash in between hides an
-    // unacknowledged write's tail, nothing else). Under files_mu_, like
-    // every read-modify-write of a file record (the writer's flags too).
+    // The size the mount shows (and the mtime): the blocks have grown the
+    // recorded size with their data already, up to this write's end. Under
+    // files_mu_, like every read-modify-write of a file record (the
+    // writer's flags too).
     std::lock_guard<std::mutex> lock(files_mu_);
     Status s = WriteFileRecord(file);
     if (!s.ok()) return s;

@@ -31,6 +31,8 @@ usage: sudo $0 [options]
   --runtime SEC       duration of each run (default 10)
   --latency-us N      slow store: delay of every request, microseconds (default 500)
   --bandwidth SIZE    slow store: bytes per second of its link (default 200M)
+  --cachefs-opt=OPT   one more argument for the cachefs command line (repeatable),
+                      e.g. --cachefs-opt=--xattr=off
   --out FILE          also write the report as Markdown to FILE
   --dir DIR           where to make the test directory (a local disk; default \$TMPDIR or /var/tmp)
   --cachefs PATH      the cachefs binary (default: build*/cmd/cachefs of this tree)
@@ -41,6 +43,7 @@ EOF
 
 runs=3 size=64M cache=128M block_size=4K wrap_factor=3 runtime=10 latency_us=500
 bandwidth=200M out="" base_dir=${TMPDIR:-/var/tmp} cachefs_bin="" cachefsctl_bin="" slowfs_bin=""
+cachefs_opts=()
 while [ $# -gt 0 ]; do
   bench_shared_option "out dir cachefs cachefsctl slowfs" "$@" && { shift "$bench_shift"; continue; }
   case "$1" in
@@ -52,6 +55,7 @@ while [ $# -gt 0 ]; do
     --runtime) runtime=${2:?--runtime needs a value}; shift 2 ;;
     --latency-us) latency_us=${2:?--latency-us needs a value}; shift 2 ;;
     --bandwidth) bandwidth=${2:?--bandwidth needs a value}; shift 2 ;;
+    --cachefs-opt=*) cachefs_opts+=("${1#--cachefs-opt=}"); shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
@@ -86,7 +90,7 @@ bench_layout_file "$src/$testfile" "$size"
 slowfs_cmd=("$slowfs_bin" "$src" "$mnt_slow" -f -o "latency_us=$latency_us,bandwidth=$bandwidth")
 bench_start_mount slowfs "$mnt_slow" "$work/slowfs.log" "${slowfs_cmd[@]}"
 cachefs_cmd=("$cachefs_bin" "$mnt_slow" "$mnt_cachefs" -f --cache="$work/cachefs-cache"
-  --cache_size="$cache" --block_size="$block_size" --mode=writeback)
+  --cache_size="$cache" --block_size="$block_size" --mode=writeback "${cachefs_opts[@]}")
 bench_start_mount cachefs "$mnt_cachefs" "$work/cachefs.log" "${cachefs_cmd[@]}"
 
 # Members of cachefsctl stats --json, space separated: stat NAME...

@@ -126,6 +126,10 @@ const std::vector<OptionSpec>& Specs() {
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseSeconds(v), [&](double s) { c.cache.source_timeout = s; });
        }},
+      {"xattr", "extended attributes: on, or off (xattr calls fail; faster writes) [on]", true,
+       [](DaemonConfig& c, const std::string& v) {
+         return Assign(ParseBool(v), [&](bool b) { c.fs.xattr = b; });
+       }},
       {"allow_other", "let other users in (permissions enforced)", false,
        [](DaemonConfig& c, const std::string&) {
          c.fs.allow_other = true;

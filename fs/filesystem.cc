@@ -247,7 +247,6 @@ void ReplyMade(fuse_req_t req, Inode* parent, const char* name, int res, int err
 
 void OpInit(void* userdata, fuse_conn_info* conn) {
   auto* fs = static_cast<Filesystem*>(userdata);
-  (void)fs;
   // Contract 9: the kernel's writeback cache stays off.
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
   // Locks are left to the kernel (see filesystem.h).
@@ -264,7 +263,8 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   // which skips it under a default ACL: DONT_MASK, with the caller's umask set
   // on the serving thread (ScopedCallerCredentials). Without a private
   // per-thread umask, the kernel keeps applying it.
-  if ((conn->capable & FUSE_CAP_POSIX_ACL) && ThreadHasPrivateUmask()) {
+  // (xattr=off: no ACLs, they are xattrs.)
+  if ((conn->capable & FUSE_CAP_POSIX_ACL) && ThreadHasPrivateUmask() && fs->options().xattr) {
     conn->want |= FUSE_CAP_POSIX_ACL;
     if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
   } else {
@@ -582,6 +582,17 @@ void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached
   fi->direct_io = 0;
 }
 
+constexpr char kCapabilityXattr[] = "security.capability";
+
+// xattr=off: the kernel cannot see file capabilities, so it cannot drop them
+// when the file is written; a file opened for writing loses them at the open
+// instead (stricter: even if it is not written). Errors are left alone: most
+// files have none, and SOURCE may not support xattrs at all.
+void DropCapabilitiesForWrite(const Filesystem& fs, int fd, int open_flags) {
+  if (fs.options().xattr || (open_flags & O_ACCMODE) == O_RDONLY) return;
+  (void)fremovexattr(fd, kCapabilityXattr);
+}
+
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Inode* inode = In(req, ino);
   std::optional<Engine::WriteGuard> guard;
@@ -606,6 +617,7 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   int fd = open(inode->ProcPath().c_str(), SourceOpenFlags(fi->flags));
   if (fd == -1) return ReplyErr(req, errno);
+  DropCapabilitiesForWrite(Fs(req), fd, fi->flags);
   if (change && inode->cached() && Fs(req).engine() != nullptr) {
     // This open cut SOURCE: the cache adopts that now, as after a truncate,
     // while cached writes of the file are still held off (SourceChange
@@ -642,6 +654,7 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
     err = errno;
   }
   if (fd == -1) return ReplyErr(req, err);
+  DropCapabilitiesForWrite(Fs(req), fd, fi->flags);
   fuse_entry_param e;
   err = DoLookup(req, dir, name, &e);
   if (err != 0) {
@@ -995,16 +1008,23 @@ void OpAccess(fuse_req_t req, fuse_ino_t ino, int mask) {
 // followed any further, even for a symlink, so no call here can reach an
 // object outside SOURCE (the same holds for chmod and truncate above).
 
-constexpr char kCapabilityXattr[] = "security.capability";
-
 int64_t SteadyNowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
+// xattr=off: ENOSYS, which the kernel remembers for the mount (it sends no
+// more requests of that kind and fails the calls with EOPNOTSUPP).
+bool XattrOff(fuse_req_t req) {
+  if (Fs(req).options().xattr) return false;
+  ReplyErr(req, ENOSYS);
+  return true;
+}
+
 void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags) {
+  if (XattrOff(req)) return;
   Inode* inode = In(req, ino);
   inode->no_capability_until = 0;
   int res = setxattr(inode->ProcPath().c_str(), name, value, size, flags);
@@ -1012,6 +1032,7 @@ void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* va
 }
 
 void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  if (XattrOff(req)) return;
   Inode* inode = In(req, ino);
   // The kernel asks for file capabilities before every write (to drop them);
   // an absence seen on SOURCE is trusted for attr_timeout, like any
@@ -1032,6 +1053,7 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
 }
 
 void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  if (XattrOff(req)) return;
   Inode* inode = In(req, ino);
   std::vector<char> buf(size);
   ssize_t n = listxattr(inode->ProcPath().c_str(), size ? buf.data() : nullptr, size);
@@ -1041,6 +1063,7 @@ void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 }
 
 void OpRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  if (XattrOff(req)) return;
   Inode* inode = In(req, ino);
   inode->no_capability_until = 0;
   int res = removexattr(inode->ProcPath().c_str(), name);

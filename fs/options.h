@@ -22,6 +22,13 @@ struct FsOptions {
   bool allow_other = false;
   // Mount read-only. Default: off.
   bool read_only = false;
+  // Pass extended attributes through to SOURCE. Off, every xattr request
+  // is answered ENOSYS, after which the kernel stops sending them: xattr
+  // calls fail with EOPNOTSUPP, and a write no longer costs a second FUSE
+  // round trip (the kernel's GETXATTR of security.capability before each
+  // write). A file opened for writing then loses its file capabilities on
+  // SOURCE at the open, as a write would drop them. Default: on.
+  bool xattr = true;
   // Mount options handed to the kernel as they are (nosuid, nodev, noexec,
   // noatime, sync, dirsync, ...).
   std::vector<std::string> kernel_options;

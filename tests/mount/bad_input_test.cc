@@ -467,6 +467,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadOption{"BlockSizeTooSmall", {"-o", "block_size=2K"}, {"block_size"}},
         BadOption{"UnknownMode", {"-o", "mode=fast"}, {"mode", "fast"}},
         BadOption{"VerifyNotOnOrOff", {"-o", "verify=maybe"}, {"verify", "maybe"}},
+        BadOption{"XattrNotOnOrOff", {"-o", "xattr=maybe"}, {"xattr", "maybe"}},
         BadOption{"NegativeAttrTimeout", {"-o", "attr_timeout=-1"}, {"attr_timeout", "-1"}},
         BadOption{"NegativeEntryTimeoutLongForm", {"--entry-timeout=-1"}, {"entry_timeout"}},
         BadOption{"DirtyLowAboveDefaultHigh", {"-o", "dirty_low=70"}, {"dirty_low"}},

@@ -1590,6 +1590,54 @@ std::vector<std::string> SplitNames(const char* buf, ssize_t n) {
   return out;
 }
 
+// xattr=off: every xattr call fails with EOPNOTSUPP (the kernel stops
+// asking after the first ENOSYS, so a write is one FUSE round trip, not two),
+// and a file opened for writing loses its file capabilities on SOURCE at the
+// open, as a write would have dropped them.
+TEST(OpsXattrOff, CallsFailAndWriteOpensDropCapabilities) {
+  auto m = MountedCachefs::Start({"-o", "xattr=off"});
+  ASSERT_NE(m, nullptr);
+  const std::string src = m->src() + "/f";
+  const std::string mnt = m->mnt() + "/f";
+  {
+    Fd fd(open(src.c_str(), O_CREAT | O_WRONLY, 0755));
+    ASSERT_GE(fd.get(), 0);
+    ASSERT_EQ(write(fd.get(), "0123456789", 10), 10);
+  }
+  // A v2 file capability: cap_net_raw, effective.
+  const uint32_t cap[5] = {0x02000001u, 1u << 13, 0, 0, 0};
+  ASSERT_EQ(setxattr(src.c_str(), "security.capability", cap, sizeof(cap), 0), 0)
+      << std::strerror(errno);
+  char buf[64];
+  errno = 0;
+  EXPECT_EQ(getxattr(mnt.c_str(), "user.a", buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  errno = 0;
+  EXPECT_EQ(setxattr(mnt.c_str(), "user.a", "v", 1, 0), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  errno = 0;
+  EXPECT_EQ(listxattr(mnt.c_str(), buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  errno = 0;
+  EXPECT_EQ(removexattr(mnt.c_str(), "user.a"), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  {
+    Fd fd(open(mnt.c_str(), O_RDONLY));  // reading keeps them
+    ASSERT_GE(fd.get(), 0);
+  }
+  EXPECT_EQ(getxattr(src.c_str(), "security.capability", buf, sizeof(buf)),
+            static_cast<ssize_t>(sizeof(cap)));
+  {
+    Fd fd(open(mnt.c_str(), O_WRONLY));
+    ASSERT_GE(fd.get(), 0);
+    EXPECT_EQ(pwrite(fd.get(), "ab", 2, 3), 2);
+  }
+  errno = 0;
+  EXPECT_EQ(getxattr(src.c_str(), "security.capability", buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, ENODATA);
+  EXPECT_EQ(ReadFile(mnt), "012ab56789");
+}
+
 TEST_F(OpsXattr, FileAndDirectory) {
   Twin([](const std::string& d) {
     Spit(d + "/f", "x");

@@ -918,6 +918,10 @@ class Engine {
   // commits it: WriteFileRecord) if the fingerprint changed since.
   Status FileRecordInto(CachedFile& file, MetaBatch& batch) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   Status WriteFileRecord(CachedFile& file) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
+  // Flags `file_id`'s record kWritingBack (synced) before cachefs changes
+  // SOURCE's copy, so that a crash in the middle is not taken for an outside
+  // change at the next mount; a no-op if flagged already or gone.
+  Status MarkWritingBack(uint64_t file_id) LOCKS_EXCLUDED(files_mu_);
   // SOURCE changed outside while the file had dirty data (contract 5).
   Status MarkConflict(uint64_t file_id, CachedFile* live);
 

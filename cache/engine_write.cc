@@ -595,17 +595,8 @@ Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begi
     // The intent first (synced), as the writer's: a crash after SOURCE
     // changed must not make the next mount take our change for an outside
     // one while the file holds dirty data.
-    std::lock_guard<std::mutex> l(files_mu_);
-    auto r = meta_->GetFile(id);
-    if (!r.ok()) return r.status();
-    if (r.value() && (r.value()->flags & FileRecord::kWritingBack) == 0) {
-      FileRecord f = *r.value();
-      f.flags |= FileRecord::kWritingBack;
-      MetaBatch batch;
-      batch.Put(f);
-      Status s = meta_->Commit(batch, true);
-      if (!s.ok()) return s;
-    }
+    Status s = MarkWritingBack(id);
+    if (!s.ok()) return s;
   }
   // Our own change, like the writer's: a getattr that sees SOURCE changed
   // before the new fingerprint is recorded must not take it for an outside
@@ -881,6 +872,18 @@ std::shared_ptr<CachedFile> Engine::LiveFile(uint64_t file_id) {
   return it == open_files_.end() ? nullptr : it->second.lock();
 }
 
+Status Engine::MarkWritingBack(uint64_t file_id) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  auto r = meta_->GetFile(file_id);
+  if (!r.ok()) return r.status();
+  if (!r.value() || (r.value()->flags & FileRecord::kWritingBack) != 0) return Status::Ok();
+  FileRecord f = *r.value();
+  f.flags |= FileRecord::kWritingBack;
+  MetaBatch batch;
+  batch.Put(f);
+  return meta_->Commit(batch, true);
+}
+
 Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& indices,
                               bool background, bool last) {
   const uint64_t bs = sb_.block_size;
@@ -985,17 +988,8 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
   {
     // The intent goes first (synced: after a power loss too), so a crash
     // after SOURCE changed is not taken for an outside change.
-    std::lock_guard<std::mutex> lock(files_mu_);
-    auto r = meta_->GetFile(file_id);
-    if (!r.ok()) return r.status();
-    if (r.value() && (r.value()->flags & FileRecord::kWritingBack) == 0) {
-      FileRecord f = *r.value();
-      f.flags |= FileRecord::kWritingBack;
-      MetaBatch batch;
-      batch.Put(f);
-      Status s = meta_->Commit(batch, true);
-      if (!s.ok()) return s;
-    }
+    Status s = MarkWritingBack(file_id);
+    if (!s.ok()) return s;
   }
 
   // Copy out what is dirty now, remembering each block's generation.

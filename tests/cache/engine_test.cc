@@ -119,6 +119,22 @@ class EngineTest : public ::testing::Test {
     return out;
   }
 
+  // Flips one byte at `offset` inside each of the store file's first 16 slots.
+  static void FlipStoreBytes(const EngineConfig& c, uint64_t offset) {
+    std::string store = c.options.cache_dir + "/store";
+    int sfd = open(store.c_str(), O_RDWR);
+    ASSERT_GE(sfd, 0);
+    for (uint64_t slot = 0; slot < 16; ++slot) {
+      char b;
+      const auto at = static_cast<off_t>(slot * kBlock + offset);
+      ASSERT_EQ(pread(sfd, &b, 1, at), 1);
+      b ^= 0x40;
+      ASSERT_EQ(pwrite(sfd, &b, 1, at), 1);
+    }
+    fsync(sfd);
+    close(sfd);
+  }
+
   std::string base_, source_;
   CountingBacking backing_;
 };
@@ -301,17 +317,7 @@ TEST_F(EngineTest, CorruptionIsRefetchedAndCounted) {
     EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
   }
   // Flip one byte of every slot's first page in the store file.
-  std::string store = c.options.cache_dir + "/store";
-  int sfd = open(store.c_str(), O_RDWR);
-  ASSERT_GE(sfd, 0);
-  for (uint64_t slot = 0; slot < 16; ++slot) {
-    char b;
-    ASSERT_EQ(pread(sfd, &b, 1, slot * kBlock + 100), 1);
-    b ^= 0x40;
-    ASSERT_EQ(pwrite(sfd, &b, 1, slot * kBlock + 100), 1);
-  }
-  fsync(sfd);
-  close(sfd);
+  FlipStoreBytes(c, 100);
   auto e = OpenEngine(c);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());
@@ -809,18 +815,7 @@ TEST_F(EngineTest, OverwriteCarriesValidSubBlocksButNotACorruptOne) {
     EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
   }
   // Flip a byte of sub-block 5 in every slot of the store file.
-  std::string store = c.options.cache_dir + "/store";
-  int sfd = open(store.c_str(), O_RDWR);
-  ASSERT_GE(sfd, 0);
-  for (uint64_t slot = 0; slot < 16; ++slot) {
-    char b;
-    const off_t at = static_cast<off_t>(slot * kBlock + 5 * 4096 + 100);
-    ASSERT_EQ(pread(sfd, &b, 1, at), 1);
-    b ^= 0x40;
-    ASSERT_EQ(pwrite(sfd, &b, 1, at), 1);
-  }
-  fsync(sfd);
-  close(sfd);
+  FlipStoreBytes(c, 5 * 4096 + 100);
   auto e = OpenEngine(c);
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok());

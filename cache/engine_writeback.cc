@@ -30,6 +30,12 @@
 // timeouts are counted; a failure burst is logged once when the first file
 // starts failing and once when the last one recovers.
 //
+// Modes. mode=cow writes nothing back (CommitLayer does, by Flush). In image
+// mode a worker takes the image only when an fsync has sealed an epoch, and
+// WriteBackBatch writes that epoch's versions, all of them, as one batch; a
+// flush waited for seals the current state when nothing sealed is left
+// (engine_image.cc).
+//
 // Thread-safety: the pool's state is under wb_mu_ (taken before mu_).
 #include <unistd.h>
 

@@ -90,7 +90,9 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   const CacheOptions& o = config.options;
   if (o.source_timeout > 0) {
     auto ms = std::chrono::milliseconds(static_cast<int64_t>(o.source_timeout * 1000));
-    e->timeout_backing_ = std::make_unique<TimeoutBacking>(e->backing_, ms, kSourceReadWorkers);
+    e->timeout_backing_ = std::make_unique<TimeoutBacking>(
+        e->backing_, ms, kSourceReadWorkers, /*time_writes=*/false,
+        EngineConfig::kMaxDirectSourceReads);
     e->wb_timeout_backing_ = std::make_unique<TimeoutBacking>(e->backing_, ms, kSourceReadWorkers,
                                                               /*time_writes=*/true);
     e->backing_ = e->timeout_backing_.get();
@@ -1476,12 +1478,38 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
 
 Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
     CachedFile& file, int fd, uint64_t from, uint64_t to,
-    const std::vector<std::shared_ptr<Fetch>>& run, bool defer_install) {
+    const std::vector<std::shared_ptr<Fetch>>& run, bool defer_install,
+    const std::function<void()>& reply_eio) {
   const uint64_t bs = sb_.block_size;
   const size_t len = static_cast<size_t>(to - from);
   std::shared_ptr<char> buf(static_cast<char*>(std::aligned_alloc(kSubBlockSize, len)), std::free);
-  auto n = buf ? backing_->Read(fd, from, len, buf.get())
-               : Result<size_t>(Status::Error(ENOMEM, "out of memory"));
+  Result<size_t> n = Status::Error(ENOMEM, "out of memory");
+  bool expired = false;  // the deadline passed: the run is failed and unregistered already
+  if (buf && reply_eio && timeout_backing_) {
+    // On this thread, no hand-off (docs/benchmarks.md: two thread wake-ups
+    // per miss); the watchdog answers for us if SOURCE hangs.
+    const std::function<void()> on_expired = [&] {
+      expired = true;
+      const Status timed_out = Status::Error(
+          EIO, "read from the source timed out after " +
+                   std::to_string(static_cast<int64_t>(config_.options.source_timeout * 1000)) +
+                   " ms");
+      for (const auto& f : run) {
+        {
+          std::lock_guard<std::mutex> lock(f->mu);
+          f->status = timed_out;
+          f->done = true;
+        }
+        f->cv.notify_all();  // waiters fail now, not when SOURCE answers
+      }
+      InstallRun(file, run);  // unregisters, installs nothing
+      reply_eio();
+    };
+    n = timeout_backing_->ReadDirect(fd, from, len, buf.get(), on_expired);
+  } else if (buf) {
+    n = backing_->Read(fd, from, len, buf.get());
+  }
+  if (expired) return n.status();
   Status status = n.ok() ? Status::Ok() : n.status();
   size_t got = n.ok() ? n.value() : 0;
   if (got > 0) {
@@ -1583,7 +1611,7 @@ void Engine::WaitForInstalls() {
 }
 
 Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out,
-                              bool bypass, bool* missed) {
+                              bool bypass, bool* missed, const std::function<void()>& reply_eio) {
   bool ignored = false;
   if (missed == nullptr) missed = &ignored;
   const uint64_t bs = sb_.block_size;
@@ -1679,7 +1707,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
     const uint64_t to = AlignedBuffer::RoundUp(stop);
     const bool fill = run.front()->fill;
     *missed = true;
-    auto fetched = FetchRun(file, fd, from, to, run, /*defer_install=*/!fill);
+    auto fetched = FetchRun(file, fd, from, to, run, /*defer_install=*/!fill, reply_eio);
     if (!fetched.ok()) return fetched.status();
     if (fill) {
       // The block's own sub-blocks win over SOURCE's bytes. Sub-blocks the
@@ -1773,10 +1801,10 @@ Result<size_t> Engine::ReadMixed(CachedFile& file, int fd, uint64_t index, uint3
 }
 
 Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                            char* buf) {
+                            char* buf, const std::function<void()>& reply_eio) {
   const uint64_t start = MonotonicNs();
   bool missed = false;
-  auto n = ReadRange(file, fd, off, len, buf, &missed);
+  auto n = ReadRange(file, fd, off, len, buf, &missed, reply_eio);
   // Reads at or past the end of the file return at once: not timed.
   if (n.ok() && n.value() > 0) {
     (missed ? read_miss_latency_ : read_hit_latency_).Record(MonotonicNs() - start);
@@ -1785,7 +1813,8 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
 }
 
 Result<size_t> Engine::ReadRange(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                                 char* buf, bool* missed) {
+                                 char* buf, bool* missed,
+                                 const std::function<void()>& reply_eio) {
   if (file.detached_) {
     *missed = true;
     return backing_->Read(fd->get(), off, len, buf);
@@ -1807,7 +1836,7 @@ Result<size_t> Engine::ReadRange(CachedFile& file, const SourceFdRef& fd, uint64
   }
   size_t done = 0;
   while (done < len) {
-    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done, bypass, missed);
+    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done, bypass, missed, reply_eio);
     if (!n.ok()) return n.status();
     if (n.value() == 0 && overlay) {
       // Past SOURCE's end but inside the file as written through the mount:

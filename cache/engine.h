@@ -96,6 +96,8 @@
 
 namespace cachefs {
 
+class TimeoutBacking;
+
 struct EngineConfig {
   CacheOptions options;
   std::string source;  // canonical SOURCE path
@@ -109,6 +111,11 @@ struct EngineConfig {
   // the block store once it is open.
   std::function<Result<std::unique_ptr<MetaStore>>(const std::string& dir, bool create)> open_meta;
   std::function<std::unique_ptr<BlockStore>(std::unique_ptr<BlockStore>)> wrap_store;
+
+  // Reads of SOURCE done at most at once on the threads of readers that can
+  // answer late (Read's `reply_eio`), without a hand-off to a worker: as
+  // many reader threads stay stuck while SOURCE hangs.
+  static constexpr unsigned kMaxDirectSourceReads = 4;
 
   // Defaults of options fixed at format (ARCHITECTURE.md option table).
   static constexpr uint64_t kDefaultBlockSize = 64 * 1024;
@@ -279,7 +286,16 @@ class Engine {
   // from the cache where it can; short only at end of file. Readahead
   // started by this read holds `fd` until it is done. Timed as a hit when
   // all of it came from the cache, else as a miss (EngineStats).
-  Result<size_t> Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len, char* buf);
+  //
+  // `reply_eio`, for a caller that can answer its request from another
+  // thread (the FUSE layer): SOURCE is then read on the caller's own thread,
+  // without a hand-off to a worker (TimeoutBacking::ReadDirect). If such a
+  // read is still running after source_timeout, the fetches waiting on it
+  // fail with EIO and `reply_eio` runs, on another thread, while the caller
+  // is still blocked; Read then fails too once SOURCE answers, and the
+  // caller must not answer again.
+  Result<size_t> Read(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len, char* buf,
+                      const std::function<void()>& reply_eio = nullptr);
   // After SOURCE was changed through the mount in [off, off+len) (a write,
   // fallocate, copy_file_range) or cut at `st.st_size` (truncate): drops the
   // cached blocks touched and adopts `st` as the fingerprint.
@@ -659,12 +675,13 @@ class Engine {
   // Read() untimed; sets `*missed` when any of it came from SOURCE or
   // waited for a fetch.
   Result<size_t> ReadRange(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                           char* buf, bool* missed);
+                           char* buf, bool* missed, const std::function<void()>& reply_eio);
   // Serves the part of [pos, pos + want) that lies in pos's block, or more
   // when a run of missing blocks was fetched; 0 at end of file. Sets
   // `*missed` (if given) unless all of it was served from the cache at once.
+  // With `reply_eio`, SOURCE is read on this thread (see Read).
   Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out, bool bypass,
-                        bool* missed = nullptr);
+                        bool* missed, const std::function<void()>& reply_eio);
   // Serves [begin, end) of block `index` sub-block by sub-block: the
   // cache's valid sub-blocks (dirty ones included), SOURCE's bytes for the
   // others, zeros past SOURCE's end where the mount shows the file longer.
@@ -677,10 +694,12 @@ class Engine {
   // consecutive blocks, the first holding `from`), completes the fetches and
   // installs what was read in the cache (InstallRun), by the installer
   // thread if `defer_install`. Returns the buffer (holding `from` at offset
-  // 0) and the bytes read, or the read's error.
+  // 0) and the bytes read, or the read's error. With `reply_eio`, reads on
+  // this thread (see Read).
   Result<std::pair<std::shared_ptr<char>, size_t>> FetchRun(
       CachedFile& file, int fd, uint64_t from, uint64_t to,
-      const std::vector<std::shared_ptr<Fetch>>& run, bool defer_install);
+      const std::vector<std::shared_ptr<Fetch>>& run, bool defer_install,
+      const std::function<void()>& reply_eio = nullptr);
   // Installs the completed fetches `run` and unregisters them.
   void InstallRun(CachedFile& file, const std::vector<std::shared_ptr<Fetch>>& run);
   void InstallLoop();
@@ -926,7 +945,7 @@ class Engine {
   Status MarkConflict(uint64_t file_id, CachedFile* live);
 
   EngineConfig config_;
-  std::unique_ptr<Backing> timeout_backing_;  // wraps the slow store when source_timeout > 0
+  std::unique_ptr<TimeoutBacking> timeout_backing_;  // wraps the slow store when source_timeout > 0
   Backing* backing_ = nullptr;
   // The writeback's view of the slow store: its writes, syncs and stats
   // time out after source_timeout too (when it is > 0).

@@ -16,10 +16,21 @@
 // bytes again (and an old write never lands over a newer one). Without
 // `time_writes` they pass straight to the inner Backing.
 //
+// A hand-off costs two thread wake-ups per read, a good part of what a cold
+// read through the cache costs over reading the slow store directly
+// (docs/benchmarks.md). ReadDirect avoids it for callers that can answer
+// for themselves when late (the FUSE layer can reply from any thread): the
+// read runs on the caller's thread, and a watchdog thread calls the
+// caller's `expired` at the deadline. Such a caller's thread stays stuck
+// while the store hangs, so at most max_direct of them read at once, and
+// none while one is overdue: once the store seems hung, reads go through
+// the workers again until it answers.
+//
 // Thread-safety: all methods may be called concurrently.
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 
 #include "cache/backing.h"
@@ -29,14 +40,23 @@ namespace cachefs {
 class TimeoutBacking final : public Backing {
  public:
   // REQUIRES: timeout > 0, max_workers > 0; `inner` outlives this object and
-  // every worker (RealBacking() does).
+  // every worker (RealBacking() does). max_direct: ReadDirect calls reading
+  // on their own thread at once at most (0: none, every read is handed off).
   TimeoutBacking(Backing* inner, std::chrono::milliseconds timeout, unsigned max_workers,
-                 bool time_writes = false);
+                 bool time_writes = false, unsigned max_direct = 0);
   ~TimeoutBacking() override;
   TimeoutBacking(const TimeoutBacking&) = delete;
   TimeoutBacking& operator=(const TimeoutBacking&) = delete;
 
   Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override;
+  // Read, but on the calling thread when a direct slot is free and no direct
+  // read is overdue. If that read is still running at the deadline,
+  // `expired` runs once, on the watchdog thread, while the caller is still
+  // blocked (so it may use the caller's stack); the call then fails with EIO
+  // ("timed out") once the read returns, whatever it read. Otherwise it is
+  // Read(), and `expired` never runs.
+  Result<size_t> ReadDirect(int fd, uint64_t off, size_t len, void* buf,
+                            const std::function<void()>& expired);
   Status Write(int fd, uint64_t off, size_t len, const void* buf) override;
   Status Sync(int fd) override;
   Status Stat(int fd, struct stat* st) override;

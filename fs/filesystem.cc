@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -681,6 +682,12 @@ fuse_bufvec FdBufvec(int fd, size_t size, off_t pos) {
   return v;
 }
 
+// The FUSE worker threads of the mount (fs/mount.cc runs this many).
+unsigned FuseThreads(const Filesystem& fs) {
+  unsigned n = fs.options().fuse_threads;
+  return n == 0 ? FsOptions::kDefaultFuseThreads : n;
+}
+
 void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
   FileHandle* fh = Fh(fi);
   if (fh->cached && Fs(req).engine() != nullptr) {
@@ -688,8 +695,19 @@ void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fil
     // reads are copied, not spliced.
     thread_local std::vector<char> buf;
     if (buf.size() < size) buf.resize(size);
-    auto n =
-        Fs(req).engine()->Read(*fh->cached, fh->src, static_cast<uint64_t>(off), size, buf.data());
+    // SOURCE is read on this thread, without a hand-off, when enough FUSE
+    // threads stay free if it hangs (at most kMaxDirectSourceReads get
+    // stuck): past source_timeout, the engine's watchdog answers EIO for us.
+    std::atomic<bool> answered{false};
+    std::function<void()> reply_eio;
+    if (FuseThreads(Fs(req)) >= 2 * EngineConfig::kMaxDirectSourceReads) {
+      reply_eio = [req, &answered] {
+        if (!answered.exchange(true)) ReplyErr(req, EIO);
+      };
+    }
+    auto n = Fs(req).engine()->Read(*fh->cached, fh->src, static_cast<uint64_t>(off), size,
+                                    buf.data(), reply_eio);
+    if (answered.exchange(true)) return;  // answered with EIO at the deadline
     if (!n.ok()) return ReplyErr(req, ErrnoOf(n.status()));
     fuse_reply_buf(req, buf.data(), n.value());
     return;

@@ -686,6 +686,73 @@ TEST_F(EngineTest, HungSourceReadFailsAfterTheTimeout) {
   EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
 }
 
+TEST_F(EngineTest, DirectReadServesAndCaches) {
+  auto e = OpenEngine(Config());
+  std::string data = Pattern(2 * kBlock, 23);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  int answers = 0;
+  std::string out(kBlock, '\0');  // the end of block 0, the start of block 1
+  auto n = e->Read(*f.value(), fd, kBlock - 4096, out.size(), out.data(), [&] { answers++; });
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_EQ(n.value(), out.size());
+  EXPECT_TRUE(out == data.substr(kBlock - 4096, out.size()));
+  EXPECT_EQ(answers, 0);
+  e->WaitForInstalls();
+  EXPECT_EQ(e->stats().blocks_cached, 2u);
+  EXPECT_EQ(backing_.reads, 1);
+  EXPECT_TRUE(ReadAll(*e, *f.value(), fd, kBlock - 4096, out.size()) == out);
+  EXPECT_EQ(backing_.reads, 1);
+}
+
+TEST_F(EngineTest, HungDirectReadIsAnsweredAtTheDeadline) {
+  EngineConfig c = Config();
+  c.options.source_timeout = 0.1;
+  auto e = OpenEngine(c);
+  std::string data = Pattern(kBlock, 22);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  backing_.delay_ms = 600;
+  const auto start = std::chrono::steady_clock::now();
+  auto since = [&] { return std::chrono::steady_clock::now() - start; };
+  std::atomic<int> answers{0};
+  std::atomic<int64_t> answered_ms{-1};
+  // A second reader of the block waits for the first one's fetch: it fails
+  // when the fetch is given up, not when SOURCE answers.
+  int waiter_code = 0;
+  std::chrono::steady_clock::duration waiter_took{};
+  std::thread waiter([&] {
+    while (backing_.reads == 0 && since() < std::chrono::seconds(3)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::string out(100, '\0');
+    auto n = e->Read(*f.value(), fd, 0, 100, out.data());
+    waiter_code = n.ok() ? 0 : n.status().code();
+    waiter_took = since();
+  });
+  std::string out(100, '\0');
+  auto n = e->Read(*f.value(), fd, 0, 100, out.data(), [&] {
+    answers++;
+    answered_ms = std::chrono::duration_cast<std::chrono::milliseconds>(since()).count();
+  });
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), EIO);
+  // SOURCE was read on this thread (it returned only when SOURCE did); the
+  // answer went out at the deadline.
+  EXPECT_GE(since(), std::chrono::milliseconds(500));
+  EXPECT_EQ(answers, 1);
+  EXPECT_GE(answered_ms, 90);
+  EXPECT_LT(answered_ms, 400);
+  waiter.join();
+  EXPECT_EQ(waiter_code, EIO);
+  EXPECT_LT(waiter_took, std::chrono::milliseconds(450));
+  backing_.delay_ms = 0;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // a stuck worker read ends
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+}
+
 TEST_F(EngineTest, RenameKeepsTheCacheUnlinkDropsIt) {
   auto e = OpenEngine(Config());
   std::string data = Pattern(kBlock, 14);

@@ -10,6 +10,7 @@
 //   base/daemon.log  cachefs's stderr (it runs with -f)
 // The kernel's pages of a cachefs file are dropped at every open (cachefs
 // replies keep_cache=0), so each read below opens the file anew.
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -589,6 +590,95 @@ TEST_F(CacheEviction, StoreStaysAtCacheSize) {
   ASSERT_EQ(stat(store().c_str(), &st), 0) << std::strerror(errno);
   EXPECT_EQ(st.st_size, static_cast<off_t>(kMiB));
   EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, kMiB + (64 << 10));
+}
+
+// --- 10. a slow store that hangs (source_timeout) ---------------------------------
+
+class CacheHungSource : public CacheFixture {};
+
+// Reads `len` bytes at `off` of the open `fd`; the errno, or 0 and the bytes.
+int ReadAt(int fd, off_t off, size_t len, std::string* out) {
+  out->assign(len, '\0');
+  ssize_t n = pread(fd, out->data(), len, off);
+  if (n < 0) return errno;
+  out->resize(static_cast<size_t>(n));
+  return 0;
+}
+
+// Whether every thread of process `pid` is stopped (SIGSTOP taken).
+bool AllThreadsStopped(pid_t pid) {
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  DIR* dir = opendir(tasks.c_str());
+  if (dir == nullptr) return false;
+  bool all = true;
+  int seen = 0;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    ++seen;
+    // "TID (comm) STATE ...": the state follows the last ')'.
+    const std::string stat = ReadFile(tasks + "/" + e->d_name + "/stat");
+    const size_t paren = stat.rfind(')');
+    if (paren == std::string::npos || paren + 2 >= stat.size() ||
+        (stat[paren + 2] != 'T' && stat[paren + 2] != 't')) {
+      all = false;
+    }
+  }
+  closedir(dir);
+  return all && seen > 0;
+}
+
+TEST_F(CacheHungSource, ColdReadFailsWithEioAtTheDeadlineAndHitsGoOn) {
+  // Long attribute timeouts: nothing but the reads below reaches the stopped store.
+  ASSERT_TRUE(MountCachefs({"--source_timeout=0.3", "--attr_timeout=60", "--entry_timeout=60"}));
+  const std::string data = Pattern(kFileSize, 9);
+  WriteFile(slow() + "/f", data);
+  int fd = open((mnt() + "/f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM), 0);  // reads of exactly what is asked
+  std::string got;
+  ASSERT_EQ(ReadAt(fd, 0, 4096, &got), 0);  // block 0 is cached now
+  EXPECT_EQ(got, data.substr(0, 4096));
+  // The slow store stops answering (as a server gone away would) until the end of the test.
+  const pid_t slowfs_pid = slowfs_->daemon_pid();
+  ASSERT_GT(slowfs_pid, 0);
+  ASSERT_EQ(kill(slowfs_pid, SIGSTOP), 0);
+  struct Continue {
+    pid_t pid;
+    ~Continue() { kill(pid, SIGCONT); }
+  } resume{slowfs_pid};
+  // kill returns before the threads stop, and one of them may still take a
+  // request meanwhile.
+  const auto stop_deadline = Clock::now() + std::chrono::seconds(5);
+  while (!AllThreadsStopped(slowfs_pid) && Clock::now() < stop_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_TRUE(AllThreadsStopped(slowfs_pid));
+  // A cold read is answered EIO at the deadline, though the daemon's read of
+  // the store is still stuck; so is the next one (handed off to a worker,
+  // now that the store looks hung).
+  for (off_t off : {off_t{20 * kBlockSize}, off_t{40 * kBlockSize + 8192}}) {
+    const auto start = Clock::now();
+    EXPECT_EQ(ReadAt(fd, off, 4096, &got), EIO) << "at " << off;
+    const auto took = Clock::now() - start;
+    EXPECT_GE(took, std::chrono::milliseconds(250)) << "at " << off;
+    EXPECT_LT(took, std::chrono::seconds(3)) << "at " << off;
+  }
+  // Cached data is still served (by cachefs: the kernel's copy is dropped).
+  ASSERT_EQ(posix_fadvise(fd, 0, 4096, POSIX_FADV_DONTNEED), 0);
+  ASSERT_EQ(ReadAt(fd, 0, 4096, &got), 0);
+  EXPECT_EQ(got, data.substr(0, 4096));
+  // The store answers again: so does the mount, from the store.
+  ASSERT_EQ(kill(slowfs_pid, SIGCONT), 0);
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  int err = EIO;
+  while (err != 0 && Clock::now() < deadline) {
+    err = ReadAt(fd, 20 * kBlockSize, 4096, &got);
+    if (err != 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(err, 0) << std::strerror(err);
+  EXPECT_EQ(got, data.substr(20 * kBlockSize, 4096));
+  close(fd);
+  UnmountCachefs();
 }
 
 }  // namespace

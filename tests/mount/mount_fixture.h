@@ -76,6 +76,7 @@ class MountedSlowfs {
 
   const std::string& src() const { return src_; }
   const std::string& mnt() const { return mnt_; }
+  pid_t daemon_pid() const { return pid_; }
 
   // Unmounts now and waits for slowfs; returns its exit status (as waitpid).
   int Unmount();

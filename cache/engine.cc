@@ -90,9 +90,9 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   const CacheOptions& o = config.options;
   if (o.source_timeout > 0) {
     auto ms = std::chrono::milliseconds(static_cast<int64_t>(o.source_timeout * 1000));
-    e->timeout_backing_ = std::make_unique<TimeoutBacking>(
-        e->backing_, ms, kSourceReadWorkers, /*time_writes=*/false,
-        EngineConfig::kMaxDirectSourceReads);
+    e->timeout_backing_ =
+        std::make_unique<TimeoutBacking>(e->backing_, ms, kSourceReadWorkers, /*time_writes=*/false,
+                                         EngineConfig::kMaxDirectSourceReads);
     e->wb_timeout_backing_ = std::make_unique<TimeoutBacking>(e->backing_, ms, kSourceReadWorkers,
                                                               /*time_writes=*/true);
     e->backing_ = e->timeout_backing_.get();
@@ -1813,8 +1813,7 @@ Result<size_t> Engine::Read(CachedFile& file, const SourceFdRef& fd, uint64_t of
 }
 
 Result<size_t> Engine::ReadRange(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                                 char* buf, bool* missed,
-                                 const std::function<void()>& reply_eio) {
+                                 char* buf, bool* missed, const std::function<void()>& reply_eio) {
   if (file.detached_) {
     *missed = true;
     return backing_->Read(fd->get(), off, len, buf);

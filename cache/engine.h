@@ -740,6 +740,20 @@ class Engine {
   // (readers and fetches of it wait); Unlock ends it.
   std::shared_ptr<Fetch> LockBlock(uint64_t file_id, uint64_t index);
   void UnlockBlock(uint64_t file_id, const std::shared_ptr<Fetch>& lock);
+  // LockBlock for a scope: the block is held until the HeldBlock goes.
+  class HeldBlock {
+   public:
+    HeldBlock(Engine* e, uint64_t file_id, uint64_t index)
+        : e_(e), file_id_(file_id), lock_(e->LockBlock(file_id, index)) {}
+    ~HeldBlock() { e_->UnlockBlock(file_id_, lock_); }
+    HeldBlock(const HeldBlock&) = delete;
+    HeldBlock& operator=(const HeldBlock&) = delete;
+
+   private:
+    Engine* e_;
+    uint64_t file_id_;
+    std::shared_ptr<Fetch> lock_;
+  };
   // Writes [begin, end) of block `index` into the cache, dirty or (for
   // writethrough, SOURCE having it already) clean. The rest of a partly
   // written sub-block comes from the cache, else from SOURCE (`fd`) up to

@@ -213,13 +213,7 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   const uint64_t bs = sb_.block_size;
   const uint32_t first = begin / kSubBlockSize;
   const uint32_t last = (end + kSubBlockSize - 1) / kSubBlockSize;  // exclusive
-  auto lock = LockBlock(id, index);
-  struct Unlock {
-    Engine* e;
-    uint64_t id;
-    const std::shared_ptr<Fetch>& l;
-    ~Unlock() { e->UnlockBlock(id, l); }
-  } unlock{this, id, lock};
+  HeldBlock held(this, id, index);
 
   // SOURCE's size as of now, with the block held: a writeback that put
   // this block on SOURCE (and then maybe saw it evicted) recorded SOURCE's
@@ -536,13 +530,7 @@ Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begi
     int fd;
     ~Closer() { close(fd); }
   } closer{wfd};
-  auto lock = LockBlock(id, index);
-  struct Unlock {
-    Engine* e;
-    uint64_t id;
-    const std::shared_ptr<Fetch>& l;
-    ~Unlock() { e->UnlockBlock(id, l); }
-  } unlock{this, id, lock};
+  HeldBlock held(this, id, index);
   uint64_t size;  // of the file as the mount shows it
   {
     std::lock_guard<std::mutex> l(file.mu_);

@@ -38,6 +38,12 @@ constexpr int kReadaheadThreads = 4;
 // Fetched runs waiting for the installer at most; past it readers install
 // their own (the store cannot keep up, so waiting is the right brake).
 constexpr size_t kMaxQueuedInstalls = 64;
+// While it has work, the installer looks at its queue this often instead of
+// being woken for each job; readers wake it only when kInstallBatch jobs
+// wait, or when it has gone to sleep after kInstallIdlePolls empty looks.
+constexpr std::chrono::milliseconds kInstallPoll{2};
+constexpr size_t kInstallBatch = 16;
+constexpr int kInstallIdlePolls = 250;
 // Readahead blocks the cache did not take, kept in memory for their readers
 // (Engine::Kept), all files together at most: 64 streams' default windows.
 constexpr uint64_t kMaxKeptBytes = uint64_t{64} << 20;
@@ -1537,6 +1543,7 @@ Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
     f->cv.notify_all();
   }
   bool deferred = false;
+  bool wake = false;
   if (defer_install && status.ok()) {
     // The reader need not wait for the store write and the commit: the
     // installer thread does them after the reply. A crash before then loses
@@ -1545,13 +1552,14 @@ Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
     if (!ra_stopping_ && install_queue_.size() < kMaxQueuedInstalls) {
       install_queue_.push_back(InstallJob{file.shared_from_this(), run});
       deferred = true;
+      // A busy installer polls the queue: waking it for every miss would
+      // cost the reader a futex call and a thread switch before its reply
+      // (docs/benchmarks.md, "Cold random reads").
+      wake = installer_asleep_ || install_queue_.size() >= kInstallBatch;
     }
   }
-  if (deferred) {
-    install_cv_.notify_all();
-  } else {
-    InstallRun(file, run);
-  }
+  if (wake) install_cv_.notify_all();
+  if (!deferred) InstallRun(file, run);
   if (!status.ok()) return status;
   return std::make_pair(std::move(buf), got);
 }
@@ -1590,9 +1598,22 @@ void Engine::InstallRun(CachedFile& file, const std::vector<std::shared_ptr<Fetc
 
 void Engine::InstallLoop() {
   std::unique_lock<std::mutex> lock(ra_mu_);
+  const auto ready = [this] { return install_stopping_ || !install_queue_.empty(); };
+  int idle_polls = kInstallIdlePolls;  // asleep until the first job
   while (true) {
-    install_cv_.wait(lock, [this] { return install_stopping_ || !install_queue_.empty(); });
+    if (!ready()) {
+      if (idle_polls >= kInstallIdlePolls) {
+        // Idle for a while: asleep until a reader queues a job and wakes us.
+        installer_asleep_ = true;
+        install_cv_.wait(lock, ready);
+        installer_asleep_ = false;
+      } else if (!install_cv_.wait_for(lock, kInstallPoll, ready)) {
+        idle_polls++;
+        continue;
+      }
+    }
     if (install_queue_.empty()) return;  // stopping, and everything is installed
+    idle_polls = 0;
     InstallJob job = std::move(install_queue_.front());
     install_queue_.pop_front();
     installs_running_++;

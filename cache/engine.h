@@ -1077,6 +1077,7 @@ class Engine {
   std::condition_variable install_cv_;
   std::deque<InstallJob> install_queue_;  // guarded by ra_mu_
   bool install_stopping_ = false;         // guarded by ra_mu_
+  bool installer_asleep_ = false;         // waits for a wake-up, not polling; guarded by ra_mu_
   int installs_running_ = 0;              // guarded by ra_mu_
   std::thread install_thread_;
 

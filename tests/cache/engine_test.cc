@@ -160,6 +160,43 @@ TEST_F(EngineTest, MissThenHitAndPartialLastBlock) {
   EXPECT_EQ(s.blocks_cached, 4u);
 }
 
+// The installer is not woken for each miss while it polls its queue, and
+// sleeps once idle: either way every fetched block gets installed, with
+// nobody waiting for it (no lost wake-up), and a burst larger than a batch too.
+TEST_F(EngineTest, InstallerFindsJobsWhetherPollingOrAsleep) {
+  auto e = OpenEngine(Config(128 * kBlock));
+  ASSERT_NE(e, nullptr);
+  std::string data = Pattern(64 * kBlock, 3);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  auto read_block = [&](uint64_t index) {
+    std::string out(4096, '\0');
+    auto n = e->Read(*f.value(), fd, index * kBlock, out.size(), out.data());
+    ASSERT_TRUE(n.ok()) << n.status().message();
+    EXPECT_EQ(out, data.substr(index * kBlock, 4096));
+  };
+  auto cached_within = [&](uint64_t want) {
+    for (int i = 0; i < 500 && e->stats().blocks_cached < want; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return e->stats().blocks_cached;
+  };
+  read_block(0);  // the installer is asleep: woken
+  EXPECT_EQ(cached_within(1), 1u);
+  read_block(1);  // just after a job: polling, not woken
+  EXPECT_EQ(cached_within(2), 2u);
+  // Asleep again after its idle looks (250 x 2 ms).
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  read_block(2);
+  EXPECT_EQ(cached_within(3), 3u);
+  for (uint64_t b = 3; b < 43; ++b) read_block(b);  // more than a batch at once
+  EXPECT_EQ(cached_within(43), 43u);
+  const int reads = backing_.reads;
+  for (uint64_t b = 0; b < 43; ++b) read_block(b);
+  EXPECT_EQ(backing_.reads, reads);  // all hits
+}
+
 TEST_F(EngineTest, WarmAfterCleanRestart) {
   std::string data = Pattern(2 * kBlock, 2);
   auto fd = MakeFile("f", data);

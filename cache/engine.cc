@@ -204,8 +204,13 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
                            "' is a directory");
   }
 
+  if (o.store_direct_io && sb.store_kind != StoreKind::kFile) {
+    return Status::Invalid("store_io=direct needs store=file; cache '" + dir +
+                           "' has store=" + StoreKindName(sb.store_kind));
+  }
   StoreConfig sc;
   sc.kind = sb.store_kind;
+  sc.direct_io = o.store_direct_io;
   sc.path = sb.store_path;
   sc.block_size = sb.block_size;
   sc.slot_count = sb.slot_count;

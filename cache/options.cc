@@ -41,6 +41,12 @@ Result<StoreKind> ParseStoreKind(const std::string& text) {
 
 const char* StoreKindName(StoreKind kind) { return kind == StoreKind::kFile ? "file" : "pmem"; }
 
+Result<bool> ParseStoreIo(const std::string& text) {
+  if (text == "buffered") return false;
+  if (text == "direct") return true;
+  return Status::Invalid("'" + text + "' is not a store IO kind (buffered, direct)");
+}
+
 bool IsKnownPolicy(const std::string& name) {
   for (const char* p : kPolicies) {
     if (name == p) return true;

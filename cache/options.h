@@ -19,6 +19,8 @@ Result<CacheMode> ParseCacheMode(const std::string& text);
 const char* CacheModeName(CacheMode mode);
 Result<StoreKind> ParseStoreKind(const std::string& text);
 const char* StoreKindName(StoreKind kind);
+// store_io=: "buffered" (false) or "direct" (true).
+Result<bool> ParseStoreIo(const std::string& text);
 
 struct CacheOptions {
   // Cache directory (store, metadata, lock). Empty: /var/cache/cachefs/ plus
@@ -32,6 +34,10 @@ struct CacheOptions {
   // Store kind and location. Fixed at format. Default: file, DIR/store.
   std::optional<StoreKind> store;
   std::optional<std::string> store_path;
+  // store_io=direct: every read and write of a file store with O_DIRECT
+  // (StoreConfig::direct_io); buffered (false) still writes fills of 64 KiB
+  // and more with O_DIRECT (FileStore). Per mount. Default: buffered.
+  bool store_direct_io = false;
   // Caching mode; persisted per cache. Default: writethrough.
   std::optional<CacheMode> mode;
   // Eviction policy name. Default: the scan-resistant one.

@@ -54,6 +54,10 @@ const std::vector<OptionSpec>& Specs() {
          c.cache.store_path = v;
          return Status::Ok();
        }},
+      {"store_io", "file store IO: buffered, or direct (O_DIRECT for all) [buffered]", true,
+       [](DaemonConfig& c, const std::string& v) {
+         return Assign(ParseStoreIo(v), [&](bool d) { c.cache.store_direct_io = d; });
+       }},
       {"mode", "writethrough, writeback, writearound, readonly or cow [writethrough]", true,
        [](DaemonConfig& c, const std::string& v) {
          return Assign(ParseCacheMode(v), [&](CacheMode m) { c.cache.mode = m; });

@@ -935,6 +935,61 @@ TEST_F(EngineTest, OverwriteCarriesValidSubBlocksButNotACorruptOne) {
   EXPECT_EQ(ReadSource(source_ + "/f"), expect);
 }
 
+// store_io=direct: every store IO of the engine is O_DIRECT-aligned (misses,
+// fills, unaligned writes carried into a block, flush, a warm restart), and
+// the store really is open with O_DIRECT. Refused with a pmem store.
+TEST_F(EngineTest, StoreIoDirectServesEveryPath) {
+  std::string data = Pattern(3 * kBlock + 777, 40);
+  auto fd = MakeFile("f", data);
+  EngineConfig c = WritebackConfig();
+  c.options.store_direct_io = true;
+  std::string expect = data;
+  {
+    auto e = OpenEngine(c);
+    ASSERT_NE(e, nullptr);
+    bool direct = false;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+      std::error_code ec;
+      if (std::filesystem::read_symlink(entry.path(), ec) != c.options.cache_dir + "/store")
+        continue;
+      direct = (fcntl(std::stoi(entry.path().filename()), F_GETFL) & O_DIRECT) != 0;
+    }
+    EXPECT_TRUE(direct) << "the store is not open with O_DIRECT";
+    auto f = e->OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 10, 5000), data.substr(10, 5000));  // a miss
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);             // fills
+    std::string w = Pattern(5000, 41);  // unaligned, into a cached block
+    ASSERT_TRUE(e->Write(*f.value(), fd, kBlock + 100, w.data(), w.size(), false).ok());
+    expect.replace(kBlock + 100, w.size(), w);
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, expect.size()), expect);
+    ASSERT_TRUE(e->Flush().ok());
+    EXPECT_EQ(ReadSource(source_ + "/f"), expect);
+  }
+  fd = OpenSourceFile("f");
+  const int before = backing_.reads;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, expect.size()), expect);
+  EXPECT_EQ(backing_.reads, before);  // warm after the restart
+  EXPECT_EQ(e->stats().crc_errors, 0u);
+}
+
+TEST_F(EngineTest, StoreIoDirectIsRefusedWithPmem) {
+  EngineConfig c = Config();
+  c.options.store = StoreKind::kPmem;
+  c.options.store_path = "/dev/shm/cachefs-engine-test-pmem-" + std::to_string(getpid());
+  c.options.store_direct_io = true;
+  auto e = Engine::Open(c);
+  unlink(c.options.store_path->c_str());
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), EINVAL);
+  EXPECT_NE(e.status().message().find("store_io=direct needs store=file"), std::string::npos)
+      << e.status().message();
+}
+
 TEST_F(EngineTest, WritebackWritesLandInTheCacheAndReachSourceOnFlush) {
   std::string data = Pattern(3 * kBlock, 30);
   auto fd = MakeFile("f", data);

@@ -477,6 +477,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadOption{"FuseThreadsNotANumber", {"-o", "fuse_threads=many"}, {"fuse_threads", "many"}},
         BadOption{"UnknownPolicy", {"-o", "policy=fifo"}, {"policy", "fifo"}},
         BadOption{"UnknownStore", {"-o", "store=tape"}, {"store", "tape"}},
+        BadOption{"UnknownStoreIo", {"-o", "store_io=fast"}, {"store_io", "fast"}},
         BadOption{"EmptyCacheDir", {"-o", "cache="}, {"'cache'"}},
         BadOption{"ValueOptionWithoutValue", {"-o", "cache_size"}, {"cache_size", "value"}},
         BadOption{"LongOptionWithoutValue", {"--attr-timeout"}, {"attr"}},

@@ -10,6 +10,9 @@
 #   passthrough_ll  libfuse's example passthrough over the local directory
 #                   itself: the FUSE ceiling for a warm cache (built here from
 #                   the libfuse3-dev package, never part of the tree)
+#   hop             the same passthrough_ll over the slowfs mount: what one
+#                   FUSE layer over the slow store costs by itself, without any
+#                   cache (the ceiling for a cold cache, for the report only)
 #   rclone          `rclone mount --vfs-cache-mode full` over the slowfs mount,
 #                   cold and warm like cachefs: the established alternative
 # It runs a 1 MiB sequential read of the whole file and a time-based 4 KiB
@@ -148,8 +151,9 @@ src=$work/src
 mnt_slow=$work/mnt-slowfs
 mnt_cachefs=$work/mnt-cachefs
 mnt_ptll=$work/mnt-passthrough_ll
+mnt_hop=$work/mnt-hop
 mnt_rclone=$work/mnt-rclone
-mkdir -p "$src" "$mnt_slow" "$mnt_cachefs" "$mnt_ptll" "$mnt_rclone" "$work/bin"
+mkdir -p "$src" "$mnt_slow" "$mnt_cachefs" "$mnt_ptll" "$mnt_hop" "$mnt_rclone" "$work/bin"
 # Every exit path, Ctrl-C and failures included, unmounts everything (upper
 # mounts first, lazily), ends every daemon and a running fio, and removes
 # the work directory (bench/lib.sh).
@@ -165,10 +169,13 @@ bench_layout_file "$src/$testfile" "$size"
 
 slowfs_cmd=("$slowfs_bin" "$src" "$mnt_slow" -f -o "latency_us=$latency_us,bandwidth=$bandwidth")
 ptll_cmd=("$work/bin/passthrough_ll" -f -o "source=$src" "$mnt_ptll")
+hop_cmd=("$work/bin/passthrough_ll" -f -o "source=$mnt_slow" "$mnt_hop")
 log "mounting slowfs: ${slowfs_cmd[*]}"
 bench_start_mount slowfs "$mnt_slow" "$work/slowfs.log" "${slowfs_cmd[@]}"
 log "mounting passthrough_ll: ${ptll_cmd[*]}"
 bench_start_mount passthrough_ll "$mnt_ptll" "$work/passthrough_ll.log" "${ptll_cmd[@]}"
+log "mounting passthrough_ll over slowfs: ${hop_cmd[*]}"
+bench_start_mount hop "$mnt_hop" "$work/hop.log" "${hop_cmd[@]}"
 
 slow_stats() { getfattr --only-values -n user.slowfs.stats "$mnt_slow" 2>/dev/null; }
 slow_reset() { setfattr -n user.slowfs.reset -v 1 "$mnt_slow"; }
@@ -271,6 +278,9 @@ round() {
     passthrough_ll)
       measure passthrough_ll - seqread "$mnt_ptll"
       measure passthrough_ll - randread "$mnt_ptll" ;;
+    hop)
+      measure hop - seqread "$mnt_hop"
+      measure hop - randread "$mnt_hop" ;;
     cachefs*)
       local bs=$block_size
       [ "$variant" = cachefs ] || bs=${variant#cachefs@}
@@ -300,6 +310,7 @@ round() {
 
 same_bytes "$mnt_slow" 0 || die "the test file reads differently through slowfs"
 same_bytes "$mnt_ptll" 0 || die "the test file reads differently through passthrough_ll"
+same_bytes "$mnt_hop" 0 || die "the test file reads differently through passthrough_ll over slowfs"
 ra_kb[slowfs]=$(read_ahead_kb "$mnt_slow")
 ra_kb[passthrough_ll]=$(read_ahead_kb "$mnt_ptll")
 
@@ -307,7 +318,7 @@ if [ "$sweep" -eq 1 ]; then
   variants=(slowfs passthrough_ll)
   for b in "${sweep_list[@]}"; do variants+=("cachefs@$b"); done
 else
-  variants=(slowfs passthrough_ll cachefs)
+  variants=(slowfs passthrough_ll hop cachefs)
   [ "$use_rclone" -eq 1 ] && variants+=(rclone)
 fi
 
@@ -372,6 +383,8 @@ report_header() {
   [ "$sweep" -eq 1 ] && echo "  (block sizes ${sweep_sizes//,/, } in turn)"
   echo "- passthrough_ll: \`passthrough_ll -f -o source=SRC MNT\` over the local copy" \
     "(defaults; built from $bench_ptll_src_dir); kernel readahead ${ra_kb[passthrough_ll]} KiB"
+  [ "$sweep" -eq 1 ] || echo "- hop: the same passthrough_ll over the slowfs mount" \
+    "(\`-o source=SLOW\`): one FUSE layer over the slow store, no cache"
   if [ "$use_rclone" -eq 1 ]; then
     echo "- rclone: $(rclone version 2>/dev/null | head -n 1),"
     echo "  \`${cmdline[rclone]//$work/W}\` (a fresh --cache-dir for every cold run;" \
@@ -388,16 +401,16 @@ report_header() {
 report_comparison() {
   local w
   if [ "$use_rclone" -eq 1 ]; then
-    echo "| workload | slowfs | cachefs cold | cachefs warm | passthrough_ll | rclone cold | rclone warm |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| workload | slowfs | hop | cachefs cold | cachefs warm | passthrough_ll | rclone cold | rclone warm |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   else
-    echo "| workload | slowfs | cachefs cold | cachefs warm | passthrough_ll |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| workload | slowfs | hop | cachefs cold | cachefs warm | passthrough_ll |"
+    echo "|---|---:|---:|---:|---:|---:|"
   fi
   for w in seqread randread; do
-    printf '| %s (%s) | %s | %s | %s | %s |' "${label[$w]}" "$(unit $w)" \
-      "$(med "slowfs - $w")" "$(med "cachefs cold $w")" "$(med "cachefs warm $w")" \
-      "$(med "passthrough_ll - $w")"
+    printf '| %s (%s) | %s | %s | %s | %s | %s |' "${label[$w]}" "$(unit $w)" \
+      "$(med "slowfs - $w")" "$(med "hop - $w")" "$(med "cachefs cold $w")" \
+      "$(med "cachefs warm $w")" "$(med "passthrough_ll - $w")"
     [ "$use_rclone" -eq 1 ] && printf ' %s | %s |' "$(med "rclone cold $w")" "$(med "rclone warm $w")"
     echo
   done
@@ -406,7 +419,9 @@ report_comparison() {
   echo "|---|---|---:|---|---:|---|"
   local spec a b goal op limit rs rr
   local specs=("cachefs warm / passthrough_ll|cachefs warm|passthrough_ll -|>=|1.00"
-    "cachefs cold / slowfs|cachefs cold|slowfs -|>=|0.95")
+    "cachefs cold / slowfs|cachefs cold|slowfs -|>=|0.95"
+    "(hop / slowfs)|hop -|slowfs -||"
+    "(cachefs cold / hop)|cachefs cold|hop -||")
   [ "$use_rclone" -eq 1 ] && specs+=("cachefs warm / rclone warm|cachefs warm|rclone warm|>|1.00"
     "(rclone cold / slowfs)|rclone cold|slowfs -||"
     "(rclone warm / passthrough_ll)|rclone warm|passthrough_ll -||")

@@ -1559,7 +1559,7 @@ Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
       deferred = true;
       // A busy installer polls the queue: waking it for every miss would
       // cost the reader a futex call and a thread switch before its reply
-      // (docs/benchmarks.md, "Cold random reads").
+      // (docs/benchmarks.md, "What was tried").
       wake = installer_asleep_ || install_queue_.size() >= kInstallBatch;
     }
   }

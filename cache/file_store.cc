@@ -22,7 +22,7 @@ std::string What(const std::string& path) { return "store '" + path + "'"; }
 // cold 4 KiB random reads 0.89x of the slow store with them buffered, 0.80x
 // direct). Whole 64 KiB blocks written direct leave the page cache alone and
 // save the copy (13% of the CPU samples of a cold sequential read), with no
-// change in its throughput here (docs/benchmarks.md, "Session 6").
+// change in its throughput here (docs/benchmarks.md, "What was tried").
 constexpr uint32_t kMinDirectFill = 64 * 1024;
 
 // "64.0 MiB": sizes in messages for people.

@@ -54,12 +54,10 @@ Status BlockStore::Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf)
   return s;
 }
 
-Status BlockStore::Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf,
-                         WriteHint hint) {
+Status BlockStore::Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf) {
   if (Status s = CheckRange(slot, offset, len); !s.ok()) return s;
   if (len == 0) return Status::Ok();
-  const uint64_t pos = StoreOffset(slot, offset);
-  Status s = hint == WriteHint::kFill ? DoWriteFill(pos, len, buf) : DoWrite(pos, len, buf);
+  Status s = DoWrite(StoreOffset(slot, offset), len, buf);
   if (!s.ok()) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     return s;

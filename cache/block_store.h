@@ -61,15 +61,6 @@ struct StoreConfig {
   uint64_t size_bytes() const { return slot_count * block_size; }
 };
 
-// What a Write carries, for stores that can place it better.
-//   kNormal: data likely read again soon (a write through the mount).
-//   kFill: a copy of SOURCE's data put in the cache by a read (miss,
-//     readahead, warm) or moved by segment cleaning: the page cache need not
-//     hold a second copy of it. FileStore writes it with O_DIRECT where it can
-//     (docs/benchmarks.md: cold reads spend their CPU on copies); others
-//     ignore the hint. Durability is the same: Persist() covers it.
-enum class WriteHint { kNormal, kFill };
-
 // Alignment of offsets, lengths and buffers with StoreConfig::direct_io.
 inline constexpr uint32_t kDirectIoAlignment = 4096;
 
@@ -102,8 +93,7 @@ class BlockStore {
   Status Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf);
   // Writes `len` bytes at `offset` inside `slot`; visible at once, durable
   // after the next Persist(). Same failures as Read, plus ENOSPC from the device.
-  Status Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf,
-               WriteHint hint = WriteHint::kNormal);
+  Status Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf);
   // Makes every Write that completed before the call durable. Fails with the
   // device's error (EIO), and from then on always (see above).
   Status Persist();
@@ -119,11 +109,6 @@ class BlockStore {
 
   virtual Status DoRead(uint64_t pos, uint32_t len, void* buf) = 0;
   virtual Status DoWrite(uint64_t pos, uint32_t len, const void* buf) = 0;
-  // A Write with WriteHint::kFill; stores without a better place for it
-  // write it as any other.
-  virtual Status DoWriteFill(uint64_t pos, uint32_t len, const void* buf) {
-    return DoWrite(pos, len, buf);
-  }
   virtual Status DoPersist() = 0;
   virtual Status DoDiscard(uint64_t pos, uint64_t len) = 0;
 

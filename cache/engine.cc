@@ -1416,7 +1416,7 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
     uint32_t n = 1;
     while (i + n < subs && sub + n < rec.sub_blocks() && !held(sub + n)) ++n;
     const char* src = data + static_cast<size_t>(i) * kSubBlockSize;
-    Status s = store_->Write(*slot, sub * kSubBlockSize, n * kSubBlockSize, src, WriteHint::kFill);
+    Status s = store_->Write(*slot, sub * kSubBlockSize, n * kSubBlockSize, src);
     if (!s.ok()) {
       LogWarning("caching a block failed (served from SOURCE): " + s.message());
       ok = false;

@@ -210,7 +210,7 @@ Status Engine::MoveBlock(const BlockKey& key, uint32_t slot, bool* gone) {
   }
   // One sequential write of the whole block (the invalid sub-blocks are
   // written too, as zeros: nothing points at them).
-  Status s = store_->Write(fresh, 0, static_cast<uint32_t>(bs), whole.get(), WriteHint::kFill);
+  Status s = store_->Write(fresh, 0, static_cast<uint32_t>(bs), whole.get());
   if (!s.ok()) return undo(s);
   // Committed under mu_, against the index: a drop (truncate, unlink) takes
   // no block lock, so it either unindexed the block before (and its removal

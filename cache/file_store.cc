@@ -17,14 +17,6 @@ namespace {
 
 std::string What(const std::string& path) { return "store '" + path + "'"; }
 
-// Fills shorter than this go through the page cache: the copy saved is small
-// and a direct write of a few KiB costs the filler more than it (measured:
-// cold 4 KiB random reads 0.89x of the slow store with them buffered, 0.80x
-// direct). Whole 64 KiB blocks written direct leave the page cache alone and
-// save the copy (13% of the CPU samples of a cold sequential read), with no
-// change in its throughput here (docs/benchmarks.md, "What was tried").
-constexpr uint32_t kMinDirectFill = 64 * 1024;
-
 // "64.0 MiB": sizes in messages for people.
 std::string HumanBytes(uint64_t n) {
   static const char* const kUnits[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -167,23 +159,16 @@ Result<std::unique_ptr<FileStore>> FileStore::Open(const StoreConfig& cfg, bool 
     close(fd.value());
     return Status::Invalid(What(cfg.path) + " is a character device (DAX?): use store=pmem");
   }
-  // A file system without O_DIRECT refuses the open (EINVAL): fills then go
-  // through the page cache like everything else.
-  const int fill_fd = cfg.direct_io ? -1 : open(cfg.path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
-  return std::unique_ptr<FileStore>(new FileStore(cfg, fd.value(), fill_fd));
+  return std::unique_ptr<FileStore>(new FileStore(cfg, fd.value()));
 }
 
-FileStore::FileStore(const StoreConfig& cfg, int fd, int fill_fd)
+FileStore::FileStore(const StoreConfig& cfg, int fd)
     : BlockStore(cfg.block_size, cfg.slot_count),
       path_(cfg.path),
       direct_io_(cfg.direct_io),
-      fd_(fd),
-      fill_fd_(fill_fd) {}
+      fd_(fd) {}
 
-FileStore::~FileStore() {
-  if (fill_fd_ >= 0) close(fill_fd_);
-  close(fd_);
-}
+FileStore::~FileStore() { close(fd_); }
 
 Status FileStore::CheckAligned(uint64_t pos, uint32_t len, const void* buf) const {
   if (!direct_io_) return Status::Ok();
@@ -217,27 +202,10 @@ Status FileStore::DoRead(uint64_t pos, uint32_t len, void* buf) {
 
 Status FileStore::DoWrite(uint64_t pos, uint32_t len, const void* buf) {
   if (Status s = CheckAligned(pos, len, buf); !s.ok()) return s;
-  return WriteAll(fd_, pos, len, buf);
-}
-
-Status FileStore::DoWriteFill(uint64_t pos, uint32_t len, const void* buf) {
-  const bool aligned = pos % kDirectIoAlignment == 0 && len % kDirectIoAlignment == 0 &&
-                       reinterpret_cast<uintptr_t>(buf) % kDirectIoAlignment == 0;
-  if (fill_fd_ < 0 || !aligned || len < kMinDirectFill) return DoWrite(pos, len, buf);
-  Status s = WriteAll(fill_fd_, pos, len, buf);
-  if (s.ok()) {
-    direct_fill_count_.fetch_add(1, std::memory_order_relaxed);
-  } else if (s.code() == EINVAL) {
-    return DoWrite(pos, len, buf);  // a device stricter than 4 KiB: through the page cache
-  }
-  return s;
-}
-
-Status FileStore::WriteAll(int fd, uint64_t pos, uint32_t len, const void* buf) {
   const auto* p = static_cast<const char*>(buf);
   uint64_t done = 0;
   while (done < len) {
-    ssize_t n = pwrite(fd, p + done, len - done, static_cast<off_t>(pos + done));
+    ssize_t n = pwrite(fd_, p + done, len - done, static_cast<off_t>(pos + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status::FromErrno(errno, What(path_) + ": write at " + std::to_string(pos + done));

@@ -21,20 +21,10 @@
 // still needed: the device's volatile write cache and the file system's
 // metadata are flushed only by fdatasync.
 //
-// Fills (WriteHint::kFill, without direct_io): written through a second
-// descriptor opened O_DIRECT, so data read from SOURCE to fill the cache is
-// not copied into the page cache as well; the kernel drops any cached page of
-// the range, so buffered reads through the first descriptor see the new
-// data. Where the file system refuses O_DIRECT, or a fill is shorter than
-// 64 KiB (file_store.cc: kMinDirectFill) or not 4 KiB aligned, it is an
-// ordinary pwrite. Persist()'s fdatasync covers both
-// descriptors (it flushes the device's write cache for the file).
-//
 // Thread-safety: as BlockStore; pread/pwrite at explicit offsets need no
 // lock.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -57,17 +47,11 @@ class FileStore final : public BlockStore {
   // valid until it is destroyed; do not close it or change its offset-free
   // state (flags, size).
   int fd() const { return fd_; }
-  // Whether fills bypass the page cache (see above), and how many did.
-  bool direct_fills() const { return fill_fd_ >= 0; }
-  uint64_t direct_fill_count() const { return direct_fill_count_.load(std::memory_order_relaxed); }
 
  private:
-  FileStore(const StoreConfig& cfg, int fd, int fill_fd);
+  FileStore(const StoreConfig& cfg, int fd);
   Status DoRead(uint64_t pos, uint32_t len, void* buf) override;
   Status DoWrite(uint64_t pos, uint32_t len, const void* buf) override;
-  Status DoWriteFill(uint64_t pos, uint32_t len, const void* buf) override;
-  // pwrite of all of buf to `fd`, retried on EINTR and short writes.
-  Status WriteAll(int fd, uint64_t pos, uint32_t len, const void* buf);
   Status DoPersist() override;
   Status DoDiscard(uint64_t pos, uint64_t len) override;
   // EINVAL unless pos, len and buf suit O_DIRECT (only checked with direct_io).
@@ -76,8 +60,6 @@ class FileStore final : public BlockStore {
   const std::string path_;
   const bool direct_io_;
   const int fd_;
-  const int fill_fd_;  // O_DIRECT, for fills; -1: none (see above)
-  std::atomic<uint64_t> direct_fill_count_{0};
 };
 
 // Opens the store file or device cfg.path read-write with O_CLOEXEC and

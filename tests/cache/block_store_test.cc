@@ -7,7 +7,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -244,40 +243,6 @@ TYPED_TEST(BlockStoreTest, PartialWritesAtOddOffsets) {
   ASSERT_TRUE(this->store_->Persist().ok());
   ASSERT_TRUE(this->OpenStore(/*create=*/false));
   EXPECT_EQ(this->ReadSlot(3), model);
-}
-
-// A fill (WriteHint::kFill) is a write like any other to readers: seen at
-// once, over data read before (a page the kernel cached must not hide it),
-// aligned or not, and kept by Persist.
-TYPED_TEST(BlockStoreTest, FillsReadBackLikeOtherWrites) {
-  ASSERT_TRUE(this->OpenStore());
-  const uint32_t b = this->kBlock;
-  std::unique_ptr<uint8_t, decltype(&std::free)> mem(
-      static_cast<uint8_t*>(std::aligned_alloc(kDirectIoAlignment, b + kDirectIoAlignment)),
-      &std::free);
-  ASSERT_NE(mem, nullptr);
-  std::vector<uint8_t> model = Fill(5, b, 1);
-  ASSERT_TRUE(this->store_->Write(5, 0, b, model.data()).ok());
-  EXPECT_EQ(this->ReadSlot(5), model);  // now in the page cache of a file store
-  // The whole slot, aligned: the direct path of a file store.
-  std::vector<uint8_t> d = Fill(5, b, 2);
-  std::memcpy(mem.get(), d.data(), b);
-  ASSERT_TRUE(this->store_->Write(5, 0, b, mem.get(), WriteHint::kFill).ok());
-  model = d;
-  EXPECT_EQ(this->ReadSlot(5), model);
-  // One sub-block, and an unaligned buffer: both through the page cache.
-  d = Fill(5, kDirectIoAlignment, 3);
-  ASSERT_TRUE(this->store_->Write(5, 8192, kDirectIoAlignment, d.data(), WriteHint::kFill).ok());
-  std::memcpy(model.data() + 8192, d.data(), d.size());
-  d = Fill(5, 2 * kDirectIoAlignment, 4);
-  std::memcpy(mem.get() + 1, d.data(), d.size());
-  ASSERT_TRUE(this->store_->Write(5, 16384, d.size(), mem.get() + 1, WriteHint::kFill).ok());
-  std::memcpy(model.data() + 16384, d.data(), d.size());
-  EXPECT_EQ(this->ReadSlot(5), model);
-  EXPECT_EQ(this->store_->counters().writes.load(), 4u);
-  ASSERT_TRUE(this->store_->Persist().ok());
-  ASSERT_TRUE(this->OpenStore(/*create=*/false));
-  EXPECT_EQ(this->ReadSlot(5), model);
 }
 
 TYPED_TEST(BlockStoreTest, ConcurrentWritersOnDistinctSlots) {
@@ -555,54 +520,6 @@ TEST(FileStoreTest, DirectIoNeedsAlignedOffsetsLengthsAndBuffers) {
   // Nothing of the refused writes landed.
   ASSERT_TRUE(store.Read(1, 4096, 8192, buf).ok());
   EXPECT_EQ(0, std::memcmp(buf, d.data(), d.size()));
-  r.value().reset();
-  unlink(cfg.path.c_str());
-}
-
-// Large aligned fills bypass the page cache where the file system allows
-// O_DIRECT; small ones and ordinary writes do not.
-TEST(FileStoreTest, LargeFillsBypassThePageCache) {
-  StoreConfig cfg;
-  cfg.path = UniquePath(TempDir(), "fill");
-  cfg.block_size = 65536;
-  cfg.slot_count = 4;
-  Result<std::unique_ptr<FileStore>> r = FileStore::Open(cfg, /*create=*/true);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  FileStore& store = *r.value();
-  const int probe = open(cfg.path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
-  if (probe >= 0) close(probe);
-  // Exactly where the file system takes O_DIRECT.
-  ASSERT_EQ(store.direct_fills(), probe >= 0);
-  if (!store.direct_fills()) {
-    r.value().reset();
-    unlink(cfg.path.c_str());
-    GTEST_SKIP() << TempDir() << " refuses O_DIRECT: fills go through the page cache";
-  }
-  std::unique_ptr<uint8_t, decltype(&std::free)> mem(
-      static_cast<uint8_t*>(std::aligned_alloc(kDirectIoAlignment, cfg.block_size)), &std::free);
-  ASSERT_NE(mem, nullptr);
-  std::memset(mem.get(), 0x5a, cfg.block_size);
-  ASSERT_TRUE(store.Write(0, 0, cfg.block_size, mem.get(), WriteHint::kFill).ok());
-  EXPECT_EQ(store.direct_fill_count(), 1u);
-  ASSERT_TRUE(store.Write(1, 0, 4096, mem.get(), WriteHint::kFill).ok());  // small
-  ASSERT_TRUE(store.Write(2, 0, cfg.block_size, mem.get()).ok());          // not a fill
-  EXPECT_EQ(store.direct_fill_count(), 1u);
-  // The page cache holds the ordinary write's pages, none of the direct fill's.
-  void* map = mmap(nullptr, 4 * cfg.block_size, PROT_READ, MAP_SHARED, store.fd(), 0);
-  ASSERT_NE(map, MAP_FAILED);
-  const size_t pages = 4 * cfg.block_size / 4096;
-  std::vector<unsigned char> resident(pages);
-  ASSERT_EQ(mincore(map, 4 * cfg.block_size, resident.data()), 0);
-  munmap(map, 4 * cfg.block_size);
-  const size_t per_slot = cfg.block_size / 4096;
-  size_t slot0 = 0;
-  size_t slot2 = 0;
-  for (size_t i = 0; i < per_slot; ++i) {
-    slot0 += resident[i] & 1;
-    slot2 += resident[2 * per_slot + i] & 1;
-  }
-  EXPECT_EQ(slot0, 0u);
-  EXPECT_EQ(slot2, per_slot);
   r.value().reset();
   unlink(cfg.path.c_str());
 }

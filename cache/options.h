@@ -35,8 +35,8 @@ struct CacheOptions {
   std::optional<StoreKind> store;
   std::optional<std::string> store_path;
   // store_io=direct: every read and write of a file store with O_DIRECT
-  // (StoreConfig::direct_io); buffered (false) still writes fills of 64 KiB
-  // and more with O_DIRECT (FileStore). Per mount. Default: buffered.
+  // (StoreConfig::direct_io); buffered (false): through the page cache.
+  // Per mount. Default: buffered.
   bool store_direct_io = false;
   // Caching mode; persisted per cache. Default: writethrough.
   std::optional<CacheMode> mode;

@@ -119,6 +119,30 @@ class EngineTest : public ::testing::Test {
     return out;
   }
 
+  // An engine with a 100 ms source_timeout over SOURCE/f (one block of
+  // Pattern(kBlock, seed)), whose SOURCE then takes 600 ms per read. `f`
+  // stays null (with a test failure) if the file cannot be opened.
+  struct HungSource {
+    std::unique_ptr<Engine> e;
+    std::string data;
+    SourceFdRef fd;
+    std::shared_ptr<CachedFile> f;
+  };
+  HungSource OpenHungSource(uint32_t seed) {
+    HungSource h;
+    EngineConfig c = Config();
+    c.options.source_timeout = 0.1;
+    h.e = OpenEngine(c);
+    if (h.e == nullptr) return h;
+    h.data = Pattern(kBlock, seed);
+    h.fd = MakeFile("f", h.data);
+    auto f = h.e->OpenFile("f", Stat(h.fd));
+    EXPECT_TRUE(f.ok()) << f.status().message();
+    if (f.ok()) h.f = f.value();
+    backing_.delay_ms = 600;
+    return h;
+  }
+
   // Flips one byte at `offset` inside each of the store file's first 16 slots.
   static void FlipStoreBytes(const EngineConfig& c, uint64_t offset) {
     std::string store = c.options.cache_dir + "/store";
@@ -706,21 +730,16 @@ TEST_F(EngineTest, ReadErrorOfSourceIsReported) {
 }
 
 TEST_F(EngineTest, HungSourceReadFailsAfterTheTimeout) {
-  EngineConfig c = Config();
-  c.options.source_timeout = 0.1;
-  auto e = OpenEngine(c);
-  std::string data = Pattern(kBlock, 17);
-  auto fd = MakeFile("f", data);
-  auto f = e->OpenFile("f", Stat(fd));
-  ASSERT_TRUE(f.ok());
-  backing_.delay_ms = 600;
+  HungSource h = OpenHungSource(17);
+  ASSERT_NE(h.f, nullptr);
+  auto& [e, data, fd, f] = h;
   std::string out(100, '\0');
-  auto n = e->Read(*f.value(), fd, 0, 100, out.data());
+  auto n = e->Read(*f, fd, 0, 100, out.data());
   ASSERT_FALSE(n.ok());
   EXPECT_EQ(n.status().code(), EIO);
   backing_.delay_ms = 0;
   std::this_thread::sleep_for(std::chrono::milliseconds(700));  // the stuck read ends
-  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(ReadAll(*e, *f, fd, 0, data.size()), data);
 }
 
 TEST_F(EngineTest, DirectReadServesAndCaches) {
@@ -744,14 +763,9 @@ TEST_F(EngineTest, DirectReadServesAndCaches) {
 }
 
 TEST_F(EngineTest, HungDirectReadIsAnsweredAtTheDeadline) {
-  EngineConfig c = Config();
-  c.options.source_timeout = 0.1;
-  auto e = OpenEngine(c);
-  std::string data = Pattern(kBlock, 22);
-  auto fd = MakeFile("f", data);
-  auto f = e->OpenFile("f", Stat(fd));
-  ASSERT_TRUE(f.ok());
-  backing_.delay_ms = 600;
+  HungSource h = OpenHungSource(22);
+  ASSERT_NE(h.f, nullptr);
+  auto& [e, data, fd, f] = h;
   const auto start = std::chrono::steady_clock::now();
   auto since = [&] { return std::chrono::steady_clock::now() - start; };
   std::atomic<int> answers{0};
@@ -765,12 +779,12 @@ TEST_F(EngineTest, HungDirectReadIsAnsweredAtTheDeadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     std::string out(100, '\0');
-    auto n = e->Read(*f.value(), fd, 0, 100, out.data());
+    auto n = e->Read(*f, fd, 0, 100, out.data());
     waiter_code = n.ok() ? 0 : n.status().code();
     waiter_took = since();
   });
   std::string out(100, '\0');
-  auto n = e->Read(*f.value(), fd, 0, 100, out.data(), [&] {
+  auto n = e->Read(*f, fd, 0, 100, out.data(), [&] {
     answers++;
     answered_ms = std::chrono::duration_cast<std::chrono::milliseconds>(since()).count();
   });
@@ -787,7 +801,7 @@ TEST_F(EngineTest, HungDirectReadIsAnsweredAtTheDeadline) {
   EXPECT_LT(waiter_took, std::chrono::milliseconds(450));
   backing_.delay_ms = 0;
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // a stuck worker read ends
-  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  EXPECT_EQ(ReadAll(*e, *f, fd, 0, data.size()), data);
 }
 
 TEST_F(EngineTest, RenameKeepsTheCacheUnlinkDropsIt) {

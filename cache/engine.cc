@@ -40,10 +40,12 @@ constexpr int kReadaheadThreads = 4;
 constexpr size_t kMaxQueuedInstalls = 64;
 // While it has work, the installer looks at its queue this often instead of
 // being woken for each job; readers wake it only when kInstallBatch jobs
-// wait, or when it has gone to sleep after kInstallIdlePolls empty looks.
+// wait, or when it has gone to sleep after kInstallIdlePolls empty looks
+// (20 ms: a stream of misses keeps it polling, sparse reads let it sleep
+// instead of waking 500 times a second).
 constexpr std::chrono::milliseconds kInstallPoll{2};
 constexpr size_t kInstallBatch = 16;
-constexpr int kInstallIdlePolls = 250;
+constexpr int kInstallIdlePolls = 10;
 // Readahead blocks the cache did not take, kept in memory for their readers
 // (Engine::Kept), all files together at most: 64 streams' default windows.
 constexpr uint64_t kMaxKeptBytes = uint64_t{64} << 20;

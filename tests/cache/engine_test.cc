@@ -143,6 +143,17 @@ class EngineTest : public ::testing::Test {
     return h;
   }
 
+  // Opens an engine with `c`, reads SOURCE/name (holding `data`) through it
+  // once, so its blocks are cached, and closes the engine.
+  void CacheWholeFile(const EngineConfig& c, const std::string& name, const SourceFdRef& fd,
+                      const std::string& data) {
+    auto e = OpenEngine(c);
+    ASSERT_NE(e, nullptr);
+    auto f = e->OpenFile(name, Stat(fd));
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
+  }
+
   // Flips one byte at `offset` inside each of the store file's first 16 slots.
   static void FlipStoreBytes(const EngineConfig& c, uint64_t offset) {
     std::string store = c.options.cache_dir + "/store";
@@ -371,12 +382,7 @@ TEST_F(EngineTest, CorruptionIsRefetchedAndCounted) {
   EngineConfig c = Config();
   std::string data = Pattern(kBlock, 11);
   auto fd = MakeFile("f", data);
-  {
-    auto e = OpenEngine(c);
-    auto f = e->OpenFile("f", Stat(fd));
-    ASSERT_TRUE(f.ok());
-    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
-  }
+  CacheWholeFile(c, "f", fd, data);
   // Flip one byte of every slot's first page in the store file.
   FlipStoreBytes(c, 100);
   auto e = OpenEngine(c);
@@ -926,12 +932,7 @@ TEST_F(EngineTest, OverwriteCarriesValidSubBlocksButNotACorruptOne) {
   EngineConfig c = WritebackConfig();
   std::string data = Pattern(kBlock, 13);
   auto fd = MakeFile("f", data);
-  {
-    auto e = OpenEngine(c);
-    auto f = e->OpenFile("f", Stat(fd));
-    ASSERT_TRUE(f.ok());
-    EXPECT_EQ(ReadAll(*e, *f.value(), fd, 0, data.size()), data);
-  }
+  CacheWholeFile(c, "f", fd, data);
   // Flip a byte of sub-block 5 in every slot of the store file.
   FlipStoreBytes(c, 5 * 4096 + 100);
   auto e = OpenEngine(c);

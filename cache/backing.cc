@@ -1,5 +1,6 @@
 #include "cache/backing.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -20,6 +21,15 @@ class PosixBacking final : public Backing {
       }
       if (n == 0) break;
       done += static_cast<size_t>(n);
+    }
+    // What the cache reads from SOURCE it keeps itself (in the store, or in
+    // the kernel's pages of the mount), so SOURCE's own page-cache copy of
+    // those bytes is a second copy nobody reads again: let the kernel drop it
+    // now, and reuse the memory for the next read. Only the bytes read are
+    // dropped; SOURCE's readahead beyond them stays. Advice: a failure
+    // changes nothing but memory use.
+    if (done > 0) {
+      (void)posix_fadvise(fd, static_cast<off_t>(off), static_cast<off_t>(done), POSIX_FADV_DONTNEED);
     }
     return done;
   }

@@ -43,7 +43,8 @@ class Backing {
  public:
   virtual ~Backing() = default;
   // Reads up to `len` bytes at `off`; fewer only at end of file. Retries short
-  // reads and EINTR.
+  // reads and EINTR. The real backing also tells the kernel it may drop its
+  // page-cache copy of the bytes read (the cache keeps them itself).
   virtual Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) = 0;
   // Writes all `len` bytes at `off`.
   virtual Status Write(int fd, uint64_t off, size_t len, const void* buf) = 0;
@@ -51,7 +52,8 @@ class Backing {
   virtual Status Stat(int fd, struct stat* st) = 0;
 };
 
-// The real slow store: pread, pwrite, fdatasync, fstat.
+// The real slow store: pread (then POSIX_FADV_DONTNEED of what was read),
+// pwrite, fdatasync, fstat.
 Backing* RealBacking();
 
 }  // namespace cachefs

@@ -29,7 +29,8 @@ class PosixBacking final : public Backing {
     // dropped; SOURCE's readahead beyond them stays. Advice: a failure
     // changes nothing but memory use.
     if (done > 0) {
-      (void)posix_fadvise(fd, static_cast<off_t>(off), static_cast<off_t>(done), POSIX_FADV_DONTNEED);
+      (void)posix_fadvise(fd, static_cast<off_t>(off), static_cast<off_t>(done),
+                          POSIX_FADV_DONTNEED);
     }
     return done;
   }

@@ -1341,8 +1341,12 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
   }
   // Corrupt, unreadable, or its record gone: drop it so the miss path
   // fetches it anew. The record goes in the same critical section, so it
-  // cannot remove a newer record of a fetch that follows.
-  if (!partial && index_->Find(key) == slot && !dirty_slot_[slot]) {
+  // cannot remove a newer record of a fetch that follows. Not while the
+  // block is held (a writer or a fetch): a record that no longer names the
+  // slot we found may be the holder's, committed just before it moves the
+  // index; the reader waits for the holder instead (ReadAt) and looks again.
+  if (!partial && index_->Find(key) == slot && !dirty_slot_[slot] &&
+      fetches_.count({key.file_id, index}) == 0) {
     IndexErase(slot);
     policy_->Remove(slot);
     free_when_unread_[slot] = true;

@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/cache/hook_meta.h"
+
 namespace cachefs {
 namespace {
 
@@ -948,6 +950,70 @@ TEST_F(EngineTest, OverwriteCarriesValidSubBlocksButNotACorruptOne) {
   EXPECT_EQ(backing_.reads, before + 1);  // sub-block 5 only
   ASSERT_TRUE(e->Flush().ok());
   EXPECT_EQ(ReadSource(source_ + "/f"), expect);
+}
+
+// An engine whose metadata goes through a HookMeta (set in *hook).
+EngineConfig HookedConfig(EngineConfig c, HookMeta** hook) {
+  c.open_meta = [hook](const std::string& dir, bool create) -> Result<std::unique_ptr<MetaStore>> {
+    auto r = OpenRocksMetaStore(dir, create);
+    if (!r.ok()) return r.status();
+    auto h = std::make_unique<HookMeta>(std::move(r.value()));
+    *hook = h.get();
+    return std::unique_ptr<MetaStore>(std::move(h));
+  };
+  return c;
+}
+
+// A reader that finds a clean block in its old slot while an overwrite has
+// committed the block's record at its new slot, but not yet moved the index,
+// sees a record that no longer matches the slot it found. It must not take
+// that record for a stale one and remove it: the write (acknowledged once
+// Write returns) would be gone from the metadata, its dirty entry dangling,
+// reads served from SOURCE. It waits for the writer instead.
+TEST_F(EngineTest, ReadDuringAnOverwriteKeepsTheNewRecord) {
+  HookMeta* hook = nullptr;
+  EngineConfig c = HookedConfig(WritebackConfig(), &hook);
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  std::string data = Pattern(kBlock, 41);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  CachedFile& file = *f.value();
+  EXPECT_EQ(ReadAll(*e, file, fd, 0, data.size()), data);  // cached, clean
+  const uint64_t id = file.file_id();
+  std::atomic<bool> removed{false};
+  hook->Watch([&](const MetaBatch& b) {
+    if (HookMeta::RemovesBlock(b, id, 0)) removed = true;
+  });
+  hook->StopAfter([&](const MetaBatch& b) { return HookMeta::PutsBlock(b, id, 0); });
+
+  std::string w = Pattern(4096, 42);
+  std::thread writer([&] { EXPECT_TRUE(e->Write(file, fd, 0, w.data(), w.size(), false).ok()); });
+  ASSERT_TRUE(hook->WaitStopped(std::chrono::seconds(10)));
+  // The writer's record is committed; its index move is not done.
+  const uint64_t waits = e->stats().fetch_waits;
+  std::string got(4096, '\0');
+  std::thread reader([&] {
+    auto n = e->Read(file, fd, 0, got.size(), got.data());
+    EXPECT_TRUE(n.ok()) << n.status().message();
+  });
+  // Either the reader waits for the writer (right) or it removes the record.
+  for (int i = 0; i < 1000 && !removed && e->stats().fetch_waits == waits; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  hook->Release();
+  writer.join();
+  reader.join();
+  EXPECT_FALSE(removed) << "the reader removed the overwrite's record";
+  EXPECT_TRUE(got == w) << "the reader did not see the overwrite";
+
+  std::string expect = data;
+  expect.replace(0, w.size(), w);
+  EXPECT_TRUE(ReadAll(*e, file, fd, 0, data.size()) == expect);
+  ASSERT_TRUE(e->Flush().ok());
+  EXPECT_EQ(e->stats().blocks_dirty, 0u);
+  EXPECT_TRUE(ReadSource(source_ + "/f") == expect);
 }
 
 // store_io=direct: every store IO of the engine is O_DIRECT-aligned (misses,

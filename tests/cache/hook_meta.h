@@ -1,0 +1,122 @@
+// HookMeta: a MetaStore that forwards everything to a real one and lets a
+// test stop a thread right after one of its commits took effect.
+//
+// Races between two engine threads often hinge on the step between a commit
+// and what the committing thread does next under the engine's lock; a test
+// arms a predicate over batches, and the first commit matching it blocks (its
+// batch applied) until the test calls Release(). Every committed batch can be
+// watched too, e.g. for a removal that must not happen.
+//
+// Thread-safety: all methods may be called concurrently.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <utility>
+
+#include "meta/meta_store.h"
+
+namespace cachefs {
+
+class HookMeta final : public MetaStore {
+ public:
+  explicit HookMeta(std::unique_ptr<MetaStore> inner) : inner_(std::move(inner)) {}
+
+  // The next commit for which `match` is true stops after it is applied, until
+  // Release(). REQUIRES: no stop armed or pending.
+  void StopAfter(std::function<bool(const MetaBatch&)> match) {
+    std::lock_guard<std::mutex> lock(mu_);
+    match_ = std::move(match);
+  }
+  // True once the armed commit is applied and waiting.
+  bool WaitStopped(std::chrono::milliseconds limit) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, limit, [this] { return stopped_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+  // Called with every batch once it is applied (before a stop), on the
+  // committing thread.
+  void Watch(std::function<void(const MetaBatch&)> fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    watch_ = std::move(fn);
+  }
+
+  Status Commit(const MetaBatch& batch, bool sync) override {
+    Status s = inner_->Commit(batch, sync);
+    std::unique_lock<std::mutex> lock(mu_);
+    if (watch_) watch_(batch);
+    if (s.ok() && match_ && match_(batch)) {
+      match_ = nullptr;
+      stopped_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return released_; });
+    }
+    return s;
+  }
+
+  Result<std::optional<Superblock>> GetSuperblock() override { return inner_->GetSuperblock(); }
+  Result<std::optional<MountState>> GetMountState() override { return inner_->GetMountState(); }
+  Result<std::optional<PersistentCounters>> GetCounters() override { return inner_->GetCounters(); }
+  Result<std::optional<FileRecord>> GetFile(uint64_t file_id) override {
+    return inner_->GetFile(file_id);
+  }
+  Result<std::optional<uint64_t>> LookupPath(const std::string& path) override {
+    return inner_->LookupPath(path);
+  }
+  Result<std::optional<BlockRecord>> GetBlock(uint64_t file_id, uint64_t index) override {
+    return inner_->GetBlock(file_id, index);
+  }
+  Result<uint64_t> GetDurableEpoch() override { return inner_->GetDurableEpoch(); }
+  Status ScanFiles(const std::function<bool(const FileRecord&)>& fn) override {
+    return inner_->ScanFiles(fn);
+  }
+  Status ScanPaths(const std::string& prefix,
+                   const std::function<bool(const std::string&, uint64_t)>& fn) override {
+    return inner_->ScanPaths(prefix, fn);
+  }
+  Status ScanBlocks(uint64_t file_id, const std::function<bool(const BlockRecord&)>& fn) override {
+    return inner_->ScanBlocks(file_id, fn);
+  }
+  Status ScanAllBlocks(const std::function<bool(const BlockRecord&)>& fn) override {
+    return inner_->ScanAllBlocks(fn);
+  }
+  Status ScanDirty(const std::function<bool(const DirtyRecord&)>& fn) override {
+    return inner_->ScanDirty(fn);
+  }
+  Result<uint64_t> MaxFileId() override { return inner_->MaxFileId(); }
+  Result<uint64_t> MaxDirtySeq() override { return inner_->MaxDirtySeq(); }
+  Status SyncWal() override { return inner_->SyncWal(); }
+
+  // Matchers for StopAfter and Watch.
+  static bool PutsBlock(const MetaBatch& b, uint64_t file_id, uint64_t index) {
+    for (const auto& op : b.ops()) {
+      const auto* put = std::get_if<MetaBatch::PutBlock>(&op);
+      if (put != nullptr && put->block.file_id == file_id && put->block.index == index) return true;
+    }
+    return false;
+  }
+  static bool RemovesBlock(const MetaBatch& b, uint64_t file_id, uint64_t index) {
+    for (const auto& op : b.ops()) {
+      const auto* del = std::get_if<MetaBatch::DeleteBlock>(&op);
+      if (del != nullptr && del->file_id == file_id && del->index == index) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::unique_ptr<MetaStore> inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::function<bool(const MetaBatch&)> match_;
+  std::function<void(const MetaBatch&)> watch_;
+  bool stopped_ = false;
+  bool released_ = false;
+};
+
+}  // namespace cachefs

@@ -871,7 +871,7 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
           if (!changed.ok()) return changed.status();
           return live;
         }
-        live->detached_ = true;  // another file now has this name
+        Detach(*live);  // another file now has this name
       }
     }
     auto rec = meta_->GetFile(file_id);
@@ -1120,7 +1120,7 @@ Status Engine::Rename(const std::string& from, const std::string& to, bool is_di
   for (uint64_t id : replaced) {
     auto it = open_files_.find(id);
     if (it != open_files_.end()) {
-      if (auto live = it->second.lock()) live->detached_ = true;
+      if (auto live = it->second.lock()) Detach(*live);
     }
     Status s = DropBlocks(id, 0, kNoEnd);
     if (!s.ok()) return s;
@@ -1139,7 +1139,7 @@ Status Engine::Unlink(const std::string& path, bool last_link) {
     uint64_t file_id = *id.value();
     auto it = open_files_.find(file_id);
     if (it != open_files_.end()) {
-      if (auto live = it->second.lock()) live->detached_ = true;
+      if (auto live = it->second.lock()) Detach(*live);
     }
     Status s = DropBlocks(file_id, 0, kNoEnd);
     if (!s.ok()) return s;

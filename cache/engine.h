@@ -217,7 +217,7 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   explicit CachedFile(uint64_t id) : file_id_(id) {}
   const uint64_t file_id_;
   // Set when the file lost its last name or another file took its name: it
-  // is then read straight from SOURCE, uncached.
+  // is then read straight from SOURCE, uncached. Only by Detach.
   std::atomic<bool> detached_{false};
   std::mutex mu_;
   Fingerprint fingerprint_;    // guarded by mu_: SOURCE as last seen or changed by us
@@ -852,6 +852,14 @@ class Engine {
   // Dirty blocks go too, unless `keep_dirty`. DropBlocksInto adds the slots
   // it freed to `freed`, for ReleaseDropped once `batch` is committed;
   // DropBlocks sets `*dropped` to the number of blocks dropped if given.
+  // Marks `file` detached (its name is gone or another file's) and makes its
+  // fetches in flight stale, so none of them caches what it read after the
+  // caller dropped the file's blocks: the file id may serve another file.
+  // REQUIRES: files_mu_ held (Install checks the epoch under it).
+  static void Detach(CachedFile& file) {
+    file.detached_ = true;
+    file.epoch_++;
+  }
   Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch,
                         std::vector<uint32_t>& freed, bool keep_dirty = false);
   // Quarantines the slots of blocks whose removal is now committed: free

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/cache/fault_backing.h"
 #include "tests/cache/hook_meta.h"
 
 namespace cachefs {
@@ -1014,6 +1015,82 @@ TEST_F(EngineTest, ReadDuringAnOverwriteKeepsTheNewRecord) {
   ASSERT_TRUE(e->Flush().ok());
   EXPECT_EQ(e->stats().blocks_dirty, 0u);
   EXPECT_TRUE(ReadSource(source_ + "/f") == expect);
+}
+
+// A read of a file the engine then lets go of (another file took its name in
+// SOURCE, or it was unlinked) must not cache what it fetched: its install
+// comes after the drop that made room for the new file, under the same file
+// id. Before, the new file's reads were served the old file's bytes (or an
+// unlinked file left records behind).
+class DetachedReadTest : public EngineTest {
+ protected:
+  // Starts a read of block 0 of `name` that hangs in SOURCE; `finish()`
+  // lets it go on, waits for it and for its install.
+  struct HungRead {
+    std::thread reader;
+    std::string got = std::string(4096, '\0');
+  };
+  void StartHungRead(Engine& e, FaultBacking& fb, CachedFile& f, const SourceFdRef& fd,
+                     HungRead& r) {
+    fb.Set(FaultBacking::Fault::kHang);
+    r.reader = std::thread([&e, &f, fd, &r] {
+      auto n = e.Read(f, fd, 0, r.got.size(), r.got.data());
+      EXPECT_TRUE(n.ok()) << n.status().message();
+    });
+    for (int i = 0; i < 1000 && fb.hung() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ASSERT_EQ(fb.hung(), 1);
+  }
+  static void Finish(Engine& e, FaultBacking& fb, HungRead& r) {
+    fb.Set(FaultBacking::Fault::kNone);
+    r.reader.join();
+    e.WaitForInstalls();
+  }
+};
+
+TEST_F(DetachedReadTest, AReplacedFilesFetchIsNotCachedForItsSuccessor) {
+  FaultBacking* fb = FaultBacking::Leaked();
+  EngineConfig c = Config();
+  c.backing = fb;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  std::string a = Pattern(kBlock, 43), b = Pattern(kBlock, 44);
+  auto fd_a = MakeFile("f", a);
+  auto old_file = e->OpenFile("f", Stat(fd_a));
+  ASSERT_TRUE(old_file.ok()) << old_file.status().message();
+  HungRead r;
+  StartHungRead(*e, *fb, *old_file.value(), fd_a, r);
+  // Another file takes the name: written aside and renamed over it.
+  std::ofstream(source_ + "/f.new", std::ios::binary) << b;
+  ASSERT_EQ(rename((source_ + "/f.new").c_str(), (source_ + "/f").c_str()), 0);
+  auto fd_b = OpenSourceFile("f");
+  auto new_file = e->OpenFile("f", Stat(fd_b));
+  ASSERT_TRUE(new_file.ok()) << new_file.status().message();
+  ASSERT_NE(new_file.value().get(), old_file.value().get());
+  Finish(*e, *fb, r);
+  EXPECT_TRUE(r.got == a.substr(0, 4096));  // the old file's reader saw the old file
+  EXPECT_TRUE(ReadAll(*e, *new_file.value(), fd_b, 0, b.size()) == b)
+      << "the new file was served the old file's bytes";
+}
+
+TEST_F(DetachedReadTest, AnUnlinkedFilesFetchIsNotCached) {
+  FaultBacking* fb = FaultBacking::Leaked();
+  EngineConfig c = Config();
+  c.backing = fb;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  std::string a = Pattern(kBlock, 45);
+  auto fd = MakeFile("f", a);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  HungRead r;
+  StartHungRead(*e, *fb, *f.value(), fd, r);
+  ASSERT_EQ(unlink((source_ + "/f").c_str()), 0);
+  ASSERT_TRUE(e->Unlink("f", /*last_link=*/true).ok());
+  Finish(*e, *fb, r);
+  EXPECT_TRUE(r.got == a.substr(0, 4096));
+  EXPECT_EQ(e->stats().blocks_cached, 0u) << "an unlinked file's block was cached";
 }
 
 // store_io=direct: every store IO of the engine is O_DIRECT-aligned (misses,

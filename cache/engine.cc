@@ -867,7 +867,7 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
       if (auto live = it->second.lock()) {
         bool same = !compare_ino_ || live->source_ino_ == static_cast<uint64_t>(st.st_ino);
         if (same && !live->detached_) {
-          auto changed = Revalidate(*live, st);
+          auto changed = RevalidateLocked(*live, st);
           if (!changed.ok()) return changed.status();
           return live;
         }
@@ -942,6 +942,17 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
 }
 
 Result<bool> Engine::Revalidate(CachedFile& file, const struct stat& st) {
+  {
+    // The common case, unchanged, without the engine-wide files_mu_.
+    std::lock_guard<std::mutex> lock(file.mu_);
+    bool same_ino = !compare_ino_ || file.source_ino_ == static_cast<uint64_t>(st.st_ino);
+    if (file.fingerprint_ == FingerprintOf(st) && same_ino) return false;
+  }
+  std::lock_guard<std::mutex> lock(files_mu_);
+  return RevalidateLocked(file, st);
+}
+
+Result<bool> Engine::RevalidateLocked(CachedFile& file, const struct stat& st) {
   Fingerprint now = FingerprintOf(st);
   bool conflict = false;
   {
@@ -1225,6 +1236,15 @@ Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to
   // Kept readahead data of these blocks goes too: whatever made them stale
   // (an outside change, a truncate) makes it stale as well.
   DropKept(file_id, from_index, to_index);
+  // A block somebody holds (a writer between reading the index and its
+  // commit, a fetch) is dropped too, present in the index or not: its
+  // holder must not commit a record after this drop.
+  for (auto it = fetches_.lower_bound({file_id, from_index});
+       it != fetches_.end() && it->first.first == file_id && it->first.second < to_index; ++it) {
+    auto slot = index_->Find({file_id, it->first.second});
+    if (keep_dirty && slot && dirty_slot_[*slot]) continue;
+    it->second->dropped = true;
+  }
   std::map<uint64_t, uint64_t> dirty_seq;  // index -> seq, of this file's dirty blocks
   for (const auto& [seq, key] : dirty_) {
     if (key.file_id == file_id) dirty_seq[key.index] = seq;

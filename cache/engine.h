@@ -277,7 +277,7 @@ class Engine {
   Result<std::shared_ptr<CachedFile>> OpenFile(const std::string& path, const struct stat& st);
   // Compares SOURCE's attributes `st` with the file's fingerprint and drops the
   // cached blocks if they differ. Returns whether they differed.
-  Result<bool> Revalidate(CachedFile& file, const struct stat& st);
+  Result<bool> Revalidate(CachedFile& file, const struct stat& st) LOCKS_EXCLUDED(files_mu_);
   // Writes the file's fingerprint to the metadata if it changed (last close),
   // and lets go of the blocks read ahead and kept for it (a handle's close).
   Status CloseFile(CachedFile& file);
@@ -595,6 +595,9 @@ class Engine {
     // as warmed rather than as a read miss.
     bool warm = false;
     InstallOutcome outcome = InstallOutcome::kSkipped;  // set by InstallRun
+    // Guarded by the engine's mu_: a drop (DropBlocksInto) took the block
+    // while this holder had it. A writer then commits nothing (WriteBlock).
+    bool dropped = false;
   };
   // A block fetched by readahead that the cache did not take: its data, kept
   // for the sequential reader it was fetched for, who is served from it like
@@ -746,6 +749,7 @@ class Engine {
     HeldBlock(Engine* e, uint64_t file_id, uint64_t index)
         : e_(e), file_id_(file_id), lock_(e->LockBlock(file_id, index)) {}
     ~HeldBlock() { e_->UnlockBlock(file_id_, lock_); }
+    Fetch& fetch() const { return *lock_; }
     HeldBlock(const HeldBlock&) = delete;
     HeldBlock& operator=(const HeldBlock&) = delete;
 
@@ -761,16 +765,21 @@ class Engine {
   // `recorded_size` (the file record's size when the write began) grows
   // the record's size to its end in the same batch as the block's record,
   // so that no committed byte lies past the size a crash leaves.
+  // A drop of the block while it is written (an outside change, an unlink,
+  // a truncate) wins: nothing is committed, the slot is let go, `*dropped`
+  // is set and OK returned; the caller writes again or elsewhere (Write).
   Status WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
                     const char* data, bool dirty,
-                    uint64_t recorded_size = std::numeric_limits<uint64_t>::max());
+                    uint64_t recorded_size = std::numeric_limits<uint64_t>::max(),
+                    bool* dropped = nullptr);
   // WriteBlock, and when no slot is free: after a persist (releasing
   // quarantined slots); then dirty data (mode=writeback) goes to SOURCE for
   // this write (WriteBlockThrough) rather than fail; in image mode only
   // after everything dirty before it was written back (order of the image).
   Status WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
                             const char* data, bool dirty,
-                            uint64_t recorded_size = std::numeric_limits<uint64_t>::max());
+                            uint64_t recorded_size = std::numeric_limits<uint64_t>::max(),
+                            bool* dropped = nullptr);
   // The full-cache fallback: writes [begin, end) of block `index` to SOURCE
   // (widened to whole sub-blocks where the cached copy of an edge
   // sub-block is dirty, so the bytes around the write come along), then
@@ -860,13 +869,23 @@ class Engine {
     file.detached_ = true;
     file.epoch_++;
   }
+  // Every drop runs under files_mu_ from its decision to its commit, so a
+  // writer (which commits under files_mu_ after checking Fetch::dropped)
+  // either sees the mark or commits before the drop looks at the block.
+  // Blocks held meanwhile (fetches_) are marked dropped, but for dirty ones
+  // kept with `keep_dirty`.
   Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch,
-                        std::vector<uint32_t>& freed, bool keep_dirty = false);
+                        std::vector<uint32_t>& freed, bool keep_dirty = false)
+      EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
+  // Revalidate with files_mu_ held (OpenFile).
+  Result<bool> RevalidateLocked(CachedFile& file, const struct stat& st)
+      EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   // Quarantines the slots of blocks whose removal is now committed: free
   // at the next persist, when that removal is synced.
   void ReleaseDropped(const std::vector<uint32_t>& freed) LOCKS_EXCLUDED(mu_);
   Status DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_index,
-                    bool keep_dirty = false, uint64_t* dropped = nullptr);
+                    bool keep_dirty = false, uint64_t* dropped = nullptr)
+      EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   // The block index, keeping the pinned-slot bits and count in step.
   void IndexInsert(const BlockKey& key, uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void IndexErase(uint32_t slot) EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -360,11 +360,15 @@ Result<Engine::EvictResult> Engine::Evict(const std::string& path) {
         if (r.error.empty()) r.error = s.message();
       }
     }
-    // Fetches in flight must not put back what goes now.
-    if (auto live = LiveFile(id)) live->epoch_++;
     uint64_t dropped = 0;
-    Status s = DropBlocks(id, 0, kNoEnd, /*keep_dirty=*/true, &dropped);
-    if (!s.ok()) return s;
+    {
+      auto live = LiveFile(id);  // (takes files_mu_ itself)
+      std::lock_guard<std::mutex> lock(files_mu_);
+      // Fetches in flight must not put back what goes now.
+      if (live) live->epoch_++;
+      Status s = DropBlocks(id, 0, kNoEnd, /*keep_dirty=*/true, &dropped);
+      if (!s.ok()) return s;
+    }
     r.blocks_dropped += dropped;
     std::lock_guard<std::mutex> lock(mu_);
     auto it = dirty_per_file_.find(id);

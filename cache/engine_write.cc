@@ -47,6 +47,10 @@
 namespace cachefs {
 namespace {
 
+// How often Write writes a block again that a drop took from under it
+// before it gives up (a file changed outside faster than it is written).
+constexpr int kMaxWriteRetries = 64;
+
 // The most bytes of adjacent dirty runs the writeback puts in one write.
 constexpr size_t kCoalesceBytes = 4u << 20;
 // Such a write goes to SOURCE in pieces that take about kWritePieceNs at the
@@ -208,7 +212,7 @@ Status Engine::ReadSubBlocks(const BlockRecord& rec, uint32_t first, uint32_t la
 }
 
 Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t begin, uint32_t end,
-                          const char* data, bool dirty, uint64_t recorded_size) {
+                          const char* data, bool dirty, uint64_t recorded_size, bool* dropped) {
   const uint64_t id = file.file_id_;
   const uint64_t bs = sb_.block_size;
   const uint32_t first = begin / kSubBlockSize;
@@ -396,18 +400,29 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   }
   if (newly_dirty) batch.Put(DirtyRecord{out.dirty_seq, id, index});
   batch.Put(out);
+  // The commit and the index update under files_mu_ (taken with the block
+  // held: nobody waits for a block while holding files_mu_), where every
+  // drop decides and commits: a drop of this block (an outside change, an
+  // unlink, a truncate) came before, and this write commits nothing, or
+  // comes after and finds the new record in the index.
+  std::unique_lock<std::mutex> files_lock(files_mu_);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (held.fetch().dropped) {
+      if (!in_place) FreeSlot(slot);
+      if (old_slot) ReleaseReader(*old_slot);
+      if (dropped != nullptr) *dropped = true;
+      return Status::Ok();
+    }
+  }
   // Dirty data past the recorded size: the file's record grows to cover it
   // in this same batch. Were the size committed only after the whole write
   // (as before), a kill in between would leave committed bytes past the size
   // the next mount shows, and a later write that grows the file with a gap
   // would show them in the gap instead of zeros (and the writer would write
-  // them back). A read-modify-write of the file record, so under files_mu_
-  // until the commit, as everywhere (taken with the block held: nobody
-  // waits for a block while holding files_mu_).
+  // them back). A read-modify-write of the file record, so under files_mu_.
   const uint64_t data_end = index * bs + end;
-  std::unique_lock<std::mutex> files_lock(files_mu_, std::defer_lock);
   if (dirty && data_end > recorded_size) {
-    files_lock.lock();
     auto frec = meta_->GetFile(id);
     if (frec.ok() && frec.value() && frec.value()->size < data_end) {
       FileRecord grown = *frec.value();
@@ -418,7 +433,6 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   // Data in the store, then the record that points at it, in the log
   // before the reply (contracts 1a and 2).
   s = meta_->Commit(batch, false);
-  if (files_lock.owns_lock()) files_lock.unlock();
   std::lock_guard<std::mutex> l(mu_);
   if (!s.ok()) {
     if (!in_place) FreeSlot(slot);
@@ -452,12 +466,12 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
 
 Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint32_t begin,
                                   uint32_t end, const char* data, bool dirty,
-                                  uint64_t recorded_size) {
-  Status s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size);
+                                  uint64_t recorded_size, bool* dropped) {
+  Status s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size, dropped);
   if (s.code() != ENOSPC) return s;
   // No free slot: the slots of replaced data wait for a persist.
   s = Persist();
-  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size);
+  if (s.ok()) s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size, dropped);
   // A clean copy (writethrough) that finds no room is dropped by the caller.
   if (s.code() != ENOSPC || !dirty) return s;
   // Full of dirty, pinned or busy blocks. Waiting for the writer to drain it
@@ -492,7 +506,7 @@ Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint
     // of these sub-blocks over ours. A batch that just finished may have
     // made room.
     AcquireWritebackFile(file.file_id_);
-    s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size);
+    s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size, dropped);
     if (s.code() == ENOSPC) s = WriteBlockThrough(file, index, begin, end, data);
     ReleaseWritebackFile(file.file_id_);
   }
@@ -729,14 +743,31 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     if (frec.ok() && frec.value()) recorded_size = frec.value()->size;
   }
   size_t done = 0;
+  int drops = 0;
   while (done < len) {
     uint64_t pos = off + done;
     uint64_t index = pos / bs;
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
+    bool dropped = false;
     Status s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, /*dirty=*/true,
-                                  recorded_size);
+                                  recorded_size, &dropped);
     if (!s.ok()) return s;
+    if (dropped) {
+      // A drop of the block came first (an outside change, an unlink):
+      // this block again, into the cache as it is now, or to SOURCE's
+      // file if the file lost its name meanwhile.
+      if (file.detached_) {
+        s = backing_->Write(fd->get(), pos, len - done, data + done);
+        if (s.ok() && sync) s = backing_->Sync(fd->get());
+        return s;
+      }
+      if (++drops > kMaxWriteRetries) {
+        return Status::Error(EAGAIN, "block " + std::to_string(index) +
+                                         " was dropped under every attempt to write it");
+      }
+      continue;
+    }
     done += end - begin;
   }
   if (grows) {
@@ -808,10 +839,14 @@ Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t of
     uint64_t index = pos / bs;
     uint32_t begin = static_cast<uint32_t>(pos % bs);
     uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + (len - done)));
-    s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, /*dirty=*/false);
+    // A drop that came first leaves this block uncached: SOURCE has it.
+    bool dropped = false;
+    s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, /*dirty=*/false,
+                           std::numeric_limits<uint64_t>::max(), &dropped);
     if (!s.ok()) {
       // The cached copy must not stay behind SOURCE: it goes.
       LogWarning("caching a written block failed (dropped): " + s.message());
+      std::lock_guard<std::mutex> lock(files_mu_);
       s = DropBlocks(file.file_id_, index, index + 1);
       if (!s.ok()) return s;
     }

@@ -10,10 +10,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -1091,6 +1093,136 @@ TEST_F(DetachedReadTest, AnUnlinkedFilesFetchIsNotCached) {
   Finish(*e, *fb, r);
   EXPECT_TRUE(r.got == a.substr(0, 4096));
   EXPECT_EQ(e->stats().blocks_cached, 0u) << "an unlinked file's block was cached";
+}
+
+// A BlockStore over another whose next write, once armed, waits until the
+// test releases it: a writer stopped with its block held, before its commit.
+class GateStore final : public BlockStore {
+ public:
+  explicit GateStore(std::unique_ptr<BlockStore> inner)
+      : BlockStore(inner->block_size(), inner->slot_count()), inner_(std::move(inner)) {}
+  const char* kind() const override { return inner_->kind(); }
+  void Arm() {
+    std::lock_guard<std::mutex> lock(mu_);
+    armed_ = true;
+  }
+  bool WaitStopped() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [this] { return stopped_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  Status DoRead(uint64_t pos, uint32_t len, void* buf) override {
+    return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+  }
+  Status DoWrite(uint64_t pos, uint32_t len, const void* buf) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (armed_) {
+        armed_ = false;
+        stopped_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [this] { return released_; });
+      }
+    }
+    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+  }
+  Status DoPersist() override { return inner_->Persist(); }
+  Status DoDiscard(uint64_t pos, uint64_t /*len*/) override {
+    return inner_->Discard(pos / block_size());
+  }
+
+  const std::unique_ptr<BlockStore> inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool armed_ = false, stopped_ = false, released_ = false;
+};
+
+// A drop of a block a writer holds (between its look at the index and its
+// commit) wins over the write: the writer commits nothing and writes the
+// block again, into the cache as it now is or, for a file that lost its
+// name, to SOURCE's file. Before, its commit came after the drop's: a record
+// put back at a slot the drop had let go (an in-place write), or a dirty
+// record of a file already gone.
+class DropWhileWritingTest : public EngineTest {
+ protected:
+  std::unique_ptr<Engine> OpenGated(GateStore** gate) {
+    EngineConfig c = WritebackConfig();
+    c.wrap_store = [gate](std::unique_ptr<BlockStore> inner) -> std::unique_ptr<BlockStore> {
+      auto g = std::make_unique<GateStore>(std::move(inner));
+      *gate = g.get();
+      return g;
+    };
+    return OpenEngine(c);
+  }
+};
+
+TEST_F(DropWhileWritingTest, AnOutsideChangeDuringAnInPlaceWriteKeepsTheWrite) {
+  GateStore* gate = nullptr;
+  auto e = OpenGated(&gate);
+  ASSERT_NE(e, nullptr);
+  std::string data = Pattern(kBlock, 46);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  CachedFile& file = *f.value();
+  EXPECT_TRUE(ReadAll(*e, file, fd, 0, 4096) == data.substr(0, 4096));  // sub-block 0 only
+  ASSERT_EQ(e->stats().blocks_cached, 1u);
+
+  std::string w = Pattern(4096, 47);
+  gate->Arm();  // sub-block 2 is not valid: written in place, and stopped there
+  std::thread writer(
+      [&] { EXPECT_TRUE(e->Write(file, fd, 2 * 4096, w.data(), w.size(), false).ok()); });
+  ASSERT_TRUE(gate->WaitStopped());
+  // Changed outside meanwhile: another size, another mtime.
+  std::string changed = Pattern(kBlock + 100, 48);
+  std::ofstream(source_ + "/f", std::ios::binary | std::ios::trunc) << changed;
+  auto fd2 = OpenSourceFile("f");
+  auto revalidated = e->Revalidate(file, Stat(fd2));
+  ASSERT_TRUE(revalidated.ok()) << revalidated.status().message();
+  EXPECT_TRUE(revalidated.value());
+  gate->Release();
+  writer.join();
+
+  EXPECT_TRUE(ReadAll(*e, file, fd2, 2 * 4096, 4096) == w) << "the write is not seen";
+  ASSERT_TRUE(e->Persist().ok());  // frees the slots the drop let go
+  EXPECT_TRUE(ReadAll(*e, file, fd2, 2 * 4096, 4096) == w) << "the write is lost after a persist";
+  EXPECT_EQ(e->stats().blocks_dirty, 1u);
+}
+
+TEST_F(DropWhileWritingTest, AnUnlinkDuringAWriteSendsTheWriteToTheOpenFile) {
+  GateStore* gate = nullptr;
+  auto e = OpenGated(&gate);
+  ASSERT_NE(e, nullptr);
+  std::string data = Pattern(kBlock, 49);
+  MakeFile("f", data);
+  int raw = open((source_ + "/f").c_str(), O_RDWR);
+  ASSERT_GE(raw, 0);
+  auto fd = std::make_shared<SourceFd>(raw);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  CachedFile& file = *f.value();
+  EXPECT_TRUE(ReadAll(*e, file, fd, 0, data.size()) == data);  // cached, clean
+
+  std::string w = Pattern(4096, 50);
+  gate->Arm();  // the overwrite moves the block: stopped carrying the rest
+  std::thread writer([&] { EXPECT_TRUE(e->Write(file, fd, 0, w.data(), w.size(), false).ok()); });
+  ASSERT_TRUE(gate->WaitStopped());
+  ASSERT_EQ(unlink((source_ + "/f").c_str()), 0);
+  ASSERT_TRUE(e->Unlink("f", /*last_link=*/true).ok());
+  gate->Release();
+  writer.join();
+
+  EXPECT_EQ(e->stats().blocks_dirty, 0u) << "a dirty block of an unlinked file";
+  EXPECT_EQ(e->stats().blocks_cached, 0u);
+  std::string got(4096, '\0');
+  ASSERT_EQ(pread(raw, got.data(), got.size(), 0), 4096);
+  EXPECT_TRUE(got == w) << "the open file does not have the write";
 }
 
 // store_io=direct: every store IO of the engine is O_DIRECT-aligned (misses,

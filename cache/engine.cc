@@ -966,7 +966,10 @@ Result<bool> Engine::RevalidateLocked(CachedFile& file, const struct stat& st) {
   }
   if (conflict || HasDirty(file.file_id_)) {
     // Changed outside while we hold data for it: never written over; the
-    // clean blocks go, the dirty ones stay for cachefsctl conflicts.
+    // clean blocks go, the dirty ones stay for cachefsctl conflicts. Fetches
+    // that read SOURCE before this change are stale (MarkConflict bumps the
+    // epoch too, but only when the conflict is new).
+    file.epoch_++;
     Status s = conflict ? MarkConflict(file.file_id_, &file) : Status::Ok();
     if (!s.ok()) return s;
     s = DropBlocks(file.file_id_, 0, kNoEnd, /*keep_dirty=*/true);

@@ -1225,6 +1225,93 @@ TEST_F(DropWhileWritingTest, AnUnlinkDuringAWriteSendsTheWriteToTheOpenFile) {
   EXPECT_TRUE(got == w) << "the open file does not have the write";
 }
 
+// A Backing whose reads, once armed, read SOURCE and then wait for the
+// test before they return: a fetch that has SOURCE's old bytes in hand when
+// the file changes.
+class ReadThenWaitBacking final : public Backing {
+ public:
+  Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override {
+    auto n = RealBacking()->Read(fd, off, len, buf);
+    std::unique_lock<std::mutex> lock(mu_);
+    if (armed_) {
+      armed_ = false;
+      stopped_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return released_; });
+    }
+    return n;
+  }
+  Status Write(int fd, uint64_t off, size_t len, const void* buf) override {
+    return RealBacking()->Write(fd, off, len, buf);
+  }
+  Status Sync(int fd) override { return RealBacking()->Sync(fd); }
+  Status Stat(int fd, struct stat* st) override { return RealBacking()->Stat(fd, st); }
+  void Arm() {
+    std::lock_guard<std::mutex> lock(mu_);
+    armed_ = true;
+  }
+  bool WaitStopped() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [this] { return stopped_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool armed_ = false, stopped_ = false, released_ = false;
+};
+
+// A file in conflict (changed outside while it had dirty data) that changes
+// outside again: its clean blocks go, and so must a fetch that read SOURCE
+// before this change; it must not cache the old bytes after the drop.
+TEST_F(EngineTest, AFetchFromBeforeASecondOutsideChangeIsNotCached) {
+  ReadThenWaitBacking backing;
+  EngineConfig c = WritebackConfig();
+  c.backing = &backing;
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  std::string data = Pattern(2 * kBlock, 51);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  CachedFile& file = *f.value();
+  std::string w = Pattern(4096, 52);
+  ASSERT_TRUE(e->Write(file, fd, kBlock, w.data(), w.size(), false).ok());  // dirty, block 1
+  // Changed outside (in place, so the descriptor sees it): a conflict.
+  auto change = [&](uint32_t seed) {
+    std::string now = Pattern(2 * kBlock, seed);
+    int raw = open((source_ + "/f").c_str(), O_WRONLY);
+    EXPECT_EQ(pwrite(raw, now.data(), now.size(), 0), static_cast<ssize_t>(now.size()));
+    struct timespec times[2] = {{0, UTIME_OMIT}, {static_cast<time_t>(seed) * 1000, 0}};
+    EXPECT_EQ(futimens(raw, times), 0);  // another mtime for sure
+    close(raw);
+    return now;
+  };
+  change(53);
+  ASSERT_TRUE(e->Revalidate(file, Stat(fd)).ok());
+  ASSERT_EQ(e->stats().conflicts, 1u);
+
+  backing.Arm();
+  std::string got(4096, '\0');
+  std::thread reader([&] {
+    auto n = e->Read(file, fd, 0, got.size(), got.data());
+    EXPECT_TRUE(n.ok()) << n.status().message();
+  });
+  ASSERT_TRUE(backing.WaitStopped());  // block 0 read, not yet cached
+  std::string second = change(54);
+  ASSERT_TRUE(e->Revalidate(file, Stat(fd)).ok());
+  backing.Release();
+  reader.join();
+  e->WaitForInstalls();
+  EXPECT_TRUE(ReadAll(*e, file, fd, 0, 4096) == second.substr(0, 4096))
+      << "block 0 was cached from before the second change";
+}
+
 // store_io=direct: every store IO of the engine is O_DIRECT-aligned (misses,
 // fills, unaligned writes carried into a block, flush, a warm restart), and
 // the store really is open with O_DIRECT. Refused with a pmem store.

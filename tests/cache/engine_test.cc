@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "tests/cache/fault_backing.h"
+#include "tests/cache/gate.h"
 #include "tests/cache/hook_meta.h"
 
 namespace cachefs {
@@ -993,7 +994,7 @@ TEST_F(EngineTest, ReadDuringAnOverwriteKeepsTheNewRecord) {
 
   std::string w = Pattern(4096, 42);
   std::thread writer([&] { EXPECT_TRUE(e->Write(file, fd, 0, w.data(), w.size(), false).ok()); });
-  ASSERT_TRUE(hook->WaitStopped(std::chrono::seconds(10)));
+  ASSERT_TRUE(hook->gate.WaitStopped());
   // The writer's record is committed; its index move is not done.
   const uint64_t waits = e->stats().fetch_waits;
   std::string got(4096, '\0');
@@ -1005,7 +1006,7 @@ TEST_F(EngineTest, ReadDuringAnOverwriteKeepsTheNewRecord) {
   for (int i = 0; i < 1000 && !removed && e->stats().fetch_waits == waits; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  hook->Release();
+  hook->gate.Release();
   writer.join();
   reader.join();
   EXPECT_FALSE(removed) << "the reader removed the overwrite's record";
@@ -1102,34 +1103,14 @@ class GateStore final : public BlockStore {
   explicit GateStore(std::unique_ptr<BlockStore> inner)
       : BlockStore(inner->block_size(), inner->slot_count()), inner_(std::move(inner)) {}
   const char* kind() const override { return inner_->kind(); }
-  void Arm() {
-    std::lock_guard<std::mutex> lock(mu_);
-    armed_ = true;
-  }
-  bool WaitStopped() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(10), [this] { return stopped_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
-    cv_.notify_all();
-  }
+  Gate gate;  // passed by every write
 
  private:
   Status DoRead(uint64_t pos, uint32_t len, void* buf) override {
     return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
   }
   Status DoWrite(uint64_t pos, uint32_t len, const void* buf) override {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (armed_) {
-        armed_ = false;
-        stopped_ = true;
-        cv_.notify_all();
-        cv_.wait(lock, [this] { return released_; });
-      }
-    }
+    gate.Pass();
     return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
   }
   Status DoPersist() override { return inner_->Persist(); }
@@ -1138,9 +1119,6 @@ class GateStore final : public BlockStore {
   }
 
   const std::unique_ptr<BlockStore> inner_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool armed_ = false, stopped_ = false, released_ = false;
 };
 
 // A drop of a block a writer holds (between its look at the index and its
@@ -1175,10 +1153,10 @@ TEST_F(DropWhileWritingTest, AnOutsideChangeDuringAnInPlaceWriteKeepsTheWrite) {
   ASSERT_EQ(e->stats().blocks_cached, 1u);
 
   std::string w = Pattern(4096, 47);
-  gate->Arm();  // sub-block 2 is not valid: written in place, and stopped there
+  gate->gate.Arm();  // sub-block 2 is not valid: written in place, and stopped there
   std::thread writer(
       [&] { EXPECT_TRUE(e->Write(file, fd, 2 * 4096, w.data(), w.size(), false).ok()); });
-  ASSERT_TRUE(gate->WaitStopped());
+  ASSERT_TRUE(gate->gate.WaitStopped());
   // Changed outside meanwhile: another size, another mtime.
   std::string changed = Pattern(kBlock + 100, 48);
   std::ofstream(source_ + "/f", std::ios::binary | std::ios::trunc) << changed;
@@ -1186,7 +1164,7 @@ TEST_F(DropWhileWritingTest, AnOutsideChangeDuringAnInPlaceWriteKeepsTheWrite) {
   auto revalidated = e->Revalidate(file, Stat(fd2));
   ASSERT_TRUE(revalidated.ok()) << revalidated.status().message();
   EXPECT_TRUE(revalidated.value());
-  gate->Release();
+  gate->gate.Release();
   writer.join();
 
   EXPECT_TRUE(ReadAll(*e, file, fd2, 2 * 4096, 4096) == w) << "the write is not seen";
@@ -1210,12 +1188,12 @@ TEST_F(DropWhileWritingTest, AnUnlinkDuringAWriteSendsTheWriteToTheOpenFile) {
   EXPECT_TRUE(ReadAll(*e, file, fd, 0, data.size()) == data);  // cached, clean
 
   std::string w = Pattern(4096, 50);
-  gate->Arm();  // the overwrite moves the block: stopped carrying the rest
+  gate->gate.Arm();  // the overwrite moves the block: stopped carrying the rest
   std::thread writer([&] { EXPECT_TRUE(e->Write(file, fd, 0, w.data(), w.size(), false).ok()); });
-  ASSERT_TRUE(gate->WaitStopped());
+  ASSERT_TRUE(gate->gate.WaitStopped());
   ASSERT_EQ(unlink((source_ + "/f").c_str()), 0);
   ASSERT_TRUE(e->Unlink("f", /*last_link=*/true).ok());
-  gate->Release();
+  gate->gate.Release();
   writer.join();
 
   EXPECT_EQ(e->stats().blocks_dirty, 0u) << "a dirty block of an unlinked file";
@@ -1232,13 +1210,7 @@ class ReadThenWaitBacking final : public Backing {
  public:
   Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override {
     auto n = RealBacking()->Read(fd, off, len, buf);
-    std::unique_lock<std::mutex> lock(mu_);
-    if (armed_) {
-      armed_ = false;
-      stopped_ = true;
-      cv_.notify_all();
-      cv_.wait(lock, [this] { return released_; });
-    }
+    gate.Pass();
     return n;
   }
   Status Write(int fd, uint64_t off, size_t len, const void* buf) override {
@@ -1246,24 +1218,7 @@ class ReadThenWaitBacking final : public Backing {
   }
   Status Sync(int fd) override { return RealBacking()->Sync(fd); }
   Status Stat(int fd, struct stat* st) override { return RealBacking()->Stat(fd, st); }
-  void Arm() {
-    std::lock_guard<std::mutex> lock(mu_);
-    armed_ = true;
-  }
-  bool WaitStopped() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(10), [this] { return stopped_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool armed_ = false, stopped_ = false, released_ = false;
+  Gate gate;  // passed by every read, after it read
 };
 
 // A file in conflict (changed outside while it had dirty data) that changes
@@ -1296,16 +1251,16 @@ TEST_F(EngineTest, AFetchFromBeforeASecondOutsideChangeIsNotCached) {
   ASSERT_TRUE(e->Revalidate(file, Stat(fd)).ok());
   ASSERT_EQ(e->stats().conflicts, 1u);
 
-  backing.Arm();
+  backing.gate.Arm();
   std::string got(4096, '\0');
   std::thread reader([&] {
     auto n = e->Read(file, fd, 0, got.size(), got.data());
     EXPECT_TRUE(n.ok()) << n.status().message();
   });
-  ASSERT_TRUE(backing.WaitStopped());  // block 0 read, not yet cached
+  ASSERT_TRUE(backing.gate.WaitStopped());  // block 0 read, not yet cached
   std::string second = change(54);
   ASSERT_TRUE(e->Revalidate(file, Stat(fd)).ok());
-  backing.Release();
+  backing.gate.Release();
   reader.join();
   e->WaitForInstalls();
   EXPECT_TRUE(ReadAll(*e, file, fd, 0, 4096) == second.substr(0, 4096))

@@ -3,20 +3,20 @@
 //
 // Races between two engine threads often hinge on the step between a commit
 // and what the committing thread does next under the engine's lock; a test
-// arms a predicate over batches, and the first commit matching it blocks (its
-// batch applied) until the test calls Release(). Every committed batch can be
-// watched too, e.g. for a removal that must not happen.
+// arms a predicate over batches, and the first commit matching it stops (its
+// batch applied) at `gate` until the test releases it. Every committed batch
+// can be watched too, e.g. for a removal that must not happen.
 //
 // Thread-safety: all methods may be called concurrently.
 #pragma once
 
-#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <utility>
 
 #include "meta/meta_store.h"
+#include "tests/cache/gate.h"
 
 namespace cachefs {
 
@@ -24,22 +24,14 @@ class HookMeta final : public MetaStore {
  public:
   explicit HookMeta(std::unique_ptr<MetaStore> inner) : inner_(std::move(inner)) {}
 
-  // The next commit for which `match` is true stops after it is applied, until
-  // Release(). REQUIRES: no stop armed or pending.
+  // The next commit for which `match` is true stops after it is applied, at
+  // `gate` (armed here), until gate.Release(). REQUIRES: no stop pending.
   void StopAfter(std::function<bool(const MetaBatch&)> match) {
     std::lock_guard<std::mutex> lock(mu_);
     match_ = std::move(match);
+    gate.Arm();
   }
-  // True once the armed commit is applied and waiting.
-  bool WaitStopped(std::chrono::milliseconds limit) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, limit, [this] { return stopped_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    released_ = true;
-    cv_.notify_all();
-  }
+  Gate gate;
   // Called with every batch once it is applied (before a stop), on the
   // committing thread.
   void Watch(std::function<void(const MetaBatch&)> fn) {
@@ -49,14 +41,16 @@ class HookMeta final : public MetaStore {
 
   Status Commit(const MetaBatch& batch, bool sync) override {
     Status s = inner_->Commit(batch, sync);
-    std::unique_lock<std::mutex> lock(mu_);
-    if (watch_) watch_(batch);
-    if (s.ok() && match_ && match_(batch)) {
-      match_ = nullptr;
-      stopped_ = true;
-      cv_.notify_all();
-      cv_.wait(lock, [this] { return released_; });
+    bool stop = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (watch_) watch_(batch);
+      if (s.ok() && match_ && match_(batch)) {
+        match_ = nullptr;
+        stop = true;
+      }
     }
+    if (stop) gate.Pass();
     return s;
   }
 
@@ -112,11 +106,8 @@ class HookMeta final : public MetaStore {
  private:
   std::unique_ptr<MetaStore> inner_;
   std::mutex mu_;
-  std::condition_variable cv_;
   std::function<bool(const MetaBatch&)> match_;
   std::function<void(const MetaBatch&)> watch_;
-  bool stopped_ = false;
-  bool released_ = false;
 };
 
 }  // namespace cachefs

@@ -125,26 +125,32 @@ class EngineTest : public ::testing::Test {
     return out;
   }
 
-  // An engine with a 100 ms source_timeout over SOURCE/f (one block of
-  // Pattern(kBlock, seed)), whose SOURCE then takes 600 ms per read. `f`
-  // stays null (with a test failure) if the file cannot be opened.
-  struct HungSource {
+  // An engine opened with `c` and SOURCE/f (`size` bytes of Pattern(size,
+  // seed)) opened in it. `e` or `f` stays null (with a test failure) if
+  // either cannot be opened.
+  struct OneFile {
     std::unique_ptr<Engine> e;
     std::string data;
     SourceFdRef fd;
     std::shared_ptr<CachedFile> f;
   };
-  HungSource OpenHungSource(uint32_t seed) {
-    HungSource h;
-    EngineConfig c = Config();
-    c.options.source_timeout = 0.1;
+  OneFile OpenOneFile(const EngineConfig& c, uint32_t seed, size_t size = kBlock) {
+    OneFile h;
     h.e = OpenEngine(c);
     if (h.e == nullptr) return h;
-    h.data = Pattern(kBlock, seed);
+    h.data = Pattern(size, seed);
     h.fd = MakeFile("f", h.data);
     auto f = h.e->OpenFile("f", Stat(h.fd));
     EXPECT_TRUE(f.ok()) << f.status().message();
     if (f.ok()) h.f = f.value();
+    return h;
+  }
+  // OpenOneFile (one block) with a 100 ms source_timeout, whose SOURCE then
+  // takes 600 ms per read.
+  OneFile OpenHungSource(uint32_t seed) {
+    EngineConfig c = Config();
+    c.options.source_timeout = 0.1;
+    OneFile h = OpenOneFile(c, seed);
     backing_.delay_ms = 600;
     return h;
   }
@@ -742,7 +748,7 @@ TEST_F(EngineTest, ReadErrorOfSourceIsReported) {
 }
 
 TEST_F(EngineTest, HungSourceReadFailsAfterTheTimeout) {
-  HungSource h = OpenHungSource(17);
+  OneFile h = OpenHungSource(17);
   ASSERT_NE(h.f, nullptr);
   auto& [e, data, fd, f] = h;
   std::string out(100, '\0');
@@ -775,7 +781,7 @@ TEST_F(EngineTest, DirectReadServesAndCaches) {
 }
 
 TEST_F(EngineTest, HungDirectReadIsAnsweredAtTheDeadline) {
-  HungSource h = OpenHungSource(22);
+  OneFile h = OpenHungSource(22);
   ASSERT_NE(h.f, nullptr);
   auto& [e, data, fd, f] = h;
   const auto start = std::chrono::steady_clock::now();
@@ -976,14 +982,12 @@ EngineConfig HookedConfig(EngineConfig c, HookMeta** hook) {
 // reads served from SOURCE. It waits for the writer instead.
 TEST_F(EngineTest, ReadDuringAnOverwriteKeepsTheNewRecord) {
   HookMeta* hook = nullptr;
-  EngineConfig c = HookedConfig(WritebackConfig(), &hook);
-  auto e = OpenEngine(c);
-  ASSERT_NE(e, nullptr);
-  std::string data = Pattern(kBlock, 41);
-  auto fd = MakeFile("f", data);
-  auto f = e->OpenFile("f", Stat(fd));
-  ASSERT_TRUE(f.ok()) << f.status().message();
-  CachedFile& file = *f.value();
+  OneFile one = OpenOneFile(HookedConfig(WritebackConfig(), &hook), 41);
+  ASSERT_NE(one.f, nullptr);
+  Engine* e = one.e.get();
+  CachedFile& file = *one.f;
+  const std::string& data = one.data;
+  const SourceFdRef& fd = one.fd;
   EXPECT_EQ(ReadAll(*e, file, fd, 0, data.size()), data);  // cached, clean
   const uint64_t id = file.file_id();
   std::atomic<bool> removed{false};
@@ -1027,73 +1031,64 @@ TEST_F(EngineTest, ReadDuringAnOverwriteKeepsTheNewRecord) {
 // unlinked file left records behind).
 class DetachedReadTest : public EngineTest {
  protected:
-  // Starts a read of block 0 of `name` that hangs in SOURCE; `finish()`
-  // lets it go on, waits for it and for its install.
-  struct HungRead {
-    std::thread reader;
-    std::string got = std::string(4096, '\0');
-  };
-  void StartHungRead(Engine& e, FaultBacking& fb, CachedFile& f, const SourceFdRef& fd,
-                     HungRead& r) {
-    fb.Set(FaultBacking::Fault::kHang);
-    r.reader = std::thread([&e, &f, fd, &r] {
-      auto n = e.Read(f, fd, 0, r.got.size(), r.got.data());
+  // An engine over SOURCE/f (one block, Pattern(kBlock, seed)) with a read
+  // of its block 0 started and hanging in SOURCE.
+  void StartHungRead(uint32_t seed) {
+    EngineConfig c = Config();
+    c.backing = fb_;
+    one_ = OpenOneFile(c, seed);
+    ASSERT_NE(one_.f, nullptr);
+    fb_->Set(FaultBacking::Fault::kHang);
+    reader_ = std::thread([this] {
+      auto n = one_.e->Read(*one_.f, one_.fd, 0, got_.size(), got_.data());
       EXPECT_TRUE(n.ok()) << n.status().message();
     });
-    for (int i = 0; i < 1000 && fb.hung() == 0; ++i) {
+    for (int i = 0; i < 1000 && fb_->hung() == 0; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    ASSERT_EQ(fb.hung(), 1);
+    ASSERT_EQ(fb_->hung(), 1);
   }
-  static void Finish(Engine& e, FaultBacking& fb, HungRead& r) {
-    fb.Set(FaultBacking::Fault::kNone);
-    r.reader.join();
-    e.WaitForInstalls();
+  // Lets the read go on; waits for it and its install. It must have read
+  // the file it was reading.
+  void FinishRead() {
+    fb_->Set(FaultBacking::Fault::kNone);
+    reader_.join();
+    one_.e->WaitForInstalls();
+    EXPECT_TRUE(got_ == one_.data.substr(0, got_.size()));
   }
+  void TearDown() override {
+    if (reader_.joinable()) FinishRead();
+    one_ = OneFile{};  // the engine closes before its directory goes
+    EngineTest::TearDown();
+  }
+
+  FaultBacking* const fb_ = FaultBacking::Leaked();
+  OneFile one_;
+  std::thread reader_;
+  std::string got_ = std::string(4096, '\0');
 };
 
 TEST_F(DetachedReadTest, AReplacedFilesFetchIsNotCachedForItsSuccessor) {
-  FaultBacking* fb = FaultBacking::Leaked();
-  EngineConfig c = Config();
-  c.backing = fb;
-  auto e = OpenEngine(c);
-  ASSERT_NE(e, nullptr);
-  std::string a = Pattern(kBlock, 43), b = Pattern(kBlock, 44);
-  auto fd_a = MakeFile("f", a);
-  auto old_file = e->OpenFile("f", Stat(fd_a));
-  ASSERT_TRUE(old_file.ok()) << old_file.status().message();
-  HungRead r;
-  StartHungRead(*e, *fb, *old_file.value(), fd_a, r);
+  ASSERT_NO_FATAL_FAILURE(StartHungRead(43));
   // Another file takes the name: written aside and renamed over it.
+  std::string b = Pattern(kBlock, 44);
   std::ofstream(source_ + "/f.new", std::ios::binary) << b;
   ASSERT_EQ(rename((source_ + "/f.new").c_str(), (source_ + "/f").c_str()), 0);
   auto fd_b = OpenSourceFile("f");
-  auto new_file = e->OpenFile("f", Stat(fd_b));
+  auto new_file = one_.e->OpenFile("f", Stat(fd_b));
   ASSERT_TRUE(new_file.ok()) << new_file.status().message();
-  ASSERT_NE(new_file.value().get(), old_file.value().get());
-  Finish(*e, *fb, r);
-  EXPECT_TRUE(r.got == a.substr(0, 4096));  // the old file's reader saw the old file
-  EXPECT_TRUE(ReadAll(*e, *new_file.value(), fd_b, 0, b.size()) == b)
+  ASSERT_NE(new_file.value().get(), one_.f.get());
+  FinishRead();
+  EXPECT_TRUE(ReadAll(*one_.e, *new_file.value(), fd_b, 0, b.size()) == b)
       << "the new file was served the old file's bytes";
 }
 
 TEST_F(DetachedReadTest, AnUnlinkedFilesFetchIsNotCached) {
-  FaultBacking* fb = FaultBacking::Leaked();
-  EngineConfig c = Config();
-  c.backing = fb;
-  auto e = OpenEngine(c);
-  ASSERT_NE(e, nullptr);
-  std::string a = Pattern(kBlock, 45);
-  auto fd = MakeFile("f", a);
-  auto f = e->OpenFile("f", Stat(fd));
-  ASSERT_TRUE(f.ok()) << f.status().message();
-  HungRead r;
-  StartHungRead(*e, *fb, *f.value(), fd, r);
+  ASSERT_NO_FATAL_FAILURE(StartHungRead(45));
   ASSERT_EQ(unlink((source_ + "/f").c_str()), 0);
-  ASSERT_TRUE(e->Unlink("f", /*last_link=*/true).ok());
-  Finish(*e, *fb, r);
-  EXPECT_TRUE(r.got == a.substr(0, 4096));
-  EXPECT_EQ(e->stats().blocks_cached, 0u) << "an unlinked file's block was cached";
+  ASSERT_TRUE(one_.e->Unlink("f", /*last_link=*/true).ok());
+  FinishRead();
+  EXPECT_EQ(one_.e->stats().blocks_cached, 0u) << "an unlinked file's block was cached";
 }
 
 // A BlockStore over another whose next write, once armed, waits until the

@@ -299,6 +299,7 @@ Status Engine::Recover() {
   const uint64_t trusted = durable.value();
   uint64_t max_epoch = trusted;
   uint64_t max_seq = 0;
+  uint64_t max_block_file_id = 0;  // block records may outlive their file's record
   pinned_slot_.assign(slots, false);
   blocks_pinned_ = 0;
   Status fs = LoadFileFlags();
@@ -352,6 +353,7 @@ Status Engine::Recover() {
     return slot >= slots || index_->InUse(static_cast<uint32_t>(slot));
   };
   Status s = meta_->ScanAllBlocks([&](const BlockRecord& r) {
+    max_block_file_id = std::max(max_block_file_id, r.file_id);
     for (const BlockVersion& v : r.previous) {
       next_generation_ = std::max(next_generation_, v.generation + 1);
       max_epoch = std::max(max_epoch, v.epoch);
@@ -437,7 +439,9 @@ Status Engine::Recover() {
   }
   auto max_id = meta_->MaxFileId();
   if (!max_id.ok()) return max_id.status();
-  next_file_id_ = max_id.value() + 1;
+  // Past every id a block record names too: a new file must never find
+  // blocks of a file whose record is gone (they would pass their CRCs).
+  next_file_id_ = std::max(max_id.value(), max_block_file_id) + 1;
   auto max_dirty = meta_->MaxDirtySeq();
   if (!max_dirty.ok()) return max_dirty.status();
   next_dirty_seq_ = std::max(max_dirty.value(), max_seq) + 1;

@@ -1262,6 +1262,36 @@ TEST_F(EngineTest, AFetchFromBeforeASecondOutsideChangeIsNotCached) {
       << "block 0 was cached from before the second change";
 }
 
+// Blocks whose file record is gone (whatever left them: a crash between two
+// batches, an older version) must never be served to a new file: the id of
+// a new file is past every id a block record names, not only past the
+// file records'.
+TEST_F(EngineTest, ANewFileNeverGetsTheIdOfOrphanedBlocks) {
+  EngineConfig c = Config();
+  std::string old_data = Pattern(kBlock, 55);
+  auto fd = MakeFile("f", old_data);
+  CacheWholeFile(c, "f", fd, old_data);
+  {
+    // The file's records go, its block record stays.
+    auto meta = OpenRocksMetaStore(c.options.cache_dir + "/meta", false);
+    ASSERT_TRUE(meta.ok()) << meta.status().message();
+    auto id = meta.value()->LookupPath("f");
+    ASSERT_TRUE(id.ok() && id.value());
+    MetaBatch batch;
+    batch.RemovePath("f");
+    batch.RemoveFile(*id.value());
+    ASSERT_TRUE(meta.value()->Commit(batch, true).ok());
+  }
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  std::string new_data = Pattern(kBlock, 56);
+  auto fd_g = MakeFile("g", new_data);
+  auto g = e->OpenFile("g", Stat(fd_g));
+  ASSERT_TRUE(g.ok()) << g.status().message();
+  EXPECT_TRUE(ReadAll(*e, *g.value(), fd_g, 0, new_data.size()) == new_data)
+      << "the new file was served an orphaned block";
+}
+
 // store_io=direct: every store IO of the engine is O_DIRECT-aligned (misses,
 // fills, unaligned writes carried into a block, flush, a warm restart), and
 // the store really is open with O_DIRECT. Refused with a pmem store.

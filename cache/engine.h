@@ -877,6 +877,13 @@ class Engine {
   Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch,
                         std::vector<uint32_t>& freed, bool keep_dirty = false)
       EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
+  // Whether a drop took the block `held` (LockBlock's) while it was held: a
+  // holder that read the block's record must not put it back then.
+  // REQUIRES: files_mu_ held from this check through the holder's commit.
+  bool DroppedWhileHeld(const Fetch& held) EXCLUSIVE_LOCKS_REQUIRED(files_mu_) LOCKS_EXCLUDED(mu_) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return held.dropped;
+  }
   // Revalidate with files_mu_ held (OpenFile).
   Result<bool> RevalidateLocked(CachedFile& file, const struct stat& st)
       EXCLUSIVE_LOCKS_REQUIRED(files_mu_);

@@ -406,14 +406,12 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   // unlink, a truncate) came before, and this write commits nothing, or
   // comes after and finds the new record in the index.
   std::unique_lock<std::mutex> files_lock(files_mu_);
-  {
+  if (DroppedWhileHeld(held.fetch())) {
     std::lock_guard<std::mutex> l(mu_);
-    if (held.fetch().dropped) {
-      if (!in_place) FreeSlot(slot);
-      if (old_slot) ReleaseReader(*old_slot);
-      if (dropped != nullptr) *dropped = true;
-      return Status::Ok();
-    }
+    if (!in_place) FreeSlot(slot);
+    if (old_slot) ReleaseReader(*old_slot);
+    if (dropped != nullptr) *dropped = true;
+    return Status::Ok();
   }
   // Dirty data past the recorded size: the file's record grows to cover it
   // in this same batch. Were the size committed only after the whole write
@@ -649,6 +647,11 @@ Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begi
   }
   {
     std::lock_guard<std::mutex> l(files_mu_);
+    if (DroppedWhileHeld(held.fetch())) {
+      // The block went meanwhile (its record with it): nothing to change.
+      batch.Clear();
+      changed = false;
+    }
     auto r = meta_->GetFile(id);
     if (!r.ok()) return r.status();
     FileRecord f;
@@ -811,7 +814,8 @@ Status Engine::BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len) {
           changed = true;
         }
       }
-      if (changed) {
+      std::lock_guard<std::mutex> files_lock(files_mu_);
+      if (changed && !DroppedWhileHeld(*block)) {
         MetaBatch batch;
         batch.Put(rec);
         s = meta_->Commit(batch, false);
@@ -1279,11 +1283,19 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
         rec.dirty_seq = 0;
       }
       batch.Put(rec);
-      s = meta_->Commit(batch, false);
+      std::unique_lock<std::mutex> files_lock(files_mu_);
+      // Dropped meanwhile (an unlink, a truncate): its record is gone and
+      // must not come back.
+      const bool gone = DroppedWhileHeld(*lock);
+      if (!gone) s = meta_->Commit(batch, false);
+      files_lock.unlock();
       if (s.ok()) {
         std::lock_guard<std::mutex> l(mu_);
         // This version is on the image, synced: its epoch is done with it.
         if (ImageEpochs()) EpochBlockDone(BlockKey{file_id, t.index}, t.generation, t.dirty);
+      }
+      if (s.ok() && !gone) {
+        std::lock_guard<std::mutex> l(mu_);
         if (index_->Find({file_id, t.index}) == rec.slot) {
           SetDirtySubs(static_cast<uint32_t>(rec.slot), rec.DirtyCount());
         }

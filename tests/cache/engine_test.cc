@@ -1091,6 +1091,33 @@ TEST_F(DetachedReadTest, AnUnlinkedFilesFetchIsNotCached) {
   EXPECT_EQ(one_.e->stats().blocks_cached, 0u) << "an unlinked file's block was cached";
 }
 
+// The writeback marks a block clean by reading its record and putting it
+// back changed. An unlink of the file in between drops the block (its record
+// and dirty entry in one batch): the record must not come back, pointing at
+// a slot the drop let go, for a file that is gone.
+TEST_F(EngineTest, AnUnlinkWhileTheWritebackMarksABlockCleanKeepsItGone) {
+  HookMeta* hook = nullptr;
+  OneFile one = OpenOneFile(HookedConfig(WritebackConfig(), &hook), 57);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  std::string w = Pattern(4096, 58);
+  ASSERT_TRUE(e.Write(*one.f, one.fd, 0, w.data(), w.size(), false).ok());
+  const uint64_t id = one.f->file_id();
+  // The writeback reads the record twice: for the data, then to mark it clean.
+  hook->StopAfterGet(id, 0, /*skip=*/1);
+  std::thread flusher([&] { (void)e.Flush(); });
+  ASSERT_TRUE(hook->get_gate.WaitStopped());
+  ASSERT_EQ(unlink((source_ + "/f").c_str()), 0);
+  ASSERT_TRUE(e.Unlink("f", /*last_link=*/true).ok());
+  hook->get_gate.Release();
+  flusher.join();
+  auto rec = hook->GetBlock(id, 0);
+  ASSERT_TRUE(rec.ok()) << rec.status().message();
+  EXPECT_FALSE(rec.value().has_value()) << "the unlinked file's block record came back";
+  EXPECT_EQ(e.stats().blocks_cached, 0u);
+  EXPECT_EQ(e.stats().blocks_dirty, 0u);
+}
+
 // A BlockStore over another whose next write, once armed, waits until the
 // test releases it: a writer stopped with its block held, before its commit.
 class GateStore final : public BlockStore {

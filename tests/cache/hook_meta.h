@@ -32,6 +32,16 @@ class HookMeta final : public MetaStore {
     gate.Arm();
   }
   Gate gate;
+  // The (skip+1)-th GetBlock of block `index` of `file_id` from now stops
+  // after its read, at `get_gate` (armed here), until get_gate.Release().
+  void StopAfterGet(uint64_t file_id, uint64_t index, int skip) {
+    std::lock_guard<std::mutex> lock(mu_);
+    get_key_ = {file_id, index};
+    get_skip_ = skip;
+    get_armed_ = true;
+    get_gate.Arm();
+  }
+  Gate get_gate;
   // Called with every batch once it is applied (before a stop), on the
   // committing thread.
   void Watch(std::function<void(const MetaBatch&)> fn) {
@@ -64,7 +74,18 @@ class HookMeta final : public MetaStore {
     return inner_->LookupPath(path);
   }
   Result<std::optional<BlockRecord>> GetBlock(uint64_t file_id, uint64_t index) override {
-    return inner_->GetBlock(file_id, index);
+    auto r = inner_->GetBlock(file_id, index);
+    bool stop = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (get_armed_ && get_key_ == std::pair<uint64_t, uint64_t>{file_id, index} &&
+          get_skip_-- == 0) {
+        get_armed_ = false;
+        stop = true;
+      }
+    }
+    if (stop) get_gate.Pass();
+    return r;
   }
   Result<uint64_t> GetDurableEpoch() override { return inner_->GetDurableEpoch(); }
   Status ScanFiles(const std::function<bool(const FileRecord&)>& fn) override {
@@ -108,6 +129,9 @@ class HookMeta final : public MetaStore {
   std::mutex mu_;
   std::function<bool(const MetaBatch&)> match_;
   std::function<void(const MetaBatch&)> watch_;
+  std::pair<uint64_t, uint64_t> get_key_;
+  int get_skip_ = 0;
+  bool get_armed_ = false;
 };
 
 }  // namespace cachefs

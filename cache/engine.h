@@ -596,7 +596,8 @@ class Engine {
     bool warm = false;
     InstallOutcome outcome = InstallOutcome::kSkipped;  // set by InstallRun
     // Guarded by the engine's mu_: a drop (DropBlocksInto) took the block
-    // while this holder had it. A writer then commits nothing (WriteBlock).
+    // while this holder had it. A writer then commits nothing (WriteBlock),
+    // and no holder puts the block's record back (DroppedWhileHeld).
     bool dropped = false;
   };
   // A block fetched by readahead that the cache did not take: its data, kept
@@ -855,12 +856,6 @@ class Engine {
   void SetDirtySubs(uint32_t slot, uint32_t subs) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseDirty(uint64_t seq) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasDirty(uint64_t file_id);
-  // Drops the cached blocks of `file_id` with from_index <= index < to_index
-  // from the index at once and from the metadata with `batch`
-  // (DropBlocksInto) or with a commit of its own (DropBlocks).
-  // Dirty blocks go too, unless `keep_dirty`. DropBlocksInto adds the slots
-  // it freed to `freed`, for ReleaseDropped once `batch` is committed;
-  // DropBlocks sets `*dropped` to the number of blocks dropped if given.
   // Marks `file` detached (its name is gone or another file's) and makes its
   // fetches in flight stale, so none of them caches what it read after the
   // caller dropped the file's blocks: the file id may serve another file.
@@ -869,14 +864,6 @@ class Engine {
     file.detached_ = true;
     file.epoch_++;
   }
-  // Every drop runs under files_mu_ from its decision to its commit, so a
-  // writer (which commits under files_mu_ after checking Fetch::dropped)
-  // either sees the mark or commits before the drop looks at the block.
-  // Blocks held meanwhile (fetches_) are marked dropped, but for dirty ones
-  // kept with `keep_dirty`.
-  Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch,
-                        std::vector<uint32_t>& freed, bool keep_dirty = false)
-      EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   // Whether a drop took the block `held` (LockBlock's) while it was held: a
   // holder that read the block's record must not put it back then.
   // REQUIRES: files_mu_ held from this check through the holder's commit.
@@ -886,6 +873,20 @@ class Engine {
   }
   // Revalidate with files_mu_ held (OpenFile).
   Result<bool> RevalidateLocked(CachedFile& file, const struct stat& st)
+      EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
+  // Drops the cached blocks of `file_id` with from_index <= index < to_index
+  // from the index at once and from the metadata with `batch`
+  // (DropBlocksInto) or with a commit of its own (DropBlocks).
+  // Dirty blocks go too, unless `keep_dirty`. DropBlocksInto adds the slots
+  // it freed to `freed`, for ReleaseDropped once `batch` is committed;
+  // DropBlocks sets `*dropped` to the number of blocks dropped if given.
+  // Every drop runs under files_mu_ from its decision to its commit, so a
+  // writer (which commits under files_mu_ after checking Fetch::dropped)
+  // either sees the mark or commits before the drop looks at the block.
+  // Blocks held meanwhile (fetches_) are marked dropped, but for dirty ones
+  // kept with `keep_dirty`.
+  Status DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index, MetaBatch& batch,
+                        std::vector<uint32_t>& freed, bool keep_dirty = false)
       EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   // Quarantines the slots of blocks whose removal is now committed: free
   // at the next persist, when that removal is synced.

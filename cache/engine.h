@@ -398,6 +398,9 @@ class Engine {
   // data; with `only_if_open`, only while the FUSE layer has it open (an
   // unlinked file's data must stay readable through its handles).
   Status FlushPath(const std::string& path, bool only_if_open);
+  // The file at `path` (relative to SOURCE) while the FUSE layer has it
+  // open, else null: for a SourceChange around an unlink of the path.
+  std::shared_ptr<CachedFile> LivePath(const std::string& path);
   // Writes back everything dirty at the time of the call; returns when it is
   // on SOURCE, or the first error that stops it (a conflict is skipped and
   // reported, not an error).

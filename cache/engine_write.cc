@@ -701,19 +701,21 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
                      size_t len, bool sync) {
   if (len == 0) return Status::Ok();
   ScopedLatency timed(&write_latency_);
-  if (file.detached_) {
-    // Its last name is gone (or another file took it): no record to hang
-    // dirty data on. Its open handles read SOURCE's file: write there.
-    Status s = backing_->Write(fd->get(), off, len, data);
-    if (s.ok() && sync) s = backing_->Sync(fd->get());
-    return s;
-  }
   const uint64_t bs = sb_.block_size;
   bool grows;
   {
     std::unique_lock<std::mutex> lock(file.mu_);
-    // Not while the FUSE layer changes SOURCE's copy itself (SourceChange).
+    // Not while the FUSE layer changes SOURCE's copy itself (SourceChange,
+    // held by an unlink too, from its flush to its drop).
     file.cv_.wait(lock, [&] { return !file.source_change_; });
+    if (file.detached_) {
+      // Its last name is gone (or another file took it): no record to hang
+      // dirty data on. Its open handles read SOURCE's file: write there.
+      lock.unlock();
+      Status s = backing_->Write(fd->get(), off, len, data);
+      if (s.ok() && sync) s = backing_->Sync(fd->get());
+      return s;
+    }
     grows = !file.overlay_ || off + len > file.size_;
     if (!file.overlay_) {
       file.overlay_ = true;
@@ -1338,6 +1340,12 @@ Status Engine::FlushFile(CachedFile& file) {
   Status s = SealEpoch(/*all=*/true);
   if (!s.ok()) return s;
   return WriteBackFile(file.file_id_, indices, /*background=*/false);
+}
+
+std::shared_ptr<CachedFile> Engine::LivePath(const std::string& path) {
+  auto id = meta_->LookupPath(path);
+  if (!id.ok() || !id.value()) return nullptr;
+  return LiveFile(*id.value());
 }
 
 Status Engine::FlushPath(const std::string& path, bool only_if_open) {

@@ -501,8 +501,13 @@ void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   bool cached = fs.engine() != nullptr && fstatat(dir->fd(), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
                 S_ISREG(st.st_mode);
   std::optional<std::string> path = cached ? RelPath(fs, dir, name) : std::nullopt;
+  std::optional<Engine::SourceChange> change;
   if (path && st.st_nlink <= 1 && fs.engine()->mode() == CacheMode::kWriteback) {
-    // Still open somewhere: its handles read SOURCE once the name is gone.
+    // Still open somewhere: its handles read SOURCE once the name is gone,
+    // so its dirty data goes there first. No cached write of it from the
+    // flush to the drop (they wait, then see it detached and write to
+    // SOURCE's file): a write in between would be dropped with the name.
+    change.emplace(fs.engine()->LivePath(*path));
     Status s = fs.engine()->FlushPath(*path, /*only_if_open=*/true);
     if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
   }

@@ -1118,6 +1118,39 @@ TEST_F(EngineTest, AnUnlinkWhileTheWritebackMarksABlockCleanKeepsItGone) {
   EXPECT_EQ(e.stats().blocks_dirty, 0u);
 }
 
+// An unlink through the mount holds the file's cached writes off from its
+// flush to its drop (SourceChange). A write that waited meanwhile must see
+// the file detached and go to SOURCE's file, which its handles read: into
+// the cache it would be a dirty block of a file that is gone.
+TEST_F(EngineTest, AWriteHeldOffByAnUnlinkGoesToTheOpenFile) {
+  auto e = OpenEngine(WritebackConfig());
+  ASSERT_NE(e, nullptr);
+  std::string data = Pattern(kBlock, 59);
+  MakeFile("f", data);
+  int raw = open((source_ + "/f").c_str(), O_RDWR);
+  ASSERT_GE(raw, 0);
+  auto fd = std::make_shared<SourceFd>(raw);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  ASSERT_EQ(e->LivePath("f"), f.value());
+  std::string w = Pattern(4096, 60);
+  std::thread writer;
+  {
+    Engine::SourceChange change(e->LivePath("f"));
+    writer = std::thread(
+        [&] { EXPECT_TRUE(e->Write(*f.value(), fd, 0, w.data(), w.size(), false).ok()); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // waiting for the change
+    ASSERT_EQ(unlink((source_ + "/f").c_str()), 0);
+    ASSERT_TRUE(e->Unlink("f", /*last_link=*/true).ok());
+  }
+  writer.join();
+  EXPECT_EQ(e->stats().blocks_dirty, 0u) << "a dirty block of an unlinked file";
+  std::string got(4096, '\0');
+  ASSERT_EQ(pread(raw, got.data(), got.size(), 0), 4096);
+  EXPECT_TRUE(got == w) << "the open file does not have the write";
+  EXPECT_EQ(e->LivePath("f"), nullptr);
+}
+
 // A BlockStore over another whose next write, once armed, waits until the
 // test releases it: a writer stopped with its block held, before its commit.
 class GateStore final : public BlockStore {

@@ -104,6 +104,14 @@ class EngineTest : public ::testing::Test {
     return std::make_shared<SourceFd>(fd);
   }
   SourceFdRef OpenSourceFile(const std::string& name) { return OpenSource(source_ + "/" + name); }
+  // MakeFile, but opened for reading and writing (the descriptor the FUSE
+  // layer would write a detached file through).
+  SourceFdRef MakeFileRw(const std::string& name, const std::string& data) {
+    MakeFile(name, data);
+    int fd = open((source_ + "/" + name).c_str(), O_RDWR);
+    EXPECT_GE(fd, 0);
+    return std::make_shared<SourceFd>(fd);
+  }
   static struct stat Stat(const SourceFdRef& fd) {
     struct stat st;
     fstat(fd->get(), &st);
@@ -1125,11 +1133,8 @@ TEST_F(EngineTest, AnUnlinkWhileTheWritebackMarksABlockCleanKeepsItGone) {
 TEST_F(EngineTest, AWriteHeldOffByAnUnlinkGoesToTheOpenFile) {
   auto e = OpenEngine(WritebackConfig());
   ASSERT_NE(e, nullptr);
-  std::string data = Pattern(kBlock, 59);
-  MakeFile("f", data);
-  int raw = open((source_ + "/f").c_str(), O_RDWR);
-  ASSERT_GE(raw, 0);
-  auto fd = std::make_shared<SourceFd>(raw);
+  auto fd = MakeFileRw("f", Pattern(kBlock, 59));
+  const int raw = fd->get();
   auto f = e->OpenFile("f", Stat(fd));
   ASSERT_TRUE(f.ok()) << f.status().message();
   ASSERT_EQ(e->LivePath("f"), f.value());
@@ -1184,77 +1189,81 @@ class GateStore final : public BlockStore {
 // record of a file already gone.
 class DropWhileWritingTest : public EngineTest {
  protected:
-  std::unique_ptr<Engine> OpenGated(GateStore** gate) {
+  // A writeback engine whose store writes go through `gate_`, over SOURCE/f
+  // (one block of Pattern(kBlock, seed)), opened for reading and writing.
+  void OpenGated(uint32_t seed) {
     EngineConfig c = WritebackConfig();
-    c.wrap_store = [gate](std::unique_ptr<BlockStore> inner) -> std::unique_ptr<BlockStore> {
+    c.wrap_store = [this](std::unique_ptr<BlockStore> inner) -> std::unique_ptr<BlockStore> {
       auto g = std::make_unique<GateStore>(std::move(inner));
-      *gate = g.get();
+      gate_ = &g->gate;
       return g;
     };
-    return OpenEngine(c);
+    e_ = OpenEngine(c);
+    ASSERT_NE(e_, nullptr);
+    data_ = Pattern(kBlock, seed);
+    fd_ = MakeFileRw("f", data_);
+    auto f = e_->OpenFile("f", Stat(fd_));
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    file_ = f.value();
   }
+  void TearDown() override {
+    file_.reset();
+    e_.reset();
+    EngineTest::TearDown();
+  }
+
+  std::unique_ptr<Engine> e_;
+  Gate* gate_ = nullptr;
+  std::string data_;
+  SourceFdRef fd_;
+  std::shared_ptr<CachedFile> file_;
 };
 
 TEST_F(DropWhileWritingTest, AnOutsideChangeDuringAnInPlaceWriteKeepsTheWrite) {
-  GateStore* gate = nullptr;
-  auto e = OpenGated(&gate);
-  ASSERT_NE(e, nullptr);
-  std::string data = Pattern(kBlock, 46);
-  auto fd = MakeFile("f", data);
-  auto f = e->OpenFile("f", Stat(fd));
-  ASSERT_TRUE(f.ok()) << f.status().message();
-  CachedFile& file = *f.value();
-  EXPECT_TRUE(ReadAll(*e, file, fd, 0, 4096) == data.substr(0, 4096));  // sub-block 0 only
-  ASSERT_EQ(e->stats().blocks_cached, 1u);
+  ASSERT_NO_FATAL_FAILURE(OpenGated(46));
+  Engine& e = *e_;
+  EXPECT_TRUE(ReadAll(e, *file_, fd_, 0, 4096) == data_.substr(0, 4096));  // sub-block 0 only
+  ASSERT_EQ(e.stats().blocks_cached, 1u);
 
   std::string w = Pattern(4096, 47);
-  gate->gate.Arm();  // sub-block 2 is not valid: written in place, and stopped there
+  gate_->Arm();  // sub-block 2 is not valid: written in place, and stopped there
   std::thread writer(
-      [&] { EXPECT_TRUE(e->Write(file, fd, 2 * 4096, w.data(), w.size(), false).ok()); });
-  ASSERT_TRUE(gate->gate.WaitStopped());
+      [&] { EXPECT_TRUE(e.Write(*file_, fd_, 2 * 4096, w.data(), w.size(), false).ok()); });
+  ASSERT_TRUE(gate_->WaitStopped());
   // Changed outside meanwhile: another size, another mtime.
   std::string changed = Pattern(kBlock + 100, 48);
   std::ofstream(source_ + "/f", std::ios::binary | std::ios::trunc) << changed;
   auto fd2 = OpenSourceFile("f");
-  auto revalidated = e->Revalidate(file, Stat(fd2));
+  auto revalidated = e.Revalidate(*file_, Stat(fd2));
   ASSERT_TRUE(revalidated.ok()) << revalidated.status().message();
   EXPECT_TRUE(revalidated.value());
-  gate->gate.Release();
+  gate_->Release();
   writer.join();
 
-  EXPECT_TRUE(ReadAll(*e, file, fd2, 2 * 4096, 4096) == w) << "the write is not seen";
-  ASSERT_TRUE(e->Persist().ok());  // frees the slots the drop let go
-  EXPECT_TRUE(ReadAll(*e, file, fd2, 2 * 4096, 4096) == w) << "the write is lost after a persist";
-  EXPECT_EQ(e->stats().blocks_dirty, 1u);
+  EXPECT_TRUE(ReadAll(e, *file_, fd2, 2 * 4096, 4096) == w) << "the write is not seen";
+  ASSERT_TRUE(e.Persist().ok());  // frees the slots the drop let go
+  EXPECT_TRUE(ReadAll(e, *file_, fd2, 2 * 4096, 4096) == w) << "the write is lost after a persist";
+  EXPECT_EQ(e.stats().blocks_dirty, 1u);
 }
 
 TEST_F(DropWhileWritingTest, AnUnlinkDuringAWriteSendsTheWriteToTheOpenFile) {
-  GateStore* gate = nullptr;
-  auto e = OpenGated(&gate);
-  ASSERT_NE(e, nullptr);
-  std::string data = Pattern(kBlock, 49);
-  MakeFile("f", data);
-  int raw = open((source_ + "/f").c_str(), O_RDWR);
-  ASSERT_GE(raw, 0);
-  auto fd = std::make_shared<SourceFd>(raw);
-  auto f = e->OpenFile("f", Stat(fd));
-  ASSERT_TRUE(f.ok()) << f.status().message();
-  CachedFile& file = *f.value();
-  EXPECT_TRUE(ReadAll(*e, file, fd, 0, data.size()) == data);  // cached, clean
+  ASSERT_NO_FATAL_FAILURE(OpenGated(49));
+  Engine& e = *e_;
+  EXPECT_TRUE(ReadAll(e, *file_, fd_, 0, data_.size()) == data_);  // cached, clean
 
   std::string w = Pattern(4096, 50);
-  gate->gate.Arm();  // the overwrite moves the block: stopped carrying the rest
-  std::thread writer([&] { EXPECT_TRUE(e->Write(file, fd, 0, w.data(), w.size(), false).ok()); });
-  ASSERT_TRUE(gate->gate.WaitStopped());
+  gate_->Arm();  // the overwrite moves the block: stopped carrying the rest
+  std::thread writer([&] { EXPECT_TRUE(e.Write(*file_, fd_, 0, w.data(), w.size(), false).ok()); });
+  ASSERT_TRUE(gate_->WaitStopped());
   ASSERT_EQ(unlink((source_ + "/f").c_str()), 0);
-  ASSERT_TRUE(e->Unlink("f", /*last_link=*/true).ok());
-  gate->gate.Release();
+  ASSERT_TRUE(e.Unlink("f", /*last_link=*/true).ok());
+  gate_->Release();
   writer.join();
 
-  EXPECT_EQ(e->stats().blocks_dirty, 0u) << "a dirty block of an unlinked file";
-  EXPECT_EQ(e->stats().blocks_cached, 0u);
+  EXPECT_EQ(e.stats().blocks_dirty, 0u) << "a dirty block of an unlinked file";
+  EXPECT_EQ(e.stats().blocks_cached, 0u);
   std::string got(4096, '\0');
-  ASSERT_EQ(pread(raw, got.data(), got.size(), 0), 4096);
+  ASSERT_EQ(pread(fd_->get(), got.data(), got.size(), 0), 4096);
   EXPECT_TRUE(got == w) << "the open file does not have the write";
 }
 

@@ -531,6 +531,7 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   Inode* from_dir = In(req, parent);
   Inode* to_dir = In(req, newparent);
   std::optional<std::string> from, to;
+  std::optional<Engine::SourceChange> change;
   struct stat st;
   bool is_dir = false;
   if (fs.engine() != nullptr && fstatat(from_dir->fd(), name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -544,6 +545,17 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
       // with less than was promised (contract 5).
       Status s = fs.engine()->FlushPath(*from, /*only_if_open=*/false);
       if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
+      if (to && S_ISREG(target.st_mode)) {
+        // The file that loses its name: the cache forgets it, so its dirty
+        // data goes to SOURCE first when something can still read it: its
+        // open handles (which then read SOURCE's file, as after an unlink:
+        // its writes held off until it is forgotten), or, exchanged, its
+        // new name.
+        const bool exchange = (flags & RENAME_EXCHANGE) != 0;
+        if (!exchange && target.st_nlink <= 1) change.emplace(fs.engine()->LivePath(*to));
+        s = fs.engine()->FlushPath(*to, /*only_if_open=*/!exchange);
+        if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
+      }
     }
   }
   int res = renameat2(from_dir->fd(), name, to_dir->fd(), newname, flags);

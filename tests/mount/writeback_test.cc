@@ -219,6 +219,37 @@ TEST_F(WritebackNamespaceTest, RenameOverExistingFileWritesBackFirst) {
   EXPECT_EQ(ReadFile(S("target")), data);
 }
 
+// 3b. Rename over a file that is open somewhere: like an unlink, the handle
+// of the replaced file still reads what was written through it.
+TEST_F(WritebackNamespaceTest, RenameOverAnOpenFileKeepsItsDataForTheHandle) {
+  const std::string data = Pattern(kBlock + 4096, 8);
+  int fd = open(M("victim").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  PwriteAll(fd, data, 0);
+  WriteFile(M("other"), "the other file");
+  ASSERT_EQ(rename(M("other").c_str(), M("victim").c_str()), 0) << std::strerror(errno);
+  EXPECT_EQ(ReadFile(M("victim")), "the other file");
+  EXPECT_EQ(PreadAll(fd, data.size() + 10, 0), data) << "read through the replaced file's handle";
+  ASSERT_EQ(close(fd), 0);
+  FlushAll();
+  EXPECT_EQ(ReadFile(S("victim")), "the other file");
+}
+
+// 3c. Two files with dirty data trade names (RENAME_EXCHANGE): each name
+// then shows the other file's data, none of it lost.
+TEST_F(WritebackNamespaceTest, ExchangeKeepsTheDirtyDataOfBoth) {
+  const std::string a = Pattern(kBlock + 10, 9), b = Pattern(2 * kBlock + 20, 10);
+  WriteFile(M("a"), a);
+  WriteFile(M("b"), b);
+  ASSERT_EQ(renameat2(AT_FDCWD, M("a").c_str(), AT_FDCWD, M("b").c_str(), RENAME_EXCHANGE), 0)
+      << std::strerror(errno);
+  EXPECT_TRUE(ReadFile(M("a")) == b) << "the file that came to name a lost its data";
+  EXPECT_TRUE(ReadFile(M("b")) == a) << "the file that came to name b lost its data";
+  FlushAll();
+  EXPECT_TRUE(ReadFile(S("a")) == b);
+  EXPECT_TRUE(ReadFile(S("b")) == a);
+}
+
 // 4. Unlink: the dirty data of a closed file is dropped; an open handle
 // still reads what was written.
 TEST_F(WritebackNamespaceTest, UnlinkDropsDirtyDataButOpenHandleReadsIt) {

@@ -1186,7 +1186,7 @@ void Engine::ReleaseReader(uint32_t slot) {
   }
 }
 
-std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch, const BlockKey* admit, bool log) {
+std::optional<uint32_t> Engine::AllocateSlot(Evicted& evicted, const BlockKey* admit, bool log) {
   // A read miss is cached only if the policy admits it (scan resistance);
   // dirty data always is.
   if (admit != nullptr &&
@@ -1207,18 +1207,33 @@ std::optional<uint32_t> Engine::AllocateSlot(MetaBatch& batch, const BlockKey* a
     auto victim = policy_->Victim();
     if (!victim) return std::nullopt;
     uint32_t v = *victim;
-    if (readers_[v] > 0) {
-      policy_->Touch(v);  // being read: try the next one
+    const BlockKey owner = index_->Owner(v);
+    if (readers_[v] > 0 || fetches_.count({owner.file_id, owner.index}) != 0) {
+      policy_->Touch(v);  // being read or held: try the next one
       continue;
     }
-    BlockKey owner = index_->Owner(v);
     IndexErase(v);
     policy_->Remove(v);
-    batch.RemoveBlock(owner.file_id, owner.index);
+    Evict(owner, evicted);
     counters_.evictions++;
     return v;
   }
   return std::nullopt;
+}
+
+void Engine::Evict(const BlockKey& key, Evicted& evicted) {
+  evicted.batch.RemoveBlock(key.file_id, key.index);
+  auto hold = std::make_shared<Fetch>(key.index, 0);
+  fetches_[{key.file_id, key.index}] = hold;
+  evicted.held.emplace_back(key.file_id, std::move(hold));
+}
+
+Status Engine::CommitEvicted(Evicted& evicted) {
+  Status s = evicted.batch.empty() ? Status::Ok() : meta_->Commit(evicted.batch, false);
+  for (const auto& [file_id, hold] : evicted.held) UnlockBlock(file_id, hold);
+  evicted.batch.Clear();
+  evicted.held.clear();
+  return s;
 }
 
 Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to_index,
@@ -1391,7 +1406,7 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
                                        bool force) {
   const BlockKey key{file.file_id_, index};
   const uint32_t subs = static_cast<uint32_t>((bytes + kSubBlockSize - 1) / kSubBlockSize);
-  MetaBatch evicted;
+  Evicted evicted;
   std::optional<uint32_t> slot;
   bool fill = false;
   uint64_t generation = 0;
@@ -1412,9 +1427,8 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
   }
   // The victim's record goes before its slot is written: a crash in between
   // must not leave a record pointing at another block's data.
-  if (!evicted.empty()) {
-    Status s = meta_->Commit(evicted, false);
-    if (!s.ok()) LogWarning("evicting a cached block failed: " + s.message());
+  if (Status s = CommitEvicted(evicted); !s.ok()) {
+    LogWarning("evicting a cached block failed: " + s.message());
   }
   BlockRecord rec;
   BlockRecord before;

@@ -603,6 +603,17 @@ class Engine {
     // and no holder puts the block's record back (DroppedWhileHeld).
     bool dropped = false;
   };
+  // Blocks taken out of the cache (evicted for room, or dropped by the
+  // collector) whose records' removal is decided under mu_ but committed
+  // after it: each is held (a Fetch in `fetches_`) from the decision until
+  // the commit (CommitEvicted). Without the hold, a writer of the block in
+  // between found it in no slot, committed a new record with its data, and
+  // the removal committed after took that record with it: the write was
+  // lost from the metadata, and after a restart reads served SOURCE's bytes.
+  struct Evicted {
+    MetaBatch batch;
+    std::vector<std::pair<uint64_t, std::shared_ptr<Fetch>>> held;  // (file id, hold)
+  };
   // A block fetched by readahead that the cache did not take: its data, kept
   // for the sequential reader it was fetched for, who is served from it like
   // from a fetch in flight instead of reading SOURCE (and asking the policy)
@@ -916,14 +927,21 @@ class Engine {
   // A change cachefs made to SOURCE: adopt `st`, drop blocks [from, to), one batch.
   Status CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t from_index,
                          uint64_t to_index) LOCKS_EXCLUDED(files_mu_);
-  // Finds a slot for a new block, evicting if needed; adds the evicted block's
-  // removal to `batch`. REQUIRES mu_ held.
+  // Finds a slot for a new block, evicting if needed: the evicted block's
+  // removal goes to `evicted`, for CommitEvicted right after. REQUIRES mu_
+  // held. A block somebody holds (a writer before its look at the index)
+  // is never the victim.
   // With `admit` (a read miss of that block), only if the policy admits it.
   // With `log` (a written block), from the append cursor while it has a
   // wholly free segment to go on with (and the garbage collector is woken
   // when few are left), else like a fetched block.
-  std::optional<uint32_t> AllocateSlot(MetaBatch& batch, const BlockKey* admit = nullptr,
+  std::optional<uint32_t> AllocateSlot(Evicted& evicted, const BlockKey* admit = nullptr,
                                        bool log = false) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes block `key` (in no slot any more, or about to be in none) into
+  // `evicted`: its record's removal, and a hold on it until CommitEvicted.
+  void Evict(const BlockKey& key, Evicted& evicted) EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Commits the removals in `evicted`, then lets go of the blocks.
+  Status CommitEvicted(Evicted& evicted) LOCKS_EXCLUDED(mu_);
   // Garbage collection of segments (cache/engine_gc.cc). Cleans the
   // segment with the fewest live blocks, one at a time, until `want`
   // segments are wholly free or none can be cleaned: clean blocks are

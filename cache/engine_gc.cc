@@ -17,7 +17,9 @@
 // quarantined like any replaced slot: free only after the persist that
 // ends the round has synced the records that stopped pointing at them
 // (contract 2). A block busy with a reader, a fetch, a write or the writer
-// is left where it is for a later round.
+// is left where it is for a later round; a dropped block is held from the
+// decision until its removal is committed (Engine::Evicted), so a write of
+// it waits rather than commit a record the removal would then take.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -72,7 +74,7 @@ Status Engine::CollectGarbage(uint32_t want) {
     }
     uint32_t segment;
     std::vector<std::pair<BlockKey, uint32_t>> moves;
-    MetaBatch drops;
+    Evicted drops;  // held until their removal is committed
     std::vector<uint32_t> dropped;
     bool busy = false;
     bool dead_only = false;  // nothing live: it waits only for a persist
@@ -98,7 +100,7 @@ Status Engine::CollectGarbage(uint32_t want) {
         // Clean: dropped as an eviction would, without asking the policy.
         IndexErase(slot);
         policy_->Remove(slot);
-        drops.RemoveBlock(key.file_id, key.index);
+        Evict(key, drops);
         dropped.push_back(slot);
       }
       // No free slot anywhere (every block dirty): no point locking the
@@ -106,8 +108,8 @@ Status Engine::CollectGarbage(uint32_t want) {
       if (segments_->free_slots() == 0) moves.clear();
     }
     Status s;
-    if (!drops.empty()) {
-      s = meta_->Commit(drops, false);
+    if (!dropped.empty()) {
+      s = CommitEvicted(drops);
       // After a failed commit the records still point at the slots: they
       // stay out of use until the next mount rather than be reused.
       if (s.ok()) {

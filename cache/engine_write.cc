@@ -300,19 +300,19 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
     // new one).
     std::optional<uint32_t> fresh;
     uint64_t generation;
+    Evicted evicted;
     {
       std::lock_guard<std::mutex> l(mu_);
-      fresh = AllocateSlot(batch, nullptr, /*log=*/true);
+      fresh = AllocateSlot(evicted, nullptr, /*log=*/true);
       generation = next_generation_++;
+    }
+    // The victim's record first.
+    if (Status s = CommitEvicted(evicted); !s.ok()) {
+      LogWarning("evicting a cached block failed: " + s.message());
     }
     if (!fresh) {
       release_old();
       return Status::Error(ENOSPC, "no free cache slot (quarantined or dirty)");
-    }
-    if (!batch.empty()) {
-      Status s = meta_->Commit(batch, false);  // the victim's record first
-      batch.Clear();
-      if (!s.ok()) LogWarning("evicting a cached block failed: " + s.message());
     }
     slot = *fresh;
     out = BlockRecord::Empty(id, index, sb_.block_size);

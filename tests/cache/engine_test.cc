@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -1124,6 +1125,132 @@ TEST_F(EngineTest, AnUnlinkWhileTheWritebackMarksABlockCleanKeepsItGone) {
   EXPECT_FALSE(rec.value().has_value()) << "the unlinked file's block record came back";
   EXPECT_EQ(e.stats().blocks_cached, 0u);
   EXPECT_EQ(e.stats().blocks_dirty, 0u);
+}
+
+// An eviction decides on its victim under the engine's lock and commits the
+// removal of the victim's record after. A write of the victim block in
+// between finds it gone from the index and puts a new record (dirty, with
+// the write's data): the eviction's removal, committed later, must not take
+// that record with it. Before, it did: the acknowledged write was lost from
+// the metadata (its dirty entry dangling, reads after a restart served
+// SOURCE's bytes), which is how CrashTest lost a sub-block once in a while.
+TEST_F(EngineTest, AnEvictionCommittedLateKeepsAWriteOfItsVictim) {
+  HookMeta* hook = nullptr;
+  EngineConfig c = Config(4 * kBlock);
+  c.options.policy = "lru";  // admits every miss; the oldest block is the victim
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;
+  OneFile one = OpenOneFile(HookedConfig(c, &hook), 61, 5 * kBlock);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  CachedFile& file = *one.f;
+  for (uint64_t b = 0; b < 4; ++b) {  // the cache full of clean blocks, block 0 oldest
+    ASSERT_TRUE(ReadAll(e, file, one.fd, b * kBlock, kBlock) ==
+                one.data.substr(b * kBlock, kBlock));
+  }
+  const uint64_t id = file.file_id();
+  // A miss of block 4 evicts block 0, and stops before committing that.
+  hook->StopBefore([&](const MetaBatch& b) { return HookMeta::RemovesBlock(b, id, 0); });
+  std::string miss(kBlock, '\0');
+  std::thread reader([&] {
+    auto n = e.Read(file, one.fd, 4 * kBlock, kBlock, miss.data());
+    EXPECT_TRUE(n.ok()) << n.status().message();
+  });
+  ASSERT_TRUE(hook->before_gate.WaitStopped());
+  const std::string w = Pattern(4096, 62);
+  auto write = std::async(std::launch::async, [&] {
+    Status s = e.Write(file, one.fd, 0, w.data(), w.size(), false);
+    EXPECT_TRUE(s.ok()) << s.message();
+  });
+  // Either the write waits for the eviction (right), or it commits first and
+  // the eviction's removal lands on its record.
+  (void)write.wait_for(std::chrono::milliseconds(300));
+  hook->before_gate.Release();
+  reader.join();
+  write.get();
+  e.WaitForInstalls();
+  EXPECT_TRUE(miss == one.data.substr(4 * kBlock, kBlock));
+
+  auto rec = hook->GetBlock(id, 0);
+  ASSERT_TRUE(rec.ok()) << rec.status().message();
+  ASSERT_TRUE(rec.value().has_value()) << "the eviction removed the write's record";
+  EXPECT_TRUE(rec.value()->IsDirty(0));
+  std::string expect = one.data;
+  expect.replace(0, w.size(), w);
+  EXPECT_TRUE(ReadAll(e, file, one.fd, 0, kBlock) == expect.substr(0, kBlock));
+  ASSERT_TRUE(e.Flush().ok());
+  EXPECT_EQ(e.stats().blocks_dirty, 0u);
+  EXPECT_TRUE(ReadSource(source_ + "/f") == expect) << "the write did not reach SOURCE";
+}
+
+// The same for the segment collector, which drops a cleaned segment's clean
+// blocks under the engine's lock and commits their removal after: a write
+// of one of them in between must keep its record.
+TEST_F(EngineTest, ACollectorDropCommittedLateKeepsAWriteOfItsBlock) {
+  HookMeta* hook = nullptr;
+  constexpr uint64_t kSlots = 64;  // 8 segments of 8 slots
+  EngineConfig c = Config(kSlots * kBlock);
+  c.options.policy = "lru";  // admits every miss: the cache fills up
+  c.options.mode = CacheMode::kWriteback;
+  c.options.writeback_delay = 3600;
+  OneFile one = OpenOneFile(HookedConfig(c, &hook), 63, kSlots * kBlock);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  CachedFile& file = *one.f;
+  for (uint64_t b = 0; b < kSlots; ++b) {  // every segment full of clean blocks
+    ASSERT_TRUE(ReadAll(e, file, one.fd, b * kBlock, kBlock) ==
+                one.data.substr(b * kBlock, kBlock));
+  }
+  ASSERT_EQ(e.stats().blocks_cached, kSlots);
+  const uint64_t id = file.file_id();
+  // The collector's drop of a segment's clean blocks (the only batch that
+  // removes more than one) stops before its commit.
+  std::mutex mu;
+  std::vector<uint64_t> doomed;
+  hook->StopBefore([&](const MetaBatch& b) {
+    std::vector<uint64_t> removed;
+    for (const auto& op : b.ops()) {
+      const auto* del = std::get_if<MetaBatch::DeleteBlock>(&op);
+      if (del != nullptr && del->file_id == id) removed.push_back(del->index);
+    }
+    if (removed.size() < 2) return false;
+    std::lock_guard<std::mutex> lock(mu);
+    doomed = removed;
+    return true;
+  });
+  // A written block finds no wholly free segment: the collector wakes.
+  auto g = MakeFileRw("g", Pattern(kBlock, 64));
+  auto gf = e.OpenFile("g", Stat(g));
+  ASSERT_TRUE(gf.ok()) << gf.status().message();
+  const std::string first = Pattern(4096, 65);
+  ASSERT_TRUE(e.Write(*gf.value(), g, 0, first.data(), first.size(), false).ok());
+  ASSERT_TRUE(hook->before_gate.WaitStopped());
+  uint64_t victim;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_FALSE(doomed.empty());
+    victim = doomed.front();
+  }
+  const std::string w = Pattern(4096, 66);
+  auto write = std::async(std::launch::async, [&] {
+    Status s = e.Write(file, one.fd, victim * kBlock, w.data(), w.size(), false);
+    EXPECT_TRUE(s.ok()) << s.message();
+  });
+  (void)write.wait_for(std::chrono::milliseconds(300));
+  hook->before_gate.Release();
+  write.get();
+
+  auto rec = hook->GetBlock(id, victim);
+  ASSERT_TRUE(rec.ok()) << rec.status().message();
+  ASSERT_TRUE(rec.value().has_value()) << "the collector removed the write's record";
+  EXPECT_TRUE(rec.value()->IsDirty(0));
+  std::string expect = one.data;
+  expect.replace(victim * kBlock, w.size(), w);
+  EXPECT_TRUE(ReadAll(e, file, one.fd, victim * kBlock, kBlock) ==
+              expect.substr(victim * kBlock, kBlock));
+  ASSERT_TRUE(e.Flush().ok());
+  EXPECT_EQ(e.stats().blocks_dirty, 0u);
+  EXPECT_TRUE(ReadSource(source_ + "/f") == expect) << "the write did not reach SOURCE";
 }
 
 // An unlink through the mount holds the file's cached writes off from its

@@ -1,11 +1,14 @@
 // HookMeta: a MetaStore that forwards everything to a real one and lets a
-// test stop a thread right after one of its commits took effect.
+// test stop a thread right after one of its commits took effect, or right
+// before.
 //
 // Races between two engine threads often hinge on the step between a commit
-// and what the committing thread does next under the engine's lock; a test
-// arms a predicate over batches, and the first commit matching it stops (its
-// batch applied) at `gate` until the test releases it. Every committed batch
-// can be watched too, e.g. for a removal that must not happen.
+// and what the committing thread does next under the engine's lock, or
+// between a decision and its commit; a test arms a predicate over batches,
+// and the first commit matching it stops (its batch applied) at `gate`, or
+// (StopBefore) not yet applied at `before_gate`, until the test releases
+// it. Every committed batch can be watched too, e.g. for a removal that
+// must not happen.
 //
 // Thread-safety: all methods may be called concurrently.
 #pragma once
@@ -32,6 +35,15 @@ class HookMeta final : public MetaStore {
     gate.Arm();
   }
   Gate gate;
+  // The next commit for which `match` is true stops before it is applied, at
+  // `before_gate` (armed here), until before_gate.Release(). REQUIRES: no
+  // such stop pending.
+  void StopBefore(std::function<bool(const MetaBatch&)> match) {
+    std::lock_guard<std::mutex> lock(mu_);
+    before_match_ = std::move(match);
+    before_gate.Arm();
+  }
+  Gate before_gate;
   // The (skip+1)-th GetBlock of block `index` of `file_id` from now stops
   // after its read, at `get_gate` (armed here), until get_gate.Release().
   void StopAfterGet(uint64_t file_id, uint64_t index, int skip) {
@@ -50,6 +62,15 @@ class HookMeta final : public MetaStore {
   }
 
   Status Commit(const MetaBatch& batch, bool sync) override {
+    bool stop_before = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (before_match_ && before_match_(batch)) {
+        before_match_ = nullptr;
+        stop_before = true;
+      }
+    }
+    if (stop_before) before_gate.Pass();
     Status s = inner_->Commit(batch, sync);
     bool stop = false;
     {
@@ -128,6 +149,7 @@ class HookMeta final : public MetaStore {
   std::unique_ptr<MetaStore> inner_;
   std::mutex mu_;
   std::function<bool(const MetaBatch&)> match_;
+  std::function<bool(const MetaBatch&)> before_match_;
   std::function<void(const MetaBatch&)> watch_;
   std::pair<uint64_t, uint64_t> get_key_;
   int get_skip_ = 0;

@@ -1483,9 +1483,12 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
   // either finds this record and drops it, or this fetch sees the new
   // epoch and puts nothing. (Putting it and taking it back after, as
   // below for other changes, leaves a window in which a kill -9 keeps the
-  // record of a block truncated away.)
+  // record of a block truncated away.) A detached file (Detach, under
+  // files_mu_ too) caches nothing: its id may be another file's now, and
+  // a fetch a read started after the detach has the bumped epoch.
   std::unique_lock<std::mutex> files_lock(files_mu_);
-  if (ok && added && file.epoch_.load() == epoch) {
+  const bool attached = !file.detached_;
+  if (ok && added && attached && file.epoch_.load() == epoch) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       SealVersion(fill ? &before : nullptr, &rec);
@@ -1500,7 +1503,7 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
   bool cached = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    bool current = file.epoch_.load() == epoch;
+    bool current = attached && file.epoch_.load() == epoch;
     if (fill) {
       if (committed && !current && index_->Find(key) == slot && !dirty_slot_[*slot]) {
         // The file changed while we fetched: the block may mix old and new

@@ -873,6 +873,8 @@ class Engine {
   // Marks `file` detached (its name is gone or another file's) and makes its
   // fetches in flight stale, so none of them caches what it read after the
   // caller dropped the file's blocks: the file id may serve another file.
+  // Holders that took a block after this see `detached_` (Install, and
+  // DroppedWhileHeld(file, ...)) and commit nothing.
   // REQUIRES: files_mu_ held (Install checks the epoch under it).
   static void Detach(CachedFile& file) {
     file.detached_ = true;
@@ -884,6 +886,14 @@ class Engine {
   bool DroppedWhileHeld(const Fetch& held) EXCLUSIVE_LOCKS_REQUIRED(files_mu_) LOCKS_EXCLUDED(mu_) {
     std::lock_guard<std::mutex> lock(mu_);
     return held.dropped;
+  }
+  // The same for a holder working for `file`, which also must not commit
+  // once the file is detached (Detach runs under files_mu_): its id may be
+  // another file's now, and a holder that took the block after the detach
+  // was never marked.
+  bool DroppedWhileHeld(const CachedFile& file, const Fetch& held)
+      EXCLUSIVE_LOCKS_REQUIRED(files_mu_) LOCKS_EXCLUDED(mu_) {
+    return file.detached_ || DroppedWhileHeld(held);
   }
   // Revalidate with files_mu_ held (OpenFile).
   Result<bool> RevalidateLocked(CachedFile& file, const struct stat& st)

@@ -406,7 +406,7 @@ Status Engine::WriteBlock(CachedFile& file, int fd, uint64_t index, uint32_t beg
   // unlink, a truncate) came before, and this write commits nothing, or
   // comes after and finds the new record in the index.
   std::unique_lock<std::mutex> files_lock(files_mu_);
-  if (DroppedWhileHeld(held.fetch())) {
+  if (DroppedWhileHeld(file, held.fetch())) {
     std::lock_guard<std::mutex> l(mu_);
     if (!in_place) FreeSlot(slot);
     if (old_slot) ReleaseReader(*old_slot);
@@ -505,7 +505,14 @@ Status Engine::WriteBlockWithRoom(CachedFile& file, int fd, uint64_t index, uint
     // made room.
     AcquireWritebackFile(file.file_id_);
     s = WriteBlock(file, fd, index, begin, end, data, dirty, recorded_size, dropped);
-    if (s.code() == ENOSPC) s = WriteBlockThrough(file, index, begin, end, data);
+    if (s.code() == ENOSPC && file.detached_) {
+      // SOURCE's path names another file now (or none): the caller writes
+      // to the file's own descriptor instead.
+      if (dropped != nullptr) *dropped = true;
+      s = Status::Ok();
+    } else if (s.code() == ENOSPC) {
+      s = WriteBlockThrough(file, index, begin, end, data);
+    }
     ReleaseWritebackFile(file.file_id_);
   }
   StartFlush();
@@ -647,7 +654,7 @@ Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begi
   }
   {
     std::lock_guard<std::mutex> l(files_mu_);
-    if (DroppedWhileHeld(held.fetch())) {
+    if (DroppedWhileHeld(file, held.fetch())) {
       // The block went meanwhile (its record with it): nothing to change.
       batch.Clear();
       changed = false;
@@ -817,7 +824,7 @@ Status Engine::BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len) {
         }
       }
       std::lock_guard<std::mutex> files_lock(files_mu_);
-      if (changed && !DroppedWhileHeld(*block)) {
+      if (changed && !DroppedWhileHeld(file, *block)) {
         MetaBatch batch;
         batch.Put(rec);
         s = meta_->Commit(batch, false);

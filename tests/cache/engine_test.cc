@@ -1092,6 +1092,92 @@ TEST_F(DetachedReadTest, AReplacedFilesFetchIsNotCachedForItsSuccessor) {
       << "the new file was served the old file's bytes";
 }
 
+// The same for a fetch that a read already under way starts only after the
+// file was detached: a read of two blocks whose first hangs in SOURCE while
+// another file takes the name (dropping the second block, cached before),
+// then fetches the second block through its old handle. Its epoch is the
+// bumped one; it must not be cached under the id the new file now has.
+TEST_F(DetachedReadTest, AFetchStartedAfterTheDetachIsNotCachedForTheSuccessor) {
+  EngineConfig c = Config();
+  c.backing = fb_;
+  one_ = OpenOneFile(c, 67, 2 * kBlock);
+  ASSERT_NE(one_.f, nullptr);
+  Engine& e = *one_.e;
+  ASSERT_TRUE(ReadAll(e, *one_.f, one_.fd, kBlock, kBlock) == one_.data.substr(kBlock));
+  fb_->Set(FaultBacking::Fault::kHang);
+  std::string got(2 * kBlock, '\0');
+  reader_ = std::thread([&] {
+    auto n = e.Read(*one_.f, one_.fd, 0, got.size(), got.data());
+    EXPECT_TRUE(n.ok()) << n.status().message();
+  });
+  for (int i = 0; i < 1000 && fb_->hung() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(fb_->hung(), 1);
+  std::string b = Pattern(2 * kBlock, 68);
+  std::ofstream(source_ + "/f.new", std::ios::binary) << b;
+  ASSERT_EQ(rename((source_ + "/f.new").c_str(), (source_ + "/f").c_str()), 0);
+  auto fd_b = OpenSourceFile("f");
+  auto new_file = e.OpenFile("f", Stat(fd_b));
+  ASSERT_TRUE(new_file.ok()) << new_file.status().message();
+  ASSERT_NE(new_file.value().get(), one_.f.get());
+  fb_->Set(FaultBacking::Fault::kNone);
+  reader_.join();
+  e.WaitForInstalls();
+  EXPECT_TRUE(got == one_.data) << "the old handle did not read the old file";
+  EXPECT_TRUE(ReadAll(e, *new_file.value(), fd_b, kBlock, kBlock) == b.substr(kBlock))
+      << "the new file was served the old file's bytes";
+}
+
+// And for a write through the old handle that got hold of its block only
+// after the detach (it waited behind a fetch of that block): it must not
+// put a dirty block under the id the new file has (the writeback would
+// write the old file's bytes into the new one); it goes to the old file.
+TEST_F(DetachedReadTest, AWriteThatWaitedThroughTheDetachGoesToTheOldFile) {
+  EngineConfig c = WritebackConfig();
+  c.backing = fb_;
+  Engine* e = nullptr;
+  one_.e = OpenEngine(c);
+  ASSERT_NE(one_.e, nullptr);
+  e = one_.e.get();
+  one_.data = Pattern(kBlock, 69);
+  one_.fd = MakeFileRw("f", one_.data);
+  auto old_file = e->OpenFile("f", Stat(one_.fd));
+  ASSERT_TRUE(old_file.ok()) << old_file.status().message();
+  one_.f = old_file.value();
+  fb_->Set(FaultBacking::Fault::kHang);
+  reader_ = std::thread([this] {
+    auto n = one_.e->Read(*one_.f, one_.fd, 0, got_.size(), got_.data());
+    EXPECT_TRUE(n.ok()) << n.status().message();
+  });
+  for (int i = 0; i < 1000 && fb_->hung() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(fb_->hung(), 1);
+  const std::string w = Pattern(4096, 70);  // one whole sub-block: no read of SOURCE
+  std::thread writer([&] {
+    Status s = e->Write(*one_.f, one_.fd, 0, w.data(), w.size(), false);
+    EXPECT_TRUE(s.ok()) << s.message();
+  });
+  // The writer waits for the fetch of its block (a pause: nothing to watch).
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::string b = Pattern(kBlock, 71);
+  std::ofstream(source_ + "/f.new", std::ios::binary) << b;
+  ASSERT_EQ(rename((source_ + "/f.new").c_str(), (source_ + "/f").c_str()), 0);
+  auto fd_b = OpenSourceFile("f");
+  auto new_file = e->OpenFile("f", Stat(fd_b));
+  ASSERT_TRUE(new_file.ok()) << new_file.status().message();
+  ASSERT_NE(new_file.value().get(), one_.f.get());
+  FinishRead();
+  writer.join();
+  EXPECT_EQ(e->stats().blocks_dirty, 0u) << "a dirty block under the new file's id";
+  EXPECT_TRUE(ReadAll(*e, *new_file.value(), fd_b, 0, b.size()) == b)
+      << "the new file shows the old file's write";
+  std::string old(4096, '\0');
+  ASSERT_EQ(pread(one_.fd->get(), old.data(), old.size(), 0), 4096);
+  EXPECT_TRUE(old == w) << "the old file does not have the write";
+}
+
 TEST_F(DetachedReadTest, AnUnlinkedFilesFetchIsNotCached) {
   ASSERT_NO_FATAL_FAILURE(StartHungRead(45));
   ASSERT_EQ(unlink((source_ + "/f").c_str()), 0);

@@ -1500,6 +1500,7 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
     if (!s.ok()) LogWarning("caching a block failed (served from SOURCE): " + s.message());
   }
   bool undo = false;
+  bool restore = false;  // undo a fill by putting back the record as it was before
   bool cached = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -1513,6 +1514,9 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
         free_when_unread_[*slot] = true;
       }
       undo = committed && !(current && index_->Find(key) == slot);
+      // Still indexed after that: a block with dirty data, which stays; only
+      // the fill is taken back.
+      restore = undo && index_->Find(key) == slot;
       cached = ok && current && index_->Find(key) == slot;
       ReleaseReader(*slot);
     } else if (committed && current && !index_->Find(key)) {
@@ -1525,15 +1529,22 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
       undo = committed;
     }
   }
-  files_lock.unlock();
-  // Only this fetch's leader puts records of this block, so the removal
-  // cannot hit a newer record.
+  // Only this fetch's leader puts records of this block, and drops wait for
+  // files_mu_, so the undo cannot hit a newer record. A fill never removes
+  // the record of a block with dirty data (until session 8 it did, when an
+  // epoch bump outside files_mu_ came between the commit and the look at
+  // the epoch above): it puts back the record from before the fill.
   if (undo) {
     MetaBatch batch;
-    batch.RemoveBlock(key.file_id, index);
+    if (restore) {
+      batch.Put(before);
+    } else {
+      batch.RemoveBlock(key.file_id, index);
+    }
     Status s = meta_->Commit(batch, false);
     if (!s.ok()) LogWarning("dropping a cached block failed: " + s.message());
   }
+  files_lock.unlock();
   return cached ? InstallOutcome::kCached : InstallOutcome::kSkipped;
 }
 

@@ -223,7 +223,9 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   Fingerprint fingerprint_;    // guarded by mu_: SOURCE as last seen or changed by us
   uint64_t source_ino_ = 0;    // guarded by mu_
   bool record_stale_ = false;  // guarded by mu_: fingerprint not yet in the metadata
-  // Bumped by every change that makes in-flight fetches of this file stale.
+  // Bumped by every change that makes in-flight fetches of this file stale,
+  // always under the engine's files_mu_ (Install checks it, commits and
+  // undoes under that lock in one section).
   std::atomic<uint64_t> epoch_{0};
   // Sequential stream detection for readahead, guarded by mu_: where the
   // last read ended, how many bytes in a row were read sequentially, and the
@@ -1021,8 +1023,11 @@ class Engine {
   // SOURCE's copy, so that a crash in the middle is not taken for an outside
   // change at the next mount; a no-op if flagged already or gone.
   Status MarkWritingBack(uint64_t file_id) LOCKS_EXCLUDED(files_mu_);
-  // SOURCE changed outside while the file had dirty data (contract 5).
-  Status MarkConflict(uint64_t file_id, CachedFile* live);
+  // SOURCE changed outside while the file had dirty data (contract 5). A
+  // read-modify-write of the file record, so under files_mu_ (until session
+  // 8 the writer's call was not: its stale copy could undo a rename, or the
+  // size a write had grown the record to).
+  Status MarkConflict(uint64_t file_id, CachedFile* live) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
 
   EngineConfig config_;
   std::unique_ptr<TimeoutBacking> timeout_backing_;  // wraps the slow store when source_timeout > 0

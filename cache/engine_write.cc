@@ -802,7 +802,13 @@ Status Engine::BeforeWriteThrough(CachedFile& file, uint64_t off, size_t len) {
   if (len == 0) return Status::Ok();
   const uint64_t bs = sb_.block_size;
   const uint64_t id = file.file_id_;
-  file.epoch_++;  // fetches that read SOURCE before the write are stale
+  {
+    // Fetches that read SOURCE before the write are stale. Under files_mu_,
+    // like every bump: Install looks at the epoch, commits and undoes in
+    // one section under it.
+    std::lock_guard<std::mutex> lock(files_mu_);
+    file.epoch_++;
+  }
   for (uint64_t index = off / bs; index <= (off + len - 1) / bs; ++index) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -1016,6 +1022,7 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
     if ((file_rec.flags & FileRecord::kWritingBack) == 0) {
       // Changed outside while we held dirty data (contract 5): not ours to
       // overwrite. Kept, flagged, reported.
+      std::lock_guard<std::mutex> lock(files_mu_);
       return MarkConflict(file_id, live.get());
     }
     // Our own writeback, cut short by a crash: SOURCE holds some of our

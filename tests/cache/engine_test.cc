@@ -1339,6 +1339,48 @@ TEST_F(EngineTest, ACollectorDropCommittedLateKeepsAWriteOfItsBlock) {
   EXPECT_TRUE(ReadSource(source_ + "/f") == expect) << "the write did not reach SOURCE";
 }
 
+// The writeback flags a file changed outside while it had dirty data as in
+// conflict by reading its record and putting it back with the flag. A rename
+// committed in between (or a write that grew the recorded size) must not be
+// undone by that stale copy: the record would name the old path.
+TEST_F(EngineTest, AConflictFlagDoesNotUndoARenameCommittedMeanwhile) {
+  HookMeta* hook = nullptr;
+  OneFile one = OpenOneFile(HookedConfig(WritebackConfig(), &hook), 72);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  const std::string w = Pattern(4096, 73);
+  ASSERT_TRUE(e.Write(*one.f, one.fd, 0, w.data(), w.size(), false).ok());
+  std::ofstream(source_ + "/f", std::ios::binary | std::ios::app) << "changed outside";
+  const uint64_t id = one.f->file_id();
+  hook->StopBefore([id](const MetaBatch& b) {
+    for (const auto& op : b.ops()) {
+      const auto* put = std::get_if<MetaBatch::PutFile>(&op);
+      if (put != nullptr && put->file.file_id == id &&
+          (put->file.flags & FileRecord::kConflict) != 0) {
+        return true;
+      }
+    }
+    return false;
+  });
+  std::thread flusher([&] { (void)e.Flush(); });  // finds the conflict
+  ASSERT_TRUE(hook->before_gate.WaitStopped());
+  auto renamed = std::async(std::launch::async, [&] {
+    const struct stat before = Stat(one.fd);
+    EXPECT_EQ(rename((source_ + "/f").c_str(), (source_ + "/g").c_str()), 0);
+    Status s = e.Rename("f", "g", /*is_dir=*/false, before, Stat(one.fd));
+    EXPECT_TRUE(s.ok()) << s.message();
+  });
+  (void)renamed.wait_for(std::chrono::milliseconds(300));
+  hook->before_gate.Release();
+  flusher.join();
+  renamed.get();
+  auto rec = hook->GetFile(id);
+  ASSERT_TRUE(rec.ok() && rec.value().has_value());
+  EXPECT_EQ(rec.value()->path, "g") << "the conflict flag put the old path back";
+  EXPECT_NE(rec.value()->flags & FileRecord::kConflict, 0u);
+  EXPECT_EQ(e.stats().conflicts, 1u);
+}
+
 // An unlink through the mount holds the file's cached writes off from its
 // flush to its drop (SourceChange). A write that waited meanwhile must see
 // the file detached and go to SOURCE's file, which its handles read: into

@@ -531,7 +531,7 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   Inode* from_dir = In(req, parent);
   Inode* to_dir = In(req, newparent);
   std::optional<std::string> from, to;
-  std::optional<Engine::SourceChange> change;
+  std::optional<Engine::SourceChange> change, change_from;
   struct stat st;
   bool is_dir = false;
   if (fs.engine() != nullptr && fstatat(from_dir->fd(), name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -543,17 +543,30 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
         fstatat(to_dir->fd(), newname, &target, AT_SYMLINK_NOFOLLOW) == 0) {
       // Over an existing file: the slow store must never show the name
       // with less than was promised (contract 5).
+      const bool exchange = (flags & RENAME_EXCHANGE) != 0;
+      const bool file_to = to && S_ISREG(target.st_mode);
+      // Exchanged, both files are forgotten (below): each one's writes are
+      // held off from its write-back until then, or a write in between
+      // would be forgotten with it.
+      std::shared_ptr<CachedFile> live_from;
+      if (exchange && file_to) {
+        live_from = fs.engine()->LivePath(*from);
+        change_from.emplace(live_from);
+      }
       Status s = fs.engine()->FlushPath(*from, /*only_if_open=*/false);
       if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
-      if (to && S_ISREG(target.st_mode)) {
+      if (file_to) {
         // The file that loses its name: the cache forgets it, so its dirty
         // data goes to SOURCE first when something can still read it: its
-        // open handles (which then read SOURCE's file, as after an unlink:
-        // its writes held off until it is forgotten), or, exchanged, its
-        // new name.
-        const bool exchange = (flags & RENAME_EXCHANGE) != 0;
-        if (!exchange && target.st_nlink <= 1) change.emplace(fs.engine()->LivePath(*to));
-        s = fs.engine()->FlushPath(*to, /*only_if_open=*/!exchange);
+        // open handles (which then read SOURCE's file, as after an unlink),
+        // its other names (a hard link: the file lives on), or, exchanged,
+        // its new name; its writes held off until it is forgotten.
+        // (Once per file: two links of one file are one file; the kernel
+        // does not pass such a rename on anyway.)
+        auto live_to = fs.engine()->LivePath(*to);
+        if (live_to != live_from) change.emplace(live_to);
+        const bool always = exchange || target.st_nlink > 1;
+        s = fs.engine()->FlushPath(*to, /*only_if_open=*/!always);
         if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
       }
     }

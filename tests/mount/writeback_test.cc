@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -248,6 +249,25 @@ TEST_F(WritebackNamespaceTest, ExchangeKeepsTheDirtyDataOfBoth) {
   FlushAll();
   EXPECT_TRUE(ReadFile(S("a")) == b);
   EXPECT_TRUE(ReadFile(S("b")) == a);
+}
+
+// 3d. A rename over one name of a file that has another (a hard link): the
+// file lives on under that name, dirty data and all, though nothing has it
+// open.
+TEST_F(WritebackNamespaceTest, RenameOverOneOfTwoLinksKeepsTheDirtyData) {
+  const std::string data = Pattern(kBlock + 10, 11);
+  WriteFile(M("linked"), data);
+  ASSERT_EQ(link(M("linked").c_str(), M("other").c_str()), 0) << std::strerror(errno);
+  WriteFile(M("new"), "the new file");
+  // The kernel forgets its inodes: nothing in the daemon holds the file.
+  sync();
+  std::ofstream("/proc/sys/vm/drop_caches") << "2";
+  ASSERT_EQ(rename(M("new").c_str(), M("linked").c_str()), 0) << std::strerror(errno);
+  EXPECT_TRUE(ReadFile(M("other")) == data) << "the other name lost the dirty data";
+  EXPECT_EQ(ReadFile(M("linked")), "the new file");
+  FlushAll();
+  EXPECT_TRUE(ReadFile(S("other")) == data);
+  EXPECT_EQ(ReadFile(S("linked")), "the new file");
 }
 
 // 4. Unlink: the dirty data of a closed file is dropped; an open handle

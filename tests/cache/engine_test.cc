@@ -1047,9 +1047,14 @@ class DetachedReadTest : public EngineTest {
     c.backing = fb_;
     one_ = OpenOneFile(c, seed);
     ASSERT_NE(one_.f, nullptr);
+    HangRead(0, &got_);
+  }
+  // Starts a read of one_.f from `off` into *out (its size) on reader_,
+  // and waits until it hangs in SOURCE.
+  void HangRead(uint64_t off, std::string* out) {
     fb_->Set(FaultBacking::Fault::kHang);
-    reader_ = std::thread([this] {
-      auto n = one_.e->Read(*one_.f, one_.fd, 0, got_.size(), got_.data());
+    reader_ = std::thread([this, off, out] {
+      auto n = one_.e->Read(*one_.f, one_.fd, off, out->size(), out->data());
       EXPECT_TRUE(n.ok()) << n.status().message();
     });
     for (int i = 0; i < 1000 && fb_->hung() == 0; ++i) {
@@ -1104,16 +1109,8 @@ TEST_F(DetachedReadTest, AFetchStartedAfterTheDetachIsNotCachedForTheSuccessor) 
   ASSERT_NE(one_.f, nullptr);
   Engine& e = *one_.e;
   ASSERT_TRUE(ReadAll(e, *one_.f, one_.fd, kBlock, kBlock) == one_.data.substr(kBlock));
-  fb_->Set(FaultBacking::Fault::kHang);
   std::string got(2 * kBlock, '\0');
-  reader_ = std::thread([&] {
-    auto n = e.Read(*one_.f, one_.fd, 0, got.size(), got.data());
-    EXPECT_TRUE(n.ok()) << n.status().message();
-  });
-  for (int i = 0; i < 1000 && fb_->hung() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_EQ(fb_->hung(), 1);
+  ASSERT_NO_FATAL_FAILURE(HangRead(0, &got));
   std::string b = Pattern(2 * kBlock, 68);
   std::ofstream(source_ + "/f.new", std::ios::binary) << b;
   ASSERT_EQ(rename((source_ + "/f.new").c_str(), (source_ + "/f").c_str()), 0);
@@ -1145,15 +1142,7 @@ TEST_F(DetachedReadTest, AWriteThatWaitedThroughTheDetachGoesToTheOldFile) {
   auto old_file = e->OpenFile("f", Stat(one_.fd));
   ASSERT_TRUE(old_file.ok()) << old_file.status().message();
   one_.f = old_file.value();
-  fb_->Set(FaultBacking::Fault::kHang);
-  reader_ = std::thread([this] {
-    auto n = one_.e->Read(*one_.f, one_.fd, 0, got_.size(), got_.data());
-    EXPECT_TRUE(n.ok()) << n.status().message();
-  });
-  for (int i = 0; i < 1000 && fb_->hung() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_EQ(fb_->hung(), 1);
+  ASSERT_NO_FATAL_FAILURE(HangRead(0, &got_));
   const std::string w = Pattern(4096, 70);  // one whole sub-block: no read of SOURCE
   std::thread writer([&] {
     Status s = e->Write(*one_.f, one_.fd, 0, w.data(), w.size(), false);

@@ -969,6 +969,20 @@ Result<bool> Engine::RevalidateLocked(CachedFile& file, const struct stat& st) {
     conflict = file.overlay_ && !file.conflict_;
   }
   if (conflict || HasDirty(file.file_id_)) {
+    // Our own writeback, cut short (a write or sync that failed) or under
+    // way since before this file was opened: SOURCE holds part of our data
+    // and the record says so. Adopted, as at an open; the blocks stay dirty
+    // and the writer writes them again. (Until session 8 only an open
+    // looked at the flag: a look at a live file flagged a conflict.)
+    auto rec = meta_->GetFile(file.file_id_);
+    if (!rec.ok()) return rec.status();
+    if (rec.value() && (rec.value()->flags & FileRecord::kWritingBack) != 0) {
+      std::lock_guard<std::mutex> lock(file.mu_);
+      file.fingerprint_ = now;
+      file.source_ino_ = static_cast<uint64_t>(st.st_ino);
+      file.record_stale_ = true;
+      return false;
+    }
     // Changed outside while we hold data for it: never written over; the
     // clean blocks go, the dirty ones stay for cachefsctl conflicts. Fetches
     // that read SOURCE before this change are stale (MarkConflict bumps the

@@ -1250,12 +1250,15 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
   // SOURCE's new look is ours: recorded before the blocks turn clean, so a
   // crash in between rewrites the same data rather than seeing a conflict.
   Fingerprint now = FingerprintOf(st);
+  // Whether the file's size moved away from `size` since the round took it:
+  // then the sub-blocks clipped at `size` hold data SOURCE has not got yet.
   bool size_moved = false;
   {
     // A fresh read: writes meanwhile may have grown the file's record.
     std::lock_guard<std::mutex> lock(files_mu_);
     auto r = meta_->GetFile(file_id);
     if (!r.ok()) return r.status();
+    const uint64_t recorded = r.value() ? r.value()->size : size;
     if (r.value()) {
       FileRecord f = *r.value();
       f.fingerprint = now;
@@ -1265,10 +1268,20 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
       s = meta_->Commit(batch, false);
       if (!s.ok()) return s;
     }
+    // Opened since the round began (nothing had it open then): it is the
+    // live file now, which must learn SOURCE's new look and whose size
+    // counts (until session 8 the round looked only at the file it had
+    // found, and an append meanwhile lost its dirty bits below).
+    if (!live) {
+      auto it = open_files_.find(file_id);
+      if (it != open_files_.end()) live = it->second.lock();
+    }
     if (live) {
       std::lock_guard<std::mutex> l(live->mu_);
       live->fingerprint_ = now;
-      size_moved = live->overlay_ && live->size_ != size;
+      size_moved = (live->overlay_ ? live->size_ : recorded) != size;
+    } else {
+      size_moved = recorded != size;
     }
   }
   bool all_clean = true;

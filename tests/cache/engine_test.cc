@@ -1370,6 +1370,108 @@ TEST_F(EngineTest, AConflictFlagDoesNotUndoARenameCommittedMeanwhile) {
   EXPECT_EQ(e.stats().conflicts, 1u);
 }
 
+// A Backing whose next Stat, once armed, waits at `gate` (the writeback's
+// first look at SOURCE's file in a round).
+class StatGateBacking final : public Backing {
+ public:
+  Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override {
+    return RealBacking()->Read(fd, off, len, buf);
+  }
+  Status Write(int fd, uint64_t off, size_t len, const void* buf) override {
+    return RealBacking()->Write(fd, off, len, buf);
+  }
+  Status Sync(int fd) override { return RealBacking()->Sync(fd); }
+  Status Stat(int fd, struct stat* st) override {
+    gate.Pass();
+    return RealBacking()->Stat(fd, st);
+  }
+  Gate gate;
+};
+
+// A writeback round that starts while nothing has the file open takes its
+// size from the file's record. An append that lands meanwhile, in place in
+// sub-blocks of a dirty block the round then copies, lies past that size:
+// the round does not write it to SOURCE, so it must stay dirty. Before, the
+// round saw no live file, took the size for unmoved, and cleared the
+// append's dirty and valid bits: the mount read zeros there and SOURCE
+// never got it.
+TEST_F(EngineTest, AnAppendDuringARoundThatFoundTheFileClosedStaysDirty) {
+  StatGateBacking backing;
+  EngineConfig c = WritebackConfig();
+  c.backing = &backing;
+  OneFile one = OpenOneFile(c, 74, kBlock / 2);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  const std::string w = Pattern(4096, 75);
+  ASSERT_TRUE(e.Write(*one.f, one.fd, 0, w.data(), w.size(), false).ok());
+  ASSERT_TRUE(e.CloseFile(*one.f).ok());
+  one.f.reset();  // nothing has it open
+  // The round stops at its look at SOURCE (its size taken, no lock held).
+  backing.gate.Arm();
+  std::thread flusher([&] { EXPECT_TRUE(e.Flush().ok()); });
+  ASSERT_TRUE(backing.gate.WaitStopped());
+  auto f = e.OpenFile("f", Stat(one.fd));
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  const std::string tail = Pattern(4096, 76);
+  ASSERT_TRUE(e.Write(*f.value(), one.fd, kBlock / 2, tail.data(), tail.size(), false).ok());
+  backing.gate.Release();
+  flusher.join();
+
+  std::string expect = one.data;
+  expect.replace(0, w.size(), w);
+  expect += tail;
+  EXPECT_TRUE(ReadAll(e, *f.value(), one.fd, 0, expect.size()) == expect)
+      << "the append does not read back";
+  ASSERT_TRUE(e.Flush().ok());
+  EXPECT_EQ(e.stats().blocks_dirty, 0u);
+  EXPECT_EQ(e.stats().conflicts, 0u);
+  EXPECT_TRUE(ReadSource(source_ + "/f") == expect) << "the append did not reach SOURCE";
+}
+
+// A Backing whose next Sync, once armed, fails with EIO.
+class FailSyncBacking final : public Backing {
+ public:
+  Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override {
+    return RealBacking()->Read(fd, off, len, buf);
+  }
+  Status Write(int fd, uint64_t off, size_t len, const void* buf) override {
+    return RealBacking()->Write(fd, off, len, buf);
+  }
+  Status Sync(int fd) override {
+    if (fail_next.exchange(false)) return Status::Error(EIO, "injected sync error");
+    return RealBacking()->Sync(fd);
+  }
+  Status Stat(int fd, struct stat* st) override { return RealBacking()->Stat(fd, st); }
+  std::atomic<bool> fail_next{false};
+};
+
+// A writeback round that fails after it wrote to SOURCE (here its sync)
+// leaves SOURCE changed by our own data, the file's record flagged as being
+// written back. A look at the open file meanwhile must take that for our
+// own change, as an open does, not for an outside one: a conflict would
+// keep the data from ever being written back.
+TEST_F(EngineTest, AFailedRoundIsNotTakenForAnOutsideChange) {
+  FailSyncBacking backing;
+  EngineConfig c = WritebackConfig();
+  c.backing = &backing;
+  OneFile one = OpenOneFile(c, 77);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  const std::string w = Pattern(4096, 78);
+  ASSERT_TRUE(e.Write(*one.f, one.fd, 0, w.data(), w.size(), false).ok());
+  backing.fail_next = true;
+  EXPECT_FALSE(e.Flush().ok());
+  std::string expect = one.data;
+  expect.replace(0, w.size(), w);
+  ASSERT_TRUE(ReadSource(source_ + "/f") == expect);  // written, not synced
+  auto changed = e.Revalidate(*one.f, Stat(one.fd));
+  ASSERT_TRUE(changed.ok()) << changed.status().message();
+  EXPECT_EQ(e.stats().conflicts, 0u) << "our own unfinished round taken for an outside change";
+  ASSERT_TRUE(e.Flush().ok());
+  EXPECT_EQ(e.stats().blocks_dirty, 0u);
+  EXPECT_TRUE(ReadAll(e, *one.f, one.fd, 0, expect.size()) == expect);
+}
+
 // An unlink through the mount holds the file's cached writes off from its
 // flush to its drop (SourceChange). A write that waited meanwhile must see
 // the file detached and go to SOURCE's file, which its handles read: into

@@ -1113,20 +1113,10 @@ Status Engine::Rename(const std::string& from, const std::string& to, bool is_di
       FileRecord r = *rec.value();
       r.path = new_path;
       // The rename changed the file's ctime: our own change, not an outside one.
-      if (!is_dir && r.fingerprint == fp_before) {
-        r.fingerprint = fp_after;
-        r.size = fp_after.size;
-        r.mtime_ns = fp_after.mtime_ns;
-        r.ctime_ns = fp_after.ctime_ns;
-      }
+      if (!is_dir) AdoptOwnAttributeChange(id, fp_before, fp_after, &r);
       batch.Put(r);
-    }
-    auto it = open_files_.find(id);
-    if (!is_dir && it != open_files_.end()) {
-      if (auto live = it->second.lock()) {
-        std::lock_guard<std::mutex> file_lock(live->mu_);
-        if (live->fingerprint_ == fp_before) live->fingerprint_ = fp_after;
-      }
+    } else if (!is_dir) {
+      AdoptOwnAttributeChange(id, fp_before, fp_after, nullptr);  // the live file's
     }
   };
   if (!is_dir) {
@@ -1161,12 +1151,38 @@ Status Engine::Rename(const std::string& from, const std::string& to, bool is_di
   return meta_->Commit(batch, false);
 }
 
-Status Engine::Unlink(const std::string& path, bool last_link) {
+Status Engine::Unlink(const std::string& path, bool last_link, const struct stat* before,
+                      const struct stat* after) {
   std::lock_guard<std::mutex> lock(files_mu_);
   auto id = meta_->LookupPath(path);
   if (!id.ok() || !id.value()) return id.status();
   MetaBatch batch;
   batch.RemovePath(path);
+  if (!last_link) {
+    const uint64_t file_id = *id.value();
+    auto rec = meta_->GetFile(file_id);
+    if (!rec.ok()) return rec.status();
+    if (rec.value()) {
+      FileRecord r = *rec.value();
+      if (r.path == path) {
+        // The writer opens the file by its record's name: another one. A
+        // search of every name, but only when the name removed is the one
+        // the record keeps (Link keeps the newest).
+        std::string other;
+        Status s = meta_->ScanPaths("", [&](const std::string& p, uint64_t pid) {
+          if (pid != file_id || p == path) return true;
+          other = p;
+          return false;
+        });
+        if (!s.ok()) return s;
+        r.path = other;  // "" if the cache knows no other name
+      }
+      if (before != nullptr && after != nullptr) {
+        AdoptOwnAttributeChange(file_id, FingerprintOf(*before), FingerprintOf(*after), &r);
+      }
+      batch.Put(r);
+    }
+  }
   if (last_link) {
     uint64_t file_id = *id.value();
     auto it = open_files_.find(file_id);
@@ -1186,7 +1202,41 @@ Status Engine::Link(const std::string& existing, const std::string& new_path) {
   if (!id.ok() || !id.value()) return id.status();
   MetaBatch batch;
   batch.Put(new_path, *id.value());
+  auto rec = meta_->GetFile(*id.value());
+  if (!rec.ok()) return rec.status();
+  if (rec.value()) {
+    FileRecord r = *rec.value();
+    r.path = new_path;
+    batch.Put(r);
+  }
   return meta_->Commit(batch, false);
+}
+
+bool Engine::Knows(const std::string& path) {
+  auto id = meta_->LookupPath(path);
+  return id.ok() && id.value().has_value();
+}
+
+void Engine::AdoptOwnAttributeChange(uint64_t file_id, const Fingerprint& before,
+                                     const Fingerprint& after, FileRecord* r) {
+  if (r != nullptr && r->fingerprint == before) {
+    r->fingerprint = after;
+    r->ctime_ns = after.ctime_ns;
+    // Size and mtime are the file's as the mount shows it: SOURCE's only
+    // while nothing is dirty (until session 8 a rename of a file nobody had
+    // open set them to SOURCE's, hiding dirty data past SOURCE's end).
+    if (!HasDirty(file_id)) {
+      r->size = after.size;
+      r->mtime_ns = after.mtime_ns;
+    }
+  }
+  auto it = open_files_.find(file_id);
+  if (it != open_files_.end()) {
+    if (auto live = it->second.lock()) {
+      std::lock_guard<std::mutex> file_lock(live->mu_);
+      if (live->fingerprint_ == before) live->fingerprint_ = after;
+    }
+  }
 }
 
 // --- blocks -------------------------------------------------------------------

@@ -314,9 +314,17 @@ class Engine {
   // `after` are its attributes around the rename (which changes its ctime).
   Status Rename(const std::string& from, const std::string& to, bool is_dir,
                 const struct stat& before, const struct stat& after);
-  // A name was removed; `last_link` when the file has no name left.
-  Status Unlink(const std::string& path, bool last_link);
+  // A name was removed; `last_link` when the file has no name left. A file
+  // that keeps other names adopts `after` as its fingerprint if it looked
+  // like `before` (the unlink changed its ctime), and its record names
+  // one of them if it named `path`.
+  Status Unlink(const std::string& path, bool last_link, const struct stat* before = nullptr,
+                const struct stat* after = nullptr);
+  // A new name for a file: its record names the newest one (`ln a b; rm a`,
+  // a maildir delivery, then needs no search for a name left).
   Status Link(const std::string& existing, const std::string& new_path);
+  // Whether the cache has a record of the file at `path`.
+  bool Knows(const std::string& path);
 
   // Persists the store, then syncs the metadata (contract 2 order). Group
   // commit: concurrent callers share one persist.
@@ -1023,6 +1031,12 @@ class Engine {
   // SOURCE's copy, so that a crash in the middle is not taken for an outside
   // change at the next mount; a no-op if flagged already or gone.
   Status MarkWritingBack(uint64_t file_id) LOCKS_EXCLUDED(files_mu_);
+  // A change cachefs made to SOURCE's attributes of `file_id` (a rename, an
+  // unlink of another name): `after` becomes the fingerprint of its record
+  // `r` (if not null) and of its live file where they looked like `before`.
+  void AdoptOwnAttributeChange(uint64_t file_id, const Fingerprint& before,
+                               const Fingerprint& after, FileRecord* r)
+      EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   // SOURCE changed outside while the file had dirty data (contract 5). A
   // read-modify-write of the file record, so under files_mu_ (until session
   // 8 the writer's call was not: its stale copy could undo a rename, or the

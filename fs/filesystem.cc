@@ -85,6 +85,19 @@ void CacheWarning(const char* what, const Status& s) {
   LogWarning(std::string(what) + ": " + s.message() + " (served from SOURCE)");
 }
 
+// Binds the unbound regular file `inode` at `path`, whose attributes are
+// `st`, to its cache state.
+std::shared_ptr<CachedFile> Bind(Filesystem& fs, Inode* inode, const std::string& path,
+                                 const struct stat& st) {
+  auto cached = fs.engine()->OpenFile(path, st);
+  if (!cached.ok()) {
+    CacheWarning("open", cached.status());
+    return nullptr;
+  }
+  inode->set_cached(cached.value());
+  return cached.value();
+}
+
 // Binds the regular file `inode`, opened as `fd`, to its cache state.
 std::shared_ptr<CachedFile> BindCache(Filesystem& fs, Inode* inode, int fd) {
   Engine* engine = fs.engine();
@@ -97,14 +110,7 @@ std::shared_ptr<CachedFile> BindCache(Filesystem& fs, Inode* inode, int fd) {
     return cached;
   }
   auto path = RelPath(fs, inode);
-  if (!path) return nullptr;
-  auto cached = engine->OpenFile(*path, st);
-  if (!cached.ok()) {
-    CacheWarning("open", cached.status());
-    return nullptr;
-  }
-  inode->set_cached(cached.value());
-  return cached.value();
+  return path ? Bind(fs, inode, *path, st) : nullptr;
 }
 
 // After SOURCE's data changed through the mount in [off, off + len).
@@ -209,6 +215,23 @@ int ImageWriteRange(Filesystem& fs, int fd, const std::shared_ptr<CachedFile>& c
 int StatInode(const Inode* inode, struct stat* st) {
   int res = fstatat(inode->fd(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   return res == -1 ? errno : 0;
+}
+
+// The cache state of the regular file `inode` for an operation that changes
+// SOURCE's copy of it (truncate, an open with O_TRUNC, chmod, utimens,
+// link): bound now if the cache knows the file but no open has bound this
+// inode (after a remount, or once the kernel forgot the inode), so that the
+// operation writes the file's dirty data back first and the cache adopts
+// the change, instead of taking it later for an outside change (a
+// conflict). Null for a file the cache does not know.
+std::shared_ptr<CachedFile> CachedForChange(Filesystem& fs, Inode* inode) {
+  if (auto cached = inode->cached()) return cached;
+  if (fs.engine() == nullptr || !S_ISREG(inode->type())) return nullptr;
+  auto path = RelPath(fs, inode);
+  if (!path || !fs.engine()->Knows(*path)) return nullptr;
+  struct stat st;
+  if (StatInode(inode, &st) != 0) return nullptr;
+  return Bind(fs, inode, *path, st);
 }
 
 // Looks `name` up in `parent` and fills `e` (counting one lookup). Returns an errno.
@@ -343,7 +366,8 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fus
   // cache adopts them instead of taking them for an outside change.
   Engine* engine = Fs(req).engine();
   std::shared_ptr<CachedFile> cached =
-      engine == nullptr ? nullptr : (fi != nullptr ? Fh(fi)->cached : inode->cached());
+      engine == nullptr ? nullptr
+                        : (fi != nullptr ? Fh(fi)->cached : CachedForChange(Fs(req), inode));
   struct stat before;
   bool adopt = cached && (valid & ~FUSE_SET_ATTR_SIZE) != 0 && StatInode(inode, &before) == 0;
   if ((valid & FUSE_SET_ATTR_SIZE) != 0 && ImageMode(Fs(req)) && !ReadOnlyMode(Fs(req))) {
@@ -470,7 +494,7 @@ void OpLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* ne
   // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for anyone
   // and resolves to the inode itself (even a symlink's).
   struct stat before;
-  auto cached = inode->cached();
+  auto cached = CachedForChange(Fs(req), inode);
   bool adopt = cached && Fs(req).engine() != nullptr && StatInode(inode, &before) == 0;
   int res = linkat(inode->fd(), "", dir->fd(), newname, AT_EMPTY_PATH);
   if (res == -1 && errno == ENOENT) {
@@ -511,12 +535,20 @@ void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
     Status s = fs.engine()->FlushPath(*path, /*only_if_open=*/true);
     if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
   }
+  // A file that keeps other names: its ctime moves with the unlink, our own
+  // change (else the next look takes it for an outside one: a conflict).
+  int keep =
+      path && st.st_nlink > 1 ? openat(dir->fd(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : -1;
   int res = unlinkat(dir->fd(), name, 0);
   int err = errno;
   if (res == 0 && path) {
-    Status s = fs.engine()->Unlink(*path, st.st_nlink <= 1);
+    struct stat after;
+    const bool adopt = keep >= 0 && fstat(keep, &after) == 0;
+    Status s = fs.engine()->Unlink(*path, st.st_nlink <= 1, adopt ? &st : nullptr,
+                                   adopt ? &after : nullptr);
     if (!s.ok()) CacheWarning("unlink", s);
   }
+  if (keep >= 0) close(keep);
   fuse_reply_err(req, res == -1 ? err : 0);
 }
 
@@ -628,34 +660,34 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Inode* inode = In(req, ino);
   std::optional<Engine::WriteGuard> guard;
   std::optional<Engine::SourceChange> change;
+  std::shared_ptr<CachedFile> cached;
   if ((fi->flags & O_TRUNC) != 0) {
     guard.emplace(Fs(req).engine());
-    change.emplace(inode->cached());
+    cached = CachedForChange(Fs(req), inode);
+    change.emplace(cached);
     if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
     if (ImageMode(Fs(req))) {
       struct stat st;
       if (int err = StatInode(inode, &st); err != 0) return ReplyErr(req, err);
-      if (auto cached = inode->cached(); cached && Fs(req).engine() != nullptr) {
-        Fs(req).engine()->Overlay(*cached, &st);
-      }
+      if (cached && Fs(req).engine() != nullptr) Fs(req).engine()->Overlay(*cached, &st);
       if (st.st_size != 0) {
         LogImageRefusal("an open with O_TRUNC of the image (" + std::to_string(st.st_size) +
                         " bytes): EPERM");
         return ReplyErr(req, EPERM);
       }
     }
-    if (int err = WriteBackFirst(Fs(req), inode->cached()); err != 0) return ReplyErr(req, err);
+    if (int err = WriteBackFirst(Fs(req), cached); err != 0) return ReplyErr(req, err);
   }
   int fd = open(inode->ProcPath().c_str(), SourceOpenFlags(fi->flags));
   if (fd == -1) return ReplyErr(req, errno);
   DropCapabilitiesForWrite(Fs(req), fd, fi->flags);
-  if (change && inode->cached() && Fs(req).engine() != nullptr) {
+  if (cached && Fs(req).engine() != nullptr) {
     // This open cut SOURCE: the cache adopts that now, as after a truncate,
     // while cached writes of the file are still held off (SourceChange
     // also keeps Revalidate from taking it for an outside change).
     struct stat st;
     if (fstat(fd, &st) == 0) {
-      Status s = Fs(req).engine()->AfterTruncate(*inode->cached(), st);
+      Status s = Fs(req).engine()->AfterTruncate(*cached, st);
       if (!s.ok()) CacheWarning("open", s);
     }
   }

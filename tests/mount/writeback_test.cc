@@ -143,6 +143,13 @@ class WritebackNamespaceTest : public ::testing::Test {
   std::string R(const std::string& name) const { return cachefs_->ref() + "/" + name; }
   const std::string& mnt() const { return cachefs_->mnt(); }
 
+  // The kernel forgets the mount's inodes it can (as under memory
+  // pressure): the daemon then holds no file that is not open.
+  static void ForgetInodes() {
+    sync();
+    std::ofstream("/proc/sys/vm/drop_caches") << "2";
+  }
+
   // Flushes, expects success and nothing left dirty.
   void FlushAll() {
     FlushResult f = FlushWait(mnt());
@@ -259,15 +266,61 @@ TEST_F(WritebackNamespaceTest, RenameOverOneOfTwoLinksKeepsTheDirtyData) {
   WriteFile(M("linked"), data);
   ASSERT_EQ(link(M("linked").c_str(), M("other").c_str()), 0) << std::strerror(errno);
   WriteFile(M("new"), "the new file");
-  // The kernel forgets its inodes: nothing in the daemon holds the file.
-  sync();
-  std::ofstream("/proc/sys/vm/drop_caches") << "2";
+  ForgetInodes();
   ASSERT_EQ(rename(M("new").c_str(), M("linked").c_str()), 0) << std::strerror(errno);
   EXPECT_TRUE(ReadFile(M("other")) == data) << "the other name lost the dirty data";
   EXPECT_EQ(ReadFile(M("linked")), "the new file");
   FlushAll();
   EXPECT_TRUE(ReadFile(S("other")) == data);
   EXPECT_EQ(ReadFile(S("linked")), "the new file");
+}
+
+// 3e. Changes through the mount to files with dirty data that no open has
+// bound since the kernel forgot them (as after a remount): a truncate by
+// path, an open with O_TRUNC, a chmod. Each is our own change: written back
+// first where it needs SOURCE's data, adopted after, never a conflict.
+TEST_F(WritebackNamespaceTest, ChangesToAFileTheKernelForgotAreOursNotConflicts) {
+  const std::string data = Pattern(2 * kBlock + 5, 12);
+  WriteFile(M("cut"), data);
+  WriteFile(M("trunc"), data);
+  WriteFile(M("mode"), data);
+  ForgetInodes();
+  ASSERT_EQ(truncate(M("cut").c_str(), 10), 0) << std::strerror(errno);
+  EXPECT_EQ(StatOf(M("cut")).st_size, 10);
+  EXPECT_TRUE(ReadFile(M("cut")) == data.substr(0, 10));
+  int fd = open(M("trunc").c_str(), O_WRONLY | O_TRUNC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  PwriteAll(fd, "new", 0);
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_EQ(ReadFile(M("trunc")), "new");
+  ASSERT_EQ(chmod(M("mode").c_str(), 0600), 0) << std::strerror(errno);
+  EXPECT_TRUE(ReadFile(M("mode")) == data);
+  FlushAll();
+  EXPECT_EQ(Counter(mnt(), "conflicts"), 0u);
+  EXPECT_TRUE(ReadFile(S("cut")) == data.substr(0, 10));
+  EXPECT_EQ(ReadFile(S("trunc")), "new");
+  EXPECT_TRUE(ReadFile(S("mode")) == data);
+  EXPECT_EQ(StatOf(S("mode")).st_mode & 07777, 0600u);
+}
+
+// 3f. `ln a b; rm a` with dirty data (a maildir delivery), and a rename of
+// a dirty file the kernel forgot: the data follows the name, with its size,
+// and reaches SOURCE under it; no conflict.
+TEST_F(WritebackNamespaceTest, LinkThenUnlinkAndRenameOfAForgottenFileKeepTheData) {
+  const std::string data = Pattern(2 * kBlock + 5, 13);
+  WriteFile(M("tmp"), data);
+  ASSERT_EQ(link(M("tmp").c_str(), M("new").c_str()), 0) << std::strerror(errno);
+  ASSERT_EQ(unlink(M("tmp").c_str()), 0) << std::strerror(errno);
+  EXPECT_TRUE(ReadFile(M("new")) == data);
+  WriteFile(M("moved"), data);
+  ForgetInodes();
+  ASSERT_EQ(rename(M("moved").c_str(), M("there").c_str()), 0) << std::strerror(errno);
+  EXPECT_EQ(StatOf(M("there")).st_size, static_cast<off_t>(data.size()));
+  EXPECT_TRUE(ReadFile(M("there")) == data);
+  FlushAll();
+  EXPECT_EQ(Counter(mnt(), "conflicts"), 0u);
+  EXPECT_TRUE(ReadFile(S("new")) == data);
+  EXPECT_TRUE(ReadFile(S("there")) == data);
 }
 
 // 4. Unlink: the dirty data of a closed file is dropped; an open handle

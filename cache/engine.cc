@@ -1151,6 +1151,61 @@ Status Engine::Rename(const std::string& from, const std::string& to, bool is_di
   return meta_->Commit(batch, false);
 }
 
+Status Engine::PathsAt(const std::string& path, bool is_dir,
+                       std::vector<std::pair<std::string, uint64_t>>* out) {
+  if (is_dir) {
+    return meta_->ScanPaths(path + "/", [&](const std::string& p, uint64_t id) {
+      out->emplace_back(p, id);
+      return true;
+    });
+  }
+  auto id = meta_->LookupPath(path);
+  if (!id.ok()) return id.status();
+  if (id.value()) out->emplace_back(path, *id.value());
+  return Status::Ok();
+}
+
+Status Engine::Exchange(const std::string& a, const std::string& b, bool a_is_dir, bool b_is_dir,
+                        const struct stat& a_before, const struct stat& b_before,
+                        const struct stat& a_after, const struct stat& b_after) {
+  std::lock_guard<std::mutex> lock(files_mu_);
+  std::vector<std::pair<std::string, uint64_t>> at_a, at_b;
+  Status s = PathsAt(a, a_is_dir, &at_a);
+  if (s.ok()) s = PathsAt(b, b_is_dir, &at_b);
+  if (!s.ok()) return s;
+  // Every old name goes before any new one is put: the two sets of names
+  // overlap (a file at `a` takes `b`, the one at `b` takes `a`).
+  MetaBatch batch;
+  for (const auto& [p, id] : at_a) batch.RemovePath(p);
+  for (const auto& [p, id] : at_b) batch.RemovePath(p);
+  std::map<uint64_t, FileRecord> records;  // each put once, however many names move
+  auto move = [&](const std::vector<std::pair<std::string, uint64_t>>& entries,
+                  const std::string& from, const std::string& to, bool is_dir,
+                  const struct stat& before, const struct stat& after) -> Status {
+    for (const auto& [p, id] : entries) {
+      const std::string moved = to + p.substr(from.size());
+      batch.Put(moved, id);
+      auto it = records.find(id);
+      if (it == records.end()) {
+        auto rec = meta_->GetFile(id);
+        if (!rec.ok()) return rec.status();
+        if (rec.value()) it = records.emplace(id, *rec.value()).first;
+      }
+      FileRecord* r = it == records.end() ? nullptr : &it->second;
+      if (r != nullptr && r->path == p) r->path = moved;
+      // The exchange changed the file's ctime: our own change.
+      if (!is_dir) AdoptOwnAttributeChange(id, FingerprintOf(before), FingerprintOf(after), r);
+    }
+    return Status::Ok();
+  };
+  s = move(at_a, a, b, a_is_dir, a_before, a_after);
+  if (s.ok()) s = move(at_b, b, a, b_is_dir, b_before, b_after);
+  if (!s.ok()) return s;
+  for (const auto& [id, r] : records) batch.Put(r);
+  if (batch.empty()) return Status::Ok();
+  return meta_->Commit(batch, false);
+}
+
 Status Engine::Unlink(const std::string& path, bool last_link, const struct stat* before,
                       const struct stat* after) {
   std::lock_guard<std::mutex> lock(files_mu_);

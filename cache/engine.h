@@ -314,6 +314,14 @@ class Engine {
   // `after` are its attributes around the rename (which changes its ctime).
   Status Rename(const std::string& from, const std::string& to, bool is_dir,
                 const struct stat& before, const struct stat& after);
+  // RENAME_EXCHANGE of `a` and `b` (each a file or a directory, with every
+  // path below it): the cache swaps their names and keeps everything,
+  // dirty data too. `a_before`/`b_before` are the attributes of what was at
+  // `a`/`b` before, `a_after`/`b_after` of the same objects after (the
+  // exchange changes a file's ctime: adopted as our own change).
+  Status Exchange(const std::string& a, const std::string& b, bool a_is_dir, bool b_is_dir,
+                  const struct stat& a_before, const struct stat& b_before,
+                  const struct stat& a_after, const struct stat& b_after);
   // A name was removed; `last_link` when the file has no name left. A file
   // that keeps other names adopts `after` as its fingerprint if it looked
   // like `before` (the unlink changed its ctime), and its record names
@@ -1031,6 +1039,11 @@ class Engine {
   // SOURCE's copy, so that a crash in the middle is not taken for an outside
   // change at the next mount; a no-op if flagged already or gone.
   Status MarkWritingBack(uint64_t file_id) LOCKS_EXCLUDED(files_mu_);
+  // The path records at `path`: the file's, or with `is_dir` every one
+  // below the directory.
+  Status PathsAt(const std::string& path, bool is_dir,
+                 std::vector<std::pair<std::string, uint64_t>>* out)
+      EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   // A change cachefs made to SOURCE's attributes of `file_id` (a rename, an
   // unlink of another name): `after` becomes the fingerprint of its record
   // `r` (if not null) and of its live file where they looked like `before`.

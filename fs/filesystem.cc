@@ -563,42 +563,32 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   Inode* from_dir = In(req, parent);
   Inode* to_dir = In(req, newparent);
   std::optional<std::string> from, to;
-  std::optional<Engine::SourceChange> change, change_from;
+  std::optional<Engine::SourceChange> change;
   struct stat st;
+  struct stat target;
   bool is_dir = false;
+  const bool exchange = (flags & RENAME_EXCHANGE) != 0;
+  bool exchange_known = false;  // both sides stat'ed: the cache swaps their names
   if (fs.engine() != nullptr && fstatat(from_dir->fd(), name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
     is_dir = S_ISDIR(st.st_mode);
     from = RelPath(fs, from_dir, name);
     to = RelPath(fs, to_dir, newname);
-    struct stat target;
-    if (from && !is_dir && fs.engine()->mode() == CacheMode::kWriteback &&
-        fstatat(to_dir->fd(), newname, &target, AT_SYMLINK_NOFOLLOW) == 0) {
+    const bool has_target = fstatat(to_dir->fd(), newname, &target, AT_SYMLINK_NOFOLLOW) == 0;
+    exchange_known = exchange && has_target;
+    if (from && !is_dir && !exchange && has_target &&
+        fs.engine()->mode() == CacheMode::kWriteback) {
       // Over an existing file: the slow store must never show the name
       // with less than was promised (contract 5).
-      const bool exchange = (flags & RENAME_EXCHANGE) != 0;
-      const bool file_to = to && S_ISREG(target.st_mode);
-      // Exchanged, both files are forgotten (below): each one's writes are
-      // held off from its write-back until then, or a write in between
-      // would be forgotten with it.
-      std::shared_ptr<CachedFile> live_from;
-      if (exchange && file_to) {
-        live_from = fs.engine()->LivePath(*from);
-        change_from.emplace(live_from);
-      }
       Status s = fs.engine()->FlushPath(*from, /*only_if_open=*/false);
       if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
-      if (file_to) {
+      if (to && S_ISREG(target.st_mode)) {
         // The file that loses its name: the cache forgets it, so its dirty
         // data goes to SOURCE first when something can still read it: its
-        // open handles (which then read SOURCE's file, as after an unlink),
-        // its other names (a hard link: the file lives on), or, exchanged,
-        // its new name; its writes held off until it is forgotten.
-        // (Once per file: two links of one file are one file; the kernel
-        // does not pass such a rename on anyway.)
-        auto live_to = fs.engine()->LivePath(*to);
-        if (live_to != live_from) change.emplace(live_to);
-        const bool always = exchange || target.st_nlink > 1;
-        s = fs.engine()->FlushPath(*to, /*only_if_open=*/!always);
+        // open handles (which then read SOURCE's file, as after an unlink)
+        // or its other names (a hard link: the file lives on); its writes
+        // held off until it is forgotten.
+        change.emplace(fs.engine()->LivePath(*to));
+        s = fs.engine()->FlushPath(*to, /*only_if_open=*/target.st_nlink <= 1);
         if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
       }
     }
@@ -608,10 +598,18 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   struct stat after;
   if (res == 0 && from && to) {
     Status s;
-    if (flags & RENAME_EXCHANGE) {
-      // Two files trade names: simplest correct answer, forget both.
-      s = fs.engine()->Unlink(*from, true);
-      if (s.ok()) s = fs.engine()->Unlink(*to, true);
+    if (exchange) {
+      // Two names trade places (files or directories, with all below them):
+      // the cache swaps them and keeps everything, dirty data too. (Until
+      // session 8 it forgot both, after writing files back: a directory's
+      // paths below were left stale, and a file exchanged with a directory
+      // lost its dirty data.)
+      struct stat from_after, to_after;  // what was at `from`, now at `to`, and the other
+      if (exchange_known && fstatat(to_dir->fd(), newname, &from_after, AT_SYMLINK_NOFOLLOW) == 0 &&
+          fstatat(from_dir->fd(), name, &to_after, AT_SYMLINK_NOFOLLOW) == 0) {
+        s = fs.engine()->Exchange(*from, *to, is_dir, S_ISDIR(target.st_mode), st, target,
+                                  from_after, to_after);
+      }
     } else if (fstatat(to_dir->fd(), newname, &after, AT_SYMLINK_NOFOLLOW) == 0) {
       s = fs.engine()->Rename(*from, *to, is_dir, st, after);
     }

@@ -258,6 +258,37 @@ TEST_F(WritebackNamespaceTest, ExchangeKeepsTheDirtyDataOfBoth) {
   EXPECT_TRUE(ReadFile(S("b")) == a);
 }
 
+// 3c'. RENAME_EXCHANGE with directories: a dirty file and a directory trade
+// names, and two directories holding dirty files do (an atomic swap of a
+// release directory). Every file keeps its data under its new path, also
+// once the kernel forgot the inodes, and SOURCE gets it there; no conflict.
+TEST_F(WritebackNamespaceTest, ExchangeWithDirectoriesKeepsTheDirtyData) {
+  const std::string f = Pattern(kBlock + 7, 15), x = Pattern(2 * kBlock + 3, 16),
+                    y = Pattern(kBlock / 2, 17);
+  ASSERT_EQ(mkdir(M("d").c_str(), 0755), 0);
+  WriteFile(M("d/in"), "in the directory");
+  WriteFile(M("f"), f);
+  ASSERT_EQ(renameat2(AT_FDCWD, M("d").c_str(), AT_FDCWD, M("f").c_str(), RENAME_EXCHANGE), 0)
+      << std::strerror(errno);
+  ASSERT_EQ(mkdir(M("x").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(M("y").c_str(), 0755), 0);
+  WriteFile(M("x/file"), x);
+  WriteFile(M("y/file"), y);
+  ASSERT_EQ(renameat2(AT_FDCWD, M("x").c_str(), AT_FDCWD, M("y").c_str(), RENAME_EXCHANGE), 0)
+      << std::strerror(errno);
+  ForgetInodes();
+  EXPECT_TRUE(ReadFile(M("d")) == f) << "the file that came to name d lost its data";
+  EXPECT_EQ(ReadFile(M("f/in")), "in the directory");
+  EXPECT_TRUE(ReadFile(M("y/file")) == x) << "y/file does not hold x's file";
+  EXPECT_TRUE(ReadFile(M("x/file")) == y) << "x/file does not hold y's file";
+  FlushAll();
+  EXPECT_EQ(Counter(mnt(), "conflicts"), 0u);
+  EXPECT_TRUE(ReadFile(S("d")) == f);
+  EXPECT_EQ(ReadFile(S("f/in")), "in the directory");
+  EXPECT_TRUE(ReadFile(S("y/file")) == x);
+  EXPECT_TRUE(ReadFile(S("x/file")) == y);
+}
+
 // 3d. A rename over one name of a file that has another (a hard link): the
 // file lives on under that name, dirty data and all, though nothing has it
 // open.

@@ -1091,7 +1091,13 @@ Status Engine::Adopt(CachedFile& file, const struct stat& before, const struct s
   bool unchanged;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
-    unchanged = file.fingerprint_ == FingerprintOf(before);
+    const Fingerprint was = FingerprintOf(before);
+    unchanged = file.fingerprint_ == was;
+    // A time set through the mount (utimens) is the file's mtime as the
+    // mount shows it, over dirty data too: the writer puts it on SOURCE
+    // with the data. (Until session 8 the time of the last write won.)
+    const int64_t set = FingerprintOf(after).mtime_ns;
+    if (unchanged && file.overlay_ && set != was.mtime_ns) file.mtime_ns_ = set;
   }
   if (unchanged) return CommitOwnChange(file, after, 0, 0);
   auto changed = Revalidate(file, after);

@@ -710,6 +710,7 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
   ScopedLatency timed(&write_latency_);
   const uint64_t bs = sb_.block_size;
   bool grows;
+  uint64_t size_before = 0;
   {
     std::unique_lock<std::mutex> lock(file.mu_);
     // Not while the FUSE layer changes SOURCE's copy itself (SourceChange,
@@ -728,6 +729,7 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
       file.overlay_ = true;
       file.size_ = file.fingerprint_.size;
     }
+    size_before = file.size_;
     file.size_ = std::max<uint64_t>(file.size_, off + len);
     file.mtime_ns_ = NowNs();
     file.record_stale_ = true;  // the mtime at least: written at close
@@ -755,6 +757,16 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     if (frec.ok() && frec.value()) recorded_size = frec.value()->size;
   }
   size_t done = 0;
+  // A write that fails part-way grows the file only as far as it got
+  // (until session 8 the size the mount showed kept the whole write's end,
+  // and an append after it left a hole).
+  auto failed = [&](const Status& s) {
+    std::lock_guard<std::mutex> lock(file.mu_);
+    if (file.size_ == std::max<uint64_t>(size_before, off + len)) {
+      file.size_ = std::max<uint64_t>(size_before, off + done);
+    }
+    return s;
+  };
   int drops = 0;
   while (done < len) {
     uint64_t pos = off + done;
@@ -764,7 +776,7 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
     bool dropped = false;
     Status s = WriteBlockWithRoom(file, fd->get(), index, begin, end, data + done, /*dirty=*/true,
                                   recorded_size, &dropped);
-    if (!s.ok()) return s;
+    if (!s.ok()) return failed(s);
     if (dropped) {
       // A drop of the block came first (an outside change, an unlink):
       // this block again, into the cache as it is now, or to SOURCE's
@@ -775,8 +787,8 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
         return s;
       }
       if (++drops > kMaxWriteRetries) {
-        return Status::Error(EAGAIN, "block " + std::to_string(index) +
-                                         " was dropped under every attempt to write it");
+        return failed(Status::Error(EAGAIN, "block " + std::to_string(index) +
+                                                " was dropped under every attempt to write it"));
       }
       continue;
     }

@@ -1472,6 +1472,26 @@ TEST_F(EngineTest, AFailedRoundIsNotTakenForAnOutsideChange) {
   EXPECT_TRUE(ReadAll(e, *one.f, one.fd, 0, expect.size()) == expect);
 }
 
+// A write that fails (here: the rest of its sub-block cannot be read from
+// SOURCE) must not leave the file grown to the write's end: an append after
+// it would land past a hole of zeros.
+TEST_F(EngineTest, AFailedWriteDoesNotGrowTheFile) {
+  FaultBacking* fb = FaultBacking::Leaked();
+  EngineConfig c = WritebackConfig();
+  c.backing = fb;
+  OneFile one = OpenOneFile(c, 79, 5);
+  ASSERT_NE(one.f, nullptr);
+  fb->Set(FaultBacking::Fault::kVanished);
+  EXPECT_FALSE(one.e->Write(*one.f, one.fd, 5, "XYZ", 3, false).ok());
+  fb->Set(FaultBacking::Fault::kNone);
+  struct stat st = Stat(one.fd);
+  one.e->Overlay(*one.f, &st);
+  EXPECT_EQ(st.st_size, 5) << "the failed write grew the file";
+  ASSERT_TRUE(one.e->Write(*one.f, one.fd, 5, "XYZ", 3, false).ok());
+  ASSERT_TRUE(one.e->Flush().ok());
+  EXPECT_EQ(ReadSource(source_ + "/f"), one.data + "XYZ");
+}
+
 // An unlink through the mount holds the file's cached writes off from its
 // flush to its drop (SourceChange). A write that waited meanwhile must see
 // the file detached and go to SOURCE's file, which its handles read: into

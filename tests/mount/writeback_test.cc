@@ -243,6 +243,21 @@ TEST_F(WritebackNamespaceTest, RenameOverAnOpenFileKeepsItsDataForTheHandle) {
   EXPECT_EQ(ReadFile(S("victim")), "the other file");
 }
 
+// 1b. A time set on a file with dirty data (cp -p, tar, rsync -t) is the
+// mtime the mount shows, and the one SOURCE gets with the data.
+TEST_F(WritebackNamespaceTest, UtimensOnADirtyFileSticks) {
+  const std::string data = Pattern(kBlock + 9, 18);
+  WriteFile(M("f"), data);
+  const timespec times[2] = {{946684800, 0}, {946684800, 0}};  // 2000-01-01
+  ASSERT_EQ(utimensat(AT_FDCWD, M("f").c_str(), times, 0), 0) << std::strerror(errno);
+  EXPECT_EQ(StatOf(M("f")).st_mtim.tv_sec, 946684800);
+  FlushAll();
+  EXPECT_EQ(StatOf(S("f")).st_mtim.tv_sec, 946684800) << "the flush put the write's time back";
+  EXPECT_EQ(StatOf(M("f")).st_mtim.tv_sec, 946684800);
+  EXPECT_TRUE(ReadFile(S("f")) == data);
+  EXPECT_EQ(Counter(mnt(), "conflicts"), 0u);
+}
+
 // 3c. Two files with dirty data trade names (RENAME_EXCHANGE): each name
 // then shows the other file's data, none of it lost.
 TEST_F(WritebackNamespaceTest, ExchangeKeepsTheDirtyDataOfBoth) {

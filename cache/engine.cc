@@ -904,7 +904,11 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
       file->mtime_ns_ = rec.value()->mtime_ns;
       file->fingerprint_ = rec.value()->fingerprint;
       file->conflict_ = (rec.value()->flags & FileRecord::kConflict) != 0;
-      if (!matches && (rec.value()->flags & FileRecord::kWritingBack) != 0) {
+      // Our own writeback, cut short, changed the same file; another file at
+      // the name is not ours to write into.
+      const bool same_file = !compare_ino_ || rec.value()->source_ino == 0 ||
+                             rec.value()->source_ino == file->source_ino_;
+      if (!matches && same_file && (rec.value()->flags & FileRecord::kWritingBack) != 0) {
         // Our own writeback, cut short: SOURCE holds part of our data, the
         // blocks stay dirty and the writer writes them again.
         file->fingerprint_ = now;
@@ -959,9 +963,10 @@ Result<bool> Engine::Revalidate(CachedFile& file, const struct stat& st) {
 Result<bool> Engine::RevalidateLocked(CachedFile& file, const struct stat& st) {
   Fingerprint now = FingerprintOf(st);
   bool conflict = false;
+  bool same_ino;
   {
     std::lock_guard<std::mutex> lock(file.mu_);
-    bool same_ino = !compare_ino_ || file.source_ino_ == static_cast<uint64_t>(st.st_ino);
+    same_ino = !compare_ino_ || file.source_ino_ == static_cast<uint64_t>(st.st_ino);
     if (file.fingerprint_ == now && same_ino) return false;
     // The writer's own change, or one the FUSE layer is making: adopted
     // when it is done.
@@ -976,7 +981,7 @@ Result<bool> Engine::RevalidateLocked(CachedFile& file, const struct stat& st) {
     // looked at the flag: a look at a live file flagged a conflict.)
     auto rec = meta_->GetFile(file.file_id_);
     if (!rec.ok()) return rec.status();
-    if (rec.value() && (rec.value()->flags & FileRecord::kWritingBack) != 0) {
+    if (same_ino && rec.value() && (rec.value()->flags & FileRecord::kWritingBack) != 0) {
       std::lock_guard<std::mutex> lock(file.mu_);
       file.fingerprint_ = now;
       file.source_ino_ = static_cast<uint64_t>(st.st_ino);

@@ -1010,6 +1010,7 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
   Status stat_status = wb_backing_->Stat(fd, &st);
   if (!stat_status.ok()) return failed(stat_status);
   Fingerprint expected = file_rec.fingerprint;
+  uint64_t expected_ino = file_rec.source_ino;
   uint64_t size = file_rec.size;
   int64_t mtime_ns = file_rec.mtime_ns;
   if (live) {
@@ -1017,6 +1018,7 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
     // writes in progress: without an overlay the mount shows SOURCE's size.
     std::lock_guard<std::mutex> lock(live->mu_);
     expected = live->fingerprint_;
+    expected_ino = live->source_ino_;
     size = live->overlay_ ? live->size_ : live->fingerprint_.size;
     mtime_ns = live->overlay_ ? live->mtime_ns_ : live->fingerprint_.mtime_ns;
     live->writing_back_ = true;
@@ -1031,7 +1033,13 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
     }
   } done{live};
   if (FingerprintOf(st) != expected) {
-    if ((file_rec.flags & FileRecord::kWritingBack) == 0) {
+    // Our own round cut short shows as a change of the same file; another
+    // file at the name (replaced outside, or renamed over since the record
+    // was read) is never written into (until session 8 it was, when the
+    // record was flagged).
+    const bool same_file =
+        !compare_ino_ || expected_ino == 0 || expected_ino == static_cast<uint64_t>(st.st_ino);
+    if ((file_rec.flags & FileRecord::kWritingBack) == 0 || !same_file) {
       // Changed outside while we held dirty data (contract 5): not ours to
       // overwrite. Kept, flagged, reported.
       std::lock_guard<std::mutex> lock(files_mu_);

@@ -1492,6 +1492,43 @@ TEST_F(EngineTest, AFailedWriteDoesNotGrowTheFile) {
   EXPECT_EQ(ReadSource(source_ + "/f"), one.data + "XYZ");
 }
 
+// A round that failed after writing leaves the record flagged (kWritingBack):
+// the next round takes a changed SOURCE for its own unfinished write and
+// writes again. But if the name now holds another file (replaced outside, or
+// renamed over while the round looked it up), that file is not ours: it must
+// not get our data written into it, only be reported as a conflict.
+class AnotherFileAtTheNameTest : public EngineTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(AnotherFileAtTheNameTest, ARoundNeverWritesIntoIt) {
+  const bool reopened = GetParam();  // the name opened again after the change
+  FailSyncBacking backing;
+  EngineConfig c = WritebackConfig();
+  c.backing = &backing;
+  OneFile one = OpenOneFile(c, 80);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  const std::string w = Pattern(4096, 81);
+  ASSERT_TRUE(e.Write(*one.f, one.fd, 0, w.data(), w.size(), false).ok());
+  backing.fail_next = true;
+  EXPECT_FALSE(e.Flush().ok());  // written, not synced: flagged
+  const std::string other = "another file took the name";
+  std::ofstream(source_ + "/f.new", std::ios::binary) << other;
+  ASSERT_EQ(rename((source_ + "/f.new").c_str(), (source_ + "/f").c_str()), 0);
+  if (reopened) {
+    auto fd = OpenSourceFile("f");
+    auto f = e.OpenFile("f", Stat(fd));
+    ASSERT_TRUE(f.ok()) << f.status().message();
+  }
+  (void)e.Flush();
+  EXPECT_EQ(ReadSource(source_ + "/f"), other) << "our data went into another file";
+  EXPECT_EQ(e.stats().conflicts, 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Writeback, AnotherFileAtTheNameTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return std::string(i.param ? "Reopened" : "NotReopened");
+                         });
+
 // An unlink through the mount holds the file's cached writes off from its
 // flush to its drop (SourceChange). A write that waited meanwhile must see
 // the file detached and go to SOURCE's file, which its handles read: into

@@ -367,8 +367,12 @@ class Engine {
   // Writes `len` bytes at `off` into the cache as dirty data, to be written
   // back later. Survives kill -9 once it returns; `sync` (O_SYNC/O_DSYNC)
   // also persists before returning. Fails without a change (EIO, ENOSPC).
+  // `fd` is read (the rest of a partly written sub-block); a file that lost
+  // its name meanwhile is written straight to SOURCE's file through
+  // `write_fd` (-1: `fd`; a write-only handle's own descriptor, where `fd`
+  // is its readable twin).
   Status Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data, size_t len,
-               bool sync);
+               bool sync, int write_fd = -1);
   // mode=writethrough, before the FUSE layer writes [off, off + len) to
   // SOURCE: the cached copies of those sub-blocks stop being valid (in the
   // metadata), so a crash between the SOURCE write and WriteThrough cannot

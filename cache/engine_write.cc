@@ -705,8 +705,9 @@ Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begi
 }
 
 Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, const char* data,
-                     size_t len, bool sync) {
+                     size_t len, bool sync, int write_fd) {
   if (len == 0) return Status::Ok();
+  const int out_fd = write_fd >= 0 ? write_fd : fd->get();  // SOURCE's file, once detached
   ScopedLatency timed(&write_latency_);
   const uint64_t bs = sb_.block_size;
   bool grows;
@@ -720,8 +721,8 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
       // Its last name is gone (or another file took it): no record to hang
       // dirty data on. Its open handles read SOURCE's file: write there.
       lock.unlock();
-      Status s = backing_->Write(fd->get(), off, len, data);
-      if (s.ok() && sync) s = backing_->Sync(fd->get());
+      Status s = backing_->Write(out_fd, off, len, data);
+      if (s.ok() && sync) s = backing_->Sync(out_fd);
       return s;
     }
     grows = !file.overlay_ || off + len > file.size_;
@@ -782,8 +783,8 @@ Status Engine::Write(CachedFile& file, const SourceFdRef& fd, uint64_t off, cons
       // this block again, into the cache as it is now, or to SOURCE's
       // file if the file lost its name meanwhile.
       if (file.detached_) {
-        s = backing_->Write(fd->get(), pos, len - done, data + done);
-        if (s.ok() && sync) s = backing_->Sync(fd->get());
+        s = backing_->Write(out_fd, pos, len - done, data + done);
+        if (s.ok() && sync) s = backing_->Sync(out_fd);
         return s;
       }
       if (++drops > kMaxWriteRetries) {

@@ -836,7 +836,7 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
       pos = static_cast<uint64_t>(st.st_size);
     }
     bool sync = (fh->flags & (O_SYNC | O_DSYNC)) != 0;
-    Status s = engine->Write(*fh->cached, fh->src, pos, buf.data(), n, sync);
+    Status s = engine->Write(*fh->cached, fh->src, pos, buf.data(), n, sync, fh->fd);
     if (!s.ok()) return ReplyErr(req, ErrnoOf(s));
     fuse_reply_write(req, n);
     return;

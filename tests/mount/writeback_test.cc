@@ -399,6 +399,20 @@ TEST_F(WritebackNamespaceTest, UnlinkDropsDirtyDataButOpenHandleReadsIt) {
   EXPECT_FALSE(Exists(S("open")));
 }
 
+// 4b. A write-only handle of a file unlinked through the mount goes on
+// writing (to SOURCE's file, which the cache no longer knows).
+TEST_F(WritebackNamespaceTest, AWriteOnlyHandleWritesOnAfterTheUnlink) {
+  WriteFile(M("f"), "start");
+  int fd = open(M("f").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(unlink(M("f").c_str()), 0) << std::strerror(errno);
+  EXPECT_EQ(pwrite(fd, "more", 4, 5), 4) << std::strerror(errno);
+  struct stat st;
+  ASSERT_EQ(fstat(fd, &st), 0);
+  EXPECT_EQ(st.st_size, 9);
+  ASSERT_EQ(close(fd), 0);
+}
+
 // 5. Truncate of a file with dirty data, shrinking and growing.
 TEST_F(WritebackNamespaceTest, TruncateDirtyFileShrinkAndGrow) {
   const std::string data = Pattern(3 * kBlock + 300, 6);

@@ -234,6 +234,16 @@ std::shared_ptr<CachedFile> CachedForChange(Filesystem& fs, Inode* inode) {
   return Bind(fs, inode, *path, st);
 }
 
+// attr_timeout freshness (contract 5) wherever the kernel takes a bound
+// file's attributes (getattr, lookup, readdirplus): a file changed in SOURCE
+// loses its cached blocks (the kernel drops its pages itself:
+// AUTO_INVAL_DATA), or reads through a handle kept open would go on being
+// served the old bytes, or cut at the old size.
+void Freshen(Filesystem& fs, CachedFile& cached, const struct stat& st) {
+  auto changed = fs.engine()->Revalidate(cached, st);
+  if (!changed.ok()) CacheWarning("revalidate", changed.status());
+}
+
 // Looks `name` up in `parent` and fills `e` (counting one lookup). Returns an errno.
 int DoLookup(fuse_req_t req, Inode* parent, const char* name, fuse_entry_param* e) {
   Filesystem& fs = Fs(req);
@@ -249,6 +259,8 @@ int DoLookup(fuse_req_t req, Inode* parent, const char* name, fuse_entry_param* 
   }
   Inode* inode = fs.inodes().Acquire(fd, e->attr);
   if (auto cached = inode->cached(); cached && fs.engine() != nullptr) {
+    // (Until session 8 only getattr and open looked.)
+    Freshen(fs, *cached, e->attr);
     fs.engine()->Overlay(*cached, &e->attr);  // data not yet written back
   } else if (fs.engine() != nullptr && S_ISREG(e->attr.st_mode) && fs.engine()->HasAnyDirty()) {
     if (auto path = RelPath(fs, parent, name)) fs.engine()->OverlayPath(*path, &e->attr);
@@ -336,11 +348,8 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   Inode* inode = In(req, ino);
   int err = StatInode(inode, &st);
   if (err != 0) return ReplyErr(req, err);
-  // attr_timeout freshness (contract 5): a file changed in SOURCE loses its
-  // cached blocks (the kernel drops its pages itself: AUTO_INVAL_DATA).
   if (auto cached = inode->cached(); cached && Fs(req).engine() != nullptr) {
-    auto changed = Fs(req).engine()->Revalidate(*cached, st);
-    if (!changed.ok()) CacheWarning("revalidate", changed.status());
+    Freshen(Fs(req), *cached, st);
     Fs(req).engine()->Overlay(*cached, &st);  // data not yet written back
   } else if (Fs(req).engine() != nullptr && S_ISREG(st.st_mode) &&
              Fs(req).engine()->HasAnyDirty()) {

@@ -51,6 +51,15 @@ std::string Pattern(size_t size, int seed) {
 
 std::string Quote(const std::string& s) { return "'" + s + "'"; }
 
+// Writes `data` at `off` of the existing file `path` (no truncation).
+void WritePart(const std::string& path, uint64_t off, const std::string& data) {
+  int fd = open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  EXPECT_EQ(pwrite(fd, data.data(), data.size(), static_cast<off_t>(off)),
+            static_cast<ssize_t>(data.size()));
+  close(fd);
+}
+
 // Reads the whole of `path` through a fresh descriptor, with none of its
 // pages left in the kernel's cache ("" and a test failure on error).
 std::string ReadFresh(const std::string& path) {
@@ -680,6 +689,61 @@ TEST_F(CacheHungSource, ColdReadFailsWithEioAtTheDeadlineAndHitsGoOn) {
   close(fd);
   UnmountCachefs();
 }
+
+// A change of SOURCE outside the mount while a handle stays open, then a
+// stat by path once the kernel's entry expired: the kernel takes the
+// attributes of that LOOKUP (READDIRPLUS alike) as it would a getattr's and
+// drops its pages, so the cache must drop the changed file's blocks too.
+// Before session 8 only getattr and open looked: reads through the handle
+// went on serving the old bytes, and a file grown outside read short.
+class CoherenceByLookup : public CacheFixture, public ::testing::WithParamInterface<const char*> {
+ protected:
+  // Mounts with attr_timeout=1, caches `f`, opens it and reads its first
+  // block through the handle returned.
+  int OpenWarm(const std::string& mode) {
+    EXPECT_TRUE(MountCachefs({"-o", "attr_timeout=1", "-o", "mode=" + mode}));
+    WarmUp("f");
+    int fd = open((mnt() + "/f").c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0) << std::strerror(errno);
+    char buf[4096];
+    EXPECT_EQ(pread(fd, buf, sizeof(buf), 0), 4096);
+    return fd;
+  }
+  // Past attr_timeout, then a stat by path (a LOOKUP, no getattr).
+  struct stat StatAfterTimeout() {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+    struct stat st;
+    EXPECT_EQ(stat((mnt() + "/f").c_str(), &st), 0);
+    return st;
+  }
+};
+
+TEST_P(CoherenceByLookup, AChangeSeenByLookupIsServed) {
+  int fd = OpenWarm(GetParam());
+  ASSERT_GE(fd, 0);
+  WritePart(slow() + "/f", 0, std::string(4096, 'X'));
+  for (int round = 0; round < 2; ++round) {
+    StatAfterTimeout();
+    char buf[4096];
+    ASSERT_EQ(pread(fd, buf, sizeof(buf), 0), 4096);
+    EXPECT_EQ(buf[0], 'X') << "round " << round << " read the old bytes";
+  }
+  close(fd);
+}
+
+TEST_P(CoherenceByLookup, AFileGrownOutsideReadsToItsNewEnd) {
+  int fd = OpenWarm(GetParam());
+  ASSERT_GE(fd, 0);
+  WritePart(slow() + "/f", kFileSize, std::string(8192, 'Z'));
+  EXPECT_EQ(StatAfterTimeout().st_size, static_cast<off_t>(kFileSize + 8192));
+  char buf[4096];
+  EXPECT_EQ(pread(fd, buf, sizeof(buf), kFileSize), 4096) << "the new tail read short";
+  EXPECT_EQ(buf[0], 'Z');
+  close(fd);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, CoherenceByLookup,
+                         ::testing::Values("writethrough", "writearound"));
 
 }  // namespace
 }  // namespace cachefs::testing

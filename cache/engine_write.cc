@@ -621,6 +621,10 @@ Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begi
   } done{file};
   Status s = backing_->Write(wfd, index * bs + lo, static_cast<size_t>(hi - lo),
                              buf.get() + (lo - uint64_t{first} * kSubBlockSize));
+  // Synced before the cache lets go of the sub-blocks: once the record says
+  // SOURCE has them, an fsync (which syncs the cache, not SOURCE) must find
+  // them durable there (until session 8 a power loss could lose them).
+  if (s.ok()) s = backing_->Sync(wfd);
   if (!s.ok()) return s;
   struct stat st;
   if (fstat(wfd, &st) != 0) return Status::FromErrno(errno, "write through: fstat");

@@ -659,6 +659,75 @@ TEST_F(PowerLossTest, TwoRecordsClaimingOneSlot) {
   EXPECT_EQ(Read(*e, f, 0, 2 * kBlock), original.substr(0, kBlock) + a);
 }
 
+// SOURCE that holds the writer: Stat from any thread but the test's waits
+// while `hold` (the writer's round starts with a Stat); counts Syncs.
+class HoldWriterBacking final : public Backing {
+ public:
+  explicit HoldWriterBacking(Backing* inner) : inner_(inner), test_(std::this_thread::get_id()) {}
+  Result<size_t> Read(int fd, uint64_t off, size_t len, void* buf) override {
+    return inner_->Read(fd, off, len, buf);
+  }
+  Status Write(int fd, uint64_t off, size_t len, const void* buf) override {
+    return inner_->Write(fd, off, len, buf);
+  }
+  Status Sync(int fd) override {
+    syncs++;
+    return inner_->Sync(fd);
+  }
+  Status Stat(int fd, struct stat* st) override {
+    if (std::this_thread::get_id() != test_) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return !hold_; });
+    }
+    return inner_->Stat(fd, st);
+  }
+  void Release() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      hold_ = false;
+    }
+    cv_.notify_all();
+  }
+  std::atomic<int> syncs{0};
+
+ private:
+  Backing* inner_;
+  std::thread::id test_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool hold_ = true;
+};
+
+// A write that finds the cache full of dirty blocks goes through to SOURCE
+// (WriteBlockThrough) and the cache lets go of those sub-blocks: SOURCE's
+// copy must be synced before that, or an fsync (which syncs the cache's
+// records, saying SOURCE has them) would not make the write durable.
+TEST_F(PowerLossTest, AWriteThroughFallbackIsSyncedOnSource) {
+  std::mt19937_64 rng(12);
+  MakeSource("f", Random(rng, kBlock));
+  MakeSource("g", Random(rng, 7 * kBlock));
+  EngineConfig config = Config();
+  config.options.cache_size = SizeOrPercent{false, 0, 8 * kBlock};
+  config.options.writeback_threads = 1;
+  FaultMachine m;
+  EngineConfig c = config;
+  m.Hook(&c);
+  HoldWriterBacking hold(&m.backing);  // the writer makes no room meanwhile
+  c.backing = &hold;
+  auto e = Open(c);
+  ASSERT_NE(e, nullptr);
+  Opened g = OpenFile(*e, "g");
+  Opened f = OpenFile(*e, "f");
+  for (uint64_t b = 0; b < 7; ++b) Write(*e, g, b * kBlock, Random(rng, kBlock));
+  Write(*e, f, 0, Random(rng, kBlock));
+  ASSERT_TRUE(e->Sync(*f.file).ok());
+  const int syncs_before = hold.syncs.load();
+  Write(*e, f, 0, Random(rng, kSubBlockSize));  // no slot: through to SOURCE
+  EXPECT_EQ(e->stats().write_through_fallbacks, 1u);
+  EXPECT_GT(hold.syncs.load(), syncs_before) << "the write went through to SOURCE unsynced";
+  hold.Release();
+}
+
 TEST_F(PowerLossTest, RandomPowerLoss) {
   const uint64_t seed = EnvNumber("CACHEFS_POWERLOSS_SEED", std::random_device()());
   const uint64_t rounds = EnvNumber("CACHEFS_POWERLOSS_ITERATIONS", 10);

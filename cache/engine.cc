@@ -749,11 +749,13 @@ Status Engine::Persist() {
   if (sync_done_ >= ticket) return Status::Ok();  // a persist that began after us covered us
   const uint64_t covers = sync_tickets_.load();
   std::vector<uint32_t> released;
-  uint64_t closing;  // the epoch whose data this persist makes durable
+  std::vector<uint32_t> cleaned;  // clean records this persist syncs
+  uint64_t closing;               // the epoch whose data this persist makes durable
   bool mark;
   {
     std::lock_guard<std::mutex> l(mu_);
     released.swap(quarantine_);
+    cleaned.swap(clean_pending_);
     // Data tagged with `closing` was written before this point, so the
     // store persist below covers it; data written from now on gets the next
     // epoch. After a failed store persist nothing becomes durable again
@@ -785,7 +787,16 @@ Status Engine::Persist() {
   std::lock_guard<std::mutex> l(mu_);
   if (!s.ok()) {
     quarantine_.insert(quarantine_.end(), released.begin(), released.end());
+    clean_pending_.insert(clean_pending_.end(), cleaned.begin(), cleaned.end());
     return s;
+  }
+  // Clean in the synced metadata now: victims like any clean block (if the
+  // slot still holds a clean block nobody else tracks or pins).
+  for (uint32_t slot : cleaned) {
+    if (index_->InUse(slot) && !dirty_slot_[slot] && !pinned_slot_[slot] &&
+        !policy_->IsTracked(slot)) {
+      policy_->Track(slot);
+    }
   }
   sync_done_ = covers;
   if (mark) durable_epoch_ = std::max(durable_epoch_, closing);

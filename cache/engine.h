@@ -1091,6 +1091,11 @@ class Engine {
   std::vector<bool> free_when_unread_ GUARDED_BY(mu_);  // dropped while being read
   std::vector<bool> dirty_slot_ GUARDED_BY(mu_);        // holds dirty data: never a victim
   std::vector<uint32_t> quarantine_ GUARDED_BY(mu_);    // freed at the next persist
+  // Blocks made clean (written back, or written through) since the last
+  // persist: victims only once it synced their clean record. Until then the
+  // synced record may still say dirty, and a slot reused meanwhile would
+  // make recovery trust it: EIO for data SOURCE has (until session 8).
+  std::vector<uint32_t> clean_pending_ GUARDED_BY(mu_);
   std::map<uint64_t, BlockKey> dirty_ GUARDED_BY(mu_);  // the dirty index, by seq
   // When dirty seqs were handed out (monotonic ms), in buckets of up to
   // kAgeBucketMs: the seqs up to `last_seq` were all made dirty by

@@ -703,7 +703,7 @@ Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begi
   if (now_clean) {
     EraseDirty(seq);
     dirty_slot_[*slot] = false;
-    if (!policy_->IsTracked(*slot) && !pinned_slot_[*slot]) policy_->Track(*slot);
+    clean_pending_.push_back(*slot);  // a victim once the clean record is synced
   }
   return Status::Ok();
 }
@@ -1358,7 +1358,7 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
           if (index_->Find({file_id, t.index}) == rec.slot) {
             uint32_t slot = static_cast<uint32_t>(rec.slot);
             dirty_slot_[slot] = false;
-            if (!policy_->IsTracked(slot) && !pinned_slot_[slot]) policy_->Track(slot);
+            clean_pending_.push_back(slot);  // a victim once the clean record is synced
           }
         }
       }

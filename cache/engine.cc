@@ -1063,10 +1063,19 @@ Status Engine::CloseFile(CachedFile& file) {
 // the change made stale go to the metadata in one batch, so a crash right
 // after cannot make the next mount take our change for an outside one.
 Status Engine::CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t from_index,
-                               uint64_t to_index) {
+                               uint64_t to_index, const std::pair<uint64_t, uint64_t>* wrote) {
   std::lock_guard<std::mutex> lock(files_mu_);
   {
     std::lock_guard<std::mutex> file_lock(file.mu_);
+    if (wrote != nullptr) {
+      const uint64_t was = file.fingerprint_.size;
+      const uint64_t now = static_cast<uint64_t>(st.st_size);
+      if (now < was || now > std::max(was, wrote->first + wrote->second)) {
+        from_index = 0;
+        to_index = kNoEnd;
+        counters_.invalidations++;
+      }
+    }
     file.fingerprint_ = FingerprintOf(st);
     file.source_ino_ = static_cast<uint64_t>(st.st_ino);
     file.record_stale_ = true;
@@ -1090,7 +1099,8 @@ Status Engine::CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t
 Status Engine::AfterWrite(CachedFile& file, uint64_t off, uint64_t len, const struct stat& st) {
   uint64_t bs = sb_.block_size;
   uint64_t end = off + len < off ? kNoEnd : (off + len + bs - 1) / bs;
-  return CommitOwnChange(file, st, off / bs, len == 0 ? 0 : end);
+  const std::pair<uint64_t, uint64_t> wrote{off, off + len < off ? kNoEnd - off : len};
+  return CommitOwnChange(file, st, off / bs, len == 0 ? 0 : end, &wrote);
 }
 
 Status Engine::AfterTruncate(CachedFile& file, const struct stat& st) {

@@ -957,8 +957,14 @@ class Engine {
   // `src_fd`, our dirty sub-blocks over them, `size` bytes) to `out_fd`.
   Status WriteOurVersion(uint64_t file_id, int src_fd, int out_fd, uint64_t size);
   // A change cachefs made to SOURCE: adopt `st`, drop blocks [from, to), one batch.
+  // `wrote` (a write, fallocate or copy into [first, first + second), which
+  // never shrinks the file): a size `st` cannot have after that alone means
+  // SOURCE also changed outside (cut or grown) since the cache last looked,
+  // and every block goes (until session 8 adopting `st` hid that change for
+  // good: bytes truncated away outside were served again).
   Status CommitOwnChange(CachedFile& file, const struct stat& st, uint64_t from_index,
-                         uint64_t to_index) LOCKS_EXCLUDED(files_mu_);
+                         uint64_t to_index, const std::pair<uint64_t, uint64_t>* wrote = nullptr)
+      LOCKS_EXCLUDED(files_mu_);
   // Finds a slot for a new block, evicting if needed: the evicted block's
   // removal goes to `evicted`, for CommitEvicted right after. REQUIRES mu_
   // held. A block somebody holds (a writer before its look at the index)

@@ -867,7 +867,8 @@ Status Engine::WriteThrough(CachedFile& file, const SourceFdRef& fd, uint64_t of
   const uint64_t bs = sb_.block_size;
   // SOURCE has the data: its new look is ours (and fetches that read it
   // before are stale).
-  Status s = CommitOwnChange(file, st, 0, 0);
+  const std::pair<uint64_t, uint64_t> wrote{off, len};
+  Status s = CommitOwnChange(file, st, 0, 0, &wrote);
   if (!s.ok()) return s;
   size_t done = 0;
   while (done < len) {

@@ -742,6 +742,24 @@ TEST_P(CoherenceByLookup, AFileGrownOutsideReadsToItsNewEnd) {
   close(fd);
 }
 
+// SOURCE cut outside while a handle is open, then a write through the mount
+// past the cut (no getattr in between): the gap reads as zeros, not as the
+// bytes truncated away, which the write's adoption of SOURCE's new look hid
+// for good before session 8.
+TEST_P(CoherenceByLookup, AnOutsideCutBeforeAWriteIsNotHidden) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1", "-o", std::string("mode=") + GetParam()}));
+  WarmUp("f");
+  int fd = open((mnt() + "/f").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(truncate((slow() + "/f").c_str(), 0), 0);
+  ASSERT_EQ(pwrite(fd, "Y", 1, 3 * kBlockSize), 1);
+  close(fd);
+  std::string want(3 * kBlockSize, '\0');
+  want += "Y";
+  EXPECT_TRUE(SameData(ReadFresh(mnt() + "/f"), want));
+  EXPECT_EQ(ReadFile(slow() + "/f").size(), want.size());
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, CoherenceByLookup,
                          ::testing::Values("writethrough", "writearound"));
 

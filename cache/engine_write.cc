@@ -654,6 +654,12 @@ Status Engine::WriteBlockThrough(CachedFile& file, uint64_t index, uint32_t begi
       batch.RemoveDirty(seq);
       out.dirty_seq = 0;
     }
+    // The version before keeps its claim on the slot until a persist: the
+    // synced record may be it, so the bits cleared here must not take an
+    // in-place write meanwhile (until session 8 one could land over data
+    // an fsync had promised, read as EIO after a power loss).
+    std::lock_guard<std::mutex> l(mu_);
+    SealVersion(&rec, &out);
     batch.Put(out);
   }
   {

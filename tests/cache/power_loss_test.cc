@@ -772,6 +772,54 @@ TEST_F(PowerLossTest, AWriteThroughFallbackIsSyncedOnSource) {
   hold.Release();
 }
 
+// A full cache of dirty blocks: a rewrite of an fsynced dirty sub-block goes
+// through to SOURCE (the cache lets go of the sub-block), and the next write
+// of that sub-block must not go in place over the fsynced data, which the
+// synced record may still claim. Power loss: the store keeps what was
+// written, the WAL what was synced; the sub-block must read as one of the
+// writes, not fail its CRC (until session 8 it did).
+TEST_F(PowerLossTest, AWriteAfterAWriteThroughNeverLandsOverSyncedData) {
+  std::mt19937_64 rng(12);
+  MakeSource("f", Random(rng, kBlock));
+  MakeSource("g", Random(rng, 7 * kBlock));
+  const std::string x = Random(rng, kBlock);
+  const std::string y = Random(rng, kSubBlockSize), z = Random(rng, kSubBlockSize);
+  EngineConfig config = Config();
+  config.options.cache_size = SizeOrPercent{false, 0, 8 * kBlock};
+  config.options.writeback_threads = 1;
+  {
+    FaultMachine m;
+    EngineConfig c = config;
+    m.Hook(&c);
+    HoldWriterBacking hold(&m.backing);
+    c.backing = &hold;
+    auto e = Open(c);
+    ASSERT_NE(e, nullptr);
+    Opened g = OpenFile(*e, "g");
+    Opened f = OpenFile(*e, "f");
+    for (uint64_t b = 0; b < 7; ++b) Write(*e, g, b * kBlock, Random(rng, kBlock));
+    Write(*e, f, 0, x);
+    ASSERT_TRUE(e->Sync(*f.file).ok());
+    Write(*e, f, 0, y);  // no slot: through to SOURCE
+    EXPECT_EQ(e->stats().write_through_fallbacks, 1u);
+    Write(*e, f, 0, z);  // not in place over x: a new slot, or through to SOURCE again
+    m.power.Cut();
+    hold.Release();
+    e.reset();
+    ASSERT_TRUE(m.undo->PowerLoss(StorePath(), [](uint64_t) { return false; }).ok());
+    // The WAL as far as it was synced (at the fsync after x).
+    ASSERT_TRUE(
+        m.fs->PowerLoss([](const std::string&, const FaultFs::FileState& st) { return st.synced; })
+            .ok());
+  }
+  auto e = Open(config);
+  ASSERT_NE(e, nullptr);
+  Opened f = OpenFile(*e, "f");
+  std::string out(kSubBlockSize, '\0');
+  auto n = e->Read(*f.file, f.fd, 0, kSubBlockSize, out.data());
+  EXPECT_TRUE(n.ok()) << n.status().message();
+  EXPECT_TRUE(n.ok() && (out == x.substr(0, kSubBlockSize) || out == y || out == z));
+}
 TEST_F(PowerLossTest, RandomPowerLoss) {
   const uint64_t seed = EnvNumber("CACHEFS_POWERLOSS_SEED", std::random_device()());
   const uint64_t rounds = EnvNumber("CACHEFS_POWERLOSS_ITERATIONS", 10);

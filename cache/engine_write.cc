@@ -1331,10 +1331,22 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
         // the file's end (the tail of a write a crash cut short before its
         // size was recorded): not SOURCE's, so not valid either, or a
         // later write that grows the file would show them.
+        const BlockRecord before = rec;
+        bool cut = false;
         for (size_t w = 0; w < rec.dirty.size(); ++w) {
           uint64_t written = t.dirty[w] & ~(size_moved ? t.clipped[w] : 0);
           rec.dirty[w] &= ~written;
-          if (!size_moved) rec.valid[w] &= ~t.clipped[w];
+          if (!size_moved) {
+            cut = cut || (rec.valid[w] & t.clipped[w]) != 0;
+            rec.valid[w] &= ~t.clipped[w];
+          }
+        }
+        if (cut) {
+          // The version before keeps its claim on those sub-blocks until a
+          // persist (a synced record may name them): no in-place write over
+          // them meanwhile, as after a write-through.
+          std::lock_guard<std::mutex> l(mu_);
+          SealVersion(&before, &rec);
         }
       }
       uint64_t seq = rec.dirty_seq;

@@ -705,6 +705,19 @@ Status Engine::SetMode(CacheMode mode) {
                                       "': cannot leave mode=writeback: " + s.message());
     }
   }
+  const bool caches_writes = mode == CacheMode::kWriteback || mode == CacheMode::kCow;
+  const bool cached_writes = from == CacheMode::kWriteback || from == CacheMode::kCow;
+  if (s.ok() && caches_writes && !cached_writes && from != CacheMode::kReadonly) {
+    // From now on an fsync syncs the cache, not SOURCE: what the other mode
+    // wrote to SOURCE (unsynced) must be durable there first, or an fsync
+    // after the switch would promise it without (until session 8).
+    // (The image itself, or SOURCE's whole filesystem: syncfs.)
+    const int fd = open(config_.source.c_str(), O_RDONLY | O_CLOEXEC);
+    const int res = fd < 0 ? -1 : (config_.source_is_file ? fsync(fd) : syncfs(fd));
+    const int err = errno;
+    if (fd >= 0) close(fd);
+    if (res != 0) s = Status::FromErrno(err, "SOURCE '" + config_.source + "': sync");
+  }
   if (s.ok()) {
     Superblock sb = sb_;
     sb.mode = mode;

@@ -654,12 +654,22 @@ Result<Engine::Resolved> Engine::ResolveConflict(const std::string& path, Resolu
         live->fingerprint_ = f.fingerprint;
         live->source_ino_ = f.source_ino;
         live->conflict_ = false;
+        live->epoch_++;  // fetches that read SOURCE before are stale
       }
+      // SOURCE's look is adopted: clean blocks cached from before its change
+      // go (ours stay), or they would be served (and fill in a later partial
+      // write, which the writer would put over the change) under a
+      // fingerprint that matches (until session 8).
+      s = DropBlocks(id, 0, kNoEnd, /*keep_dirty=*/true);
+      if (!s.ok()) return s;
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
       conflict_files_.erase(id);
     }
+    // mode=cow: the image changes only by cachefsctl commit, which now takes
+    // ours (until session 8 the command failed here, after it took effect).
+    if (!WritebackAllowed()) return r;
     // Written back now, not by the writer later: the caller learns the outcome.
     std::vector<uint64_t> dirty;
     {

@@ -1529,6 +1529,41 @@ INSTANTIATE_TEST_SUITE_P(Writeback, AnotherFileAtTheNameTest, ::testing::Bool(),
                            return std::string(i.param ? "Reopened" : "NotReopened");
                          });
 
+// keep-ours takes SOURCE's changed version as the base under our dirty data:
+// clean blocks cached from before the change must go. Before, they were
+// served on (under a fingerprint that matched SOURCE again), and a later
+// partial write filled its sub-block from them: the writer then put the old
+// bytes back over the change.
+TEST_F(EngineTest, KeepOursDropsTheCleanBlocksOfTheOldVersion) {
+  OneFile one = OpenOneFile(WritebackConfig(), 82, 2 * kBlock);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  ASSERT_TRUE(ReadAll(e, *one.f, one.fd, 0, 2 * kBlock) == one.data);  // both cached, clean
+  const std::string ours = Pattern(4096, 83);
+  ASSERT_TRUE(e.Write(*one.f, one.fd, kBlock, ours.data(), ours.size(), false).ok());
+  const std::string theirs(4096, 'T');
+  {
+    int fd = open((source_ + "/f").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, theirs.data(), theirs.size(), 0), 4096);
+    close(fd);
+  }
+  (void)e.Flush();
+  ASSERT_EQ(e.stats().conflicts, 1u);
+  auto r = e.ResolveConflict("f", Engine::Resolution::kKeepOurs);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  std::string expect = one.data;
+  expect.replace(0, theirs.size(), theirs);
+  expect.replace(kBlock, ours.size(), ours);
+  EXPECT_TRUE(ReadSource(source_ + "/f") == expect);
+  EXPECT_TRUE(ReadAll(e, *one.f, one.fd, 0, 2 * kBlock) == expect)
+      << "the mount serves the version before the change";
+  ASSERT_TRUE(e.Write(*one.f, one.fd, 1000, "u", 1, false).ok());
+  ASSERT_TRUE(e.Flush().ok());
+  expect[1000] = 'u';
+  EXPECT_TRUE(ReadSource(source_ + "/f") == expect) << "their change was written over";
+}
+
 // An unlink through the mount holds the file's cached writes off from its
 // flush to its drop (SourceChange). A write that waited meanwhile must see
 // the file detached and go to SOURCE's file, which its handles read: into

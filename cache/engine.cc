@@ -998,14 +998,22 @@ Result<bool> Engine::RevalidateLocked(CachedFile& file, const struct stat& st) {
     conflict = file.overlay_ && !file.conflict_;
   }
   if (conflict || HasDirty(file.file_id_)) {
-    // Our own writeback, cut short (a write or sync that failed) or under
-    // way since before this file was opened: SOURCE holds part of our data
-    // and the record says so. Adopted, as at an open; the blocks stay dirty
-    // and the writer writes them again. (Until session 8 only an open
-    // looked at the flag: a look at a live file flagged a conflict.)
+    // Our own writeback under way since before this file was opened (the
+    // round's own live file is `writing_back_`): SOURCE holds part of our
+    // data and the record says so. Adopted; the round records the end
+    // result. Only while the round runs: a round that failed gave the open
+    // file SOURCE's look as it left it, so a change after that is an
+    // outside one. (Until session 8 a look at such a file flagged a
+    // conflict.)
+    bool in_round;
+    {
+      std::lock_guard<std::mutex> lock(wb_mu_);
+      in_round = wb_busy_.count(file.file_id_) != 0;
+    }
     auto rec = meta_->GetFile(file.file_id_);
     if (!rec.ok()) return rec.status();
-    if (same_ino && rec.value() && (rec.value()->flags & FileRecord::kWritingBack) != 0) {
+    if (same_ino && in_round && rec.value() &&
+        (rec.value()->flags & FileRecord::kWritingBack) != 0) {
       std::lock_guard<std::mutex> lock(file.mu_);
       file.fingerprint_ = now;
       file.source_ino_ = static_cast<uint64_t>(st.st_ino);
@@ -1275,7 +1283,10 @@ Status Engine::Unlink(const std::string& path, bool last_link, const struct stat
           return false;
         });
         if (!s.ok()) return s;
-        r.path = other;  // "" if the cache knows no other name
+        // No other name known (a link made outside the mount): the record
+        // keeps the old one; the writer fails on it until the file is opened
+        // by another name (OpenFile) or `cachefsctl check` sets it right.
+        if (!other.empty()) r.path = other;
       }
       if (before != nullptr && after != nullptr) {
         AdoptOwnAttributeChange(file_id, FingerprintOf(*before), FingerprintOf(*after), &r);

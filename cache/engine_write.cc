@@ -1010,11 +1010,22 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
   // A write, sync or stat that timed out may still be running: the
   // descriptor stays open (parked) until it is done, and the file is not
   // written back again before (CheckParked).
+  bool source_touched = false;  // a write or truncate of SOURCE's file was started
   auto failed = [&](const Status& s) {
     if (s.code() == ETIMEDOUT && closer.fd >= 0) {
       counters_.writeback_timeouts++;
       Park(file_id, closer.fd);
       closer.fd = -1;
+    } else if (source_touched && live && closer.fd >= 0) {
+      // Our own partial change: the open file adopts SOURCE's look now, so
+      // a look at it before the next round takes it for ours, while a later
+      // outside change still shows (the record's kWritingBack covers a
+      // crash; Revalidate trusts that flag only while a round runs).
+      struct stat now_st;
+      if (wb_backing_->Stat(closer.fd, &now_st).ok()) {
+        std::lock_guard<std::mutex> lock(live->mu_);
+        live->fingerprint_ = FingerprintOf(now_st);
+      }
     }
     return s.Prefixed("writeback of '" + file_rec.path + "'");
   };
@@ -1148,6 +1159,7 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
     Backing* backing = wb_backing_;
     const std::atomic<bool>* abort = background ? &wb_abort_ : nullptr;
     size_t* next_piece = &piece;
+    source_touched = true;
     in_flight_write.f = std::async(
         std::launch::async, [backing, abort, next_piece, fd, pos, len, data]() -> Status {
           for (size_t done = 0; done < len;) {
@@ -1262,6 +1274,7 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
   // size yet: the blocks not written stay dirty and the size with them.
   const bool grow = size > static_cast<uint64_t>(st.st_size);
   if (static_cast<uint64_t>(st.st_size) != size && (!grow || (last && !aborted))) {
+    source_touched = true;
     if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
       return Status::FromErrno(errno, "writeback of '" + file_rec.path + "': truncate");
     }

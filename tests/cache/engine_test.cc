@@ -1497,6 +1497,38 @@ TEST_F(EngineTest, AFailedWriteDoesNotGrowTheFile) {
 // writes again. But if the name now holds another file (replaced outside, or
 // renamed over while the round looked it up), that file is not ours: it must
 // not get our data written into it, only be reported as a conflict.
+// But a change made outside after the failed round is an outside change:
+// a conflict, the clean blocks dropped, not absorbed as ours (the record's
+// flag stays set until a round succeeds).
+TEST_F(EngineTest, AnOutsideChangeAfterAFailedRoundIsAConflict) {
+  FailSyncBacking backing;
+  EngineConfig c = WritebackConfig();
+  c.backing = &backing;
+  OneFile one = OpenOneFile(c, 84, 2 * kBlock);
+  ASSERT_NE(one.f, nullptr);
+  Engine& e = *one.e;
+  ASSERT_TRUE(ReadAll(e, *one.f, one.fd, kBlock, kBlock) == one.data.substr(kBlock));
+  const std::string w = Pattern(4096, 85);
+  ASSERT_TRUE(e.Write(*one.f, one.fd, 0, w.data(), w.size(), false).ok());
+  backing.fail_next = true;
+  EXPECT_FALSE(e.Flush().ok());
+  ASSERT_TRUE(e.Revalidate(*one.f, Stat(one.fd)).ok());
+  EXPECT_EQ(e.stats().conflicts, 0u);  // our own partial round
+  const std::string theirs(4096, 'T');
+  {
+    int fd = open((source_ + "/f").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, theirs.data(), theirs.size(), kBlock), 4096);
+    close(fd);
+  }
+  ASSERT_TRUE(e.Revalidate(*one.f, Stat(one.fd)).ok());
+  EXPECT_EQ(e.stats().conflicts, 1u) << "the outside change was taken for ours";
+  std::string got(4096, '\0');
+  auto n = e.Read(*one.f, one.fd, kBlock, got.size(), got.data());
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_TRUE(got == theirs) << "the old cached bytes were served";
+}
+
 class AnotherFileAtTheNameTest : public EngineTest, public ::testing::WithParamInterface<bool> {};
 
 TEST_P(AnotherFileAtTheNameTest, ARoundNeverWritesIntoIt) {

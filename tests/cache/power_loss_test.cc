@@ -152,6 +152,25 @@ std::string Check(FileModel& m, uint64_t from, const std::string& actual) {
 
 class PowerLossTest : public ::testing::Test {
  protected:
+  // SOURCE/f (one block) and SOURCE/g (seven), and a cache of eight blocks
+  // with one writeback thread: g's seven dirty blocks and f's one fill it.
+  EngineConfig FullCacheSetup(std::mt19937_64& rng) {
+    MakeSource("f", Random(rng, kBlock));
+    MakeSource("g", Random(rng, 7 * kBlock));
+    EngineConfig config = Config();
+    config.options.cache_size = SizeOrPercent{false, 0, 8 * kBlock};
+    config.options.writeback_threads = 1;
+    return config;
+  }
+  // The power loss the ordering tests need: every page written to the store
+  // survives (kernel writeback got there), RocksDB's files only as far as
+  // they were synced.
+  void LoseUnsyncedMetadata(FaultMachine& m) {
+    ASSERT_TRUE(m.undo->PowerLoss(StorePath(), [](uint64_t) { return false; }).ok());
+    ASSERT_TRUE(
+        m.fs->PowerLoss([](const std::string&, const FaultFs::FileState& st) { return st.synced; })
+            .ok());
+  }
   void SetUp() override {
     char t[] = "/tmp/cachefs-powerloss-XXXXXX";
     base_ = mkdtemp(t);
@@ -726,18 +745,12 @@ TEST_F(PowerLossTest, AFsyncedBlockWrittenBackAndEvictedSurvivesPowerLoss) {
     Read(*e, g, 0, 8 * kBlock);  // the 8th block wants f's slot (LRU)
     m.power.Cut();
     e.reset();
-    ASSERT_TRUE(m.undo->PowerLoss(StorePath(), [](uint64_t) { return false; }).ok());
-    ASSERT_TRUE(
-        m.fs->PowerLoss([](const std::string&, const FaultFs::FileState& st) { return st.synced; })
-            .ok());
+    ASSERT_NO_FATAL_FAILURE(LoseUnsyncedMetadata(m));
   }
   auto e = Open(config);
   ASSERT_NE(e, nullptr);
   Opened f = OpenFile(*e, "f");
-  std::string out(kBlock, '\0');
-  auto n = e->Read(*f.file, f.fd, 0, kBlock, out.data());
-  EXPECT_TRUE(n.ok()) << n.status().message();
-  EXPECT_TRUE(n.ok() && out == a);
+  EXPECT_TRUE(Read(*e, f, 0, kBlock) == a);
   Status s = e->Flush();
   EXPECT_TRUE(s.ok()) << s.message();
 }
@@ -748,11 +761,7 @@ TEST_F(PowerLossTest, AFsyncedBlockWrittenBackAndEvictedSurvivesPowerLoss) {
 // records, saying SOURCE has them) would not make the write durable.
 TEST_F(PowerLossTest, AWriteThroughFallbackIsSyncedOnSource) {
   std::mt19937_64 rng(12);
-  MakeSource("f", Random(rng, kBlock));
-  MakeSource("g", Random(rng, 7 * kBlock));
-  EngineConfig config = Config();
-  config.options.cache_size = SizeOrPercent{false, 0, 8 * kBlock};
-  config.options.writeback_threads = 1;
+  const EngineConfig config = FullCacheSetup(rng);
   FaultMachine m;
   EngineConfig c = config;
   m.Hook(&c);
@@ -780,13 +789,9 @@ TEST_F(PowerLossTest, AWriteThroughFallbackIsSyncedOnSource) {
 // writes, not fail its CRC (until session 8 it did).
 TEST_F(PowerLossTest, AWriteAfterAWriteThroughNeverLandsOverSyncedData) {
   std::mt19937_64 rng(12);
-  MakeSource("f", Random(rng, kBlock));
-  MakeSource("g", Random(rng, 7 * kBlock));
+  const EngineConfig config = FullCacheSetup(rng);
   const std::string x = Random(rng, kBlock);
   const std::string y = Random(rng, kSubBlockSize), z = Random(rng, kSubBlockSize);
-  EngineConfig config = Config();
-  config.options.cache_size = SizeOrPercent{false, 0, 8 * kBlock};
-  config.options.writeback_threads = 1;
   {
     FaultMachine m;
     EngineConfig c = config;
@@ -806,20 +811,15 @@ TEST_F(PowerLossTest, AWriteAfterAWriteThroughNeverLandsOverSyncedData) {
     m.power.Cut();
     hold.Release();
     e.reset();
-    ASSERT_TRUE(m.undo->PowerLoss(StorePath(), [](uint64_t) { return false; }).ok());
-    // The WAL as far as it was synced (at the fsync after x).
-    ASSERT_TRUE(
-        m.fs->PowerLoss([](const std::string&, const FaultFs::FileState& st) { return st.synced; })
-            .ok());
+    ASSERT_NO_FATAL_FAILURE(LoseUnsyncedMetadata(m));  // the WAL as of the fsync after x
   }
   auto e = Open(config);
   ASSERT_NE(e, nullptr);
   Opened f = OpenFile(*e, "f");
-  std::string out(kSubBlockSize, '\0');
-  auto n = e->Read(*f.file, f.fd, 0, kSubBlockSize, out.data());
-  EXPECT_TRUE(n.ok()) << n.status().message();
-  EXPECT_TRUE(n.ok() && (out == x.substr(0, kSubBlockSize) || out == y || out == z));
+  const std::string out = Read(*e, f, 0, kSubBlockSize);
+  EXPECT_TRUE(out == x.substr(0, kSubBlockSize) || out == y || out == z);
 }
+
 TEST_F(PowerLossTest, RandomPowerLoss) {
   const uint64_t seed = EnvNumber("CACHEFS_POWERLOSS_SEED", std::random_device()());
   const uint64_t rounds = EnvNumber("CACHEFS_POWERLOSS_ITERATIONS", 10);

@@ -1155,53 +1155,56 @@ Status Engine::Rename(const std::string& from, const std::string& to, bool is_di
                       const struct stat& before, const struct stat& after) {
   std::lock_guard<std::mutex> lock(files_mu_);
   MetaBatch batch;
-  std::vector<uint64_t> replaced;
-  const Fingerprint fp_before = FingerprintOf(before);
-  const Fingerprint fp_after = FingerprintOf(after);
-  auto move_one = [&](const std::string& old_path, const std::string& new_path, uint64_t id) {
-    batch.RemovePath(old_path);
-    batch.Put(new_path, id);
-    auto rec = meta_->GetFile(id);
-    if (rec.ok() && rec.value()) {
-      FileRecord r = *rec.value();
-      r.path = new_path;
-      // The rename changed the file's ctime: our own change, not an outside one.
-      if (!is_dir) AdoptOwnAttributeChange(id, fp_before, fp_after, &r);
-      batch.Put(r);
-    } else if (!is_dir) {
-      AdoptOwnAttributeChange(id, fp_before, fp_after, nullptr);  // the live file's
-    }
-  };
+  std::vector<std::pair<std::string, uint64_t>> moving;
+  Status s = PathsAt(from, is_dir, &moving);
+  if (!s.ok()) return s;
+  std::optional<uint64_t> replaced;
   if (!is_dir) {
     auto target = meta_->LookupPath(to);
     if (!target.ok()) return target.status();
-    auto source = meta_->LookupPath(from);
-    if (!source.ok()) return source.status();
-    if (target.value() && target.value() != source.value()) replaced.push_back(*target.value());
-    if (source.value()) {
-      move_one(from, to, *source.value());
-    } else if (target.value()) {
-      batch.RemovePath(to);
-    }
-  } else {
-    std::vector<std::pair<std::string, uint64_t>> below;
-    Status s = meta_->ScanPaths(from + "/", [&](const std::string& p, uint64_t id) {
-      below.emplace_back(p, id);
-      return true;
-    });
-    if (!s.ok()) return s;
-    for (const auto& [p, id] : below) move_one(p, to + p.substr(from.size()), id);
+    const std::optional<uint64_t> source =
+        moving.empty() ? std::nullopt : std::optional<uint64_t>(moving.front().second);
+    if (target.value() && target.value() != source) replaced = target.value();
+    if (!source && target.value()) batch.RemovePath(to);
   }
-  for (uint64_t id : replaced) {
-    auto it = open_files_.find(id);
+  for (const auto& [p, id] : moving) batch.RemovePath(p);
+  std::map<uint64_t, FileRecord> records;
+  s = MoveNamesInto(moving, from, to, is_dir, FingerprintOf(before), FingerprintOf(after), batch,
+                    records);
+  if (!s.ok()) return s;
+  for (const auto& [id, r] : records) batch.Put(r);
+  if (replaced) {
+    auto it = open_files_.find(*replaced);
     if (it != open_files_.end()) {
       if (auto live = it->second.lock()) Detach(*live);
     }
-    Status s = DropBlocks(id, 0, kNoEnd);
+    s = DropBlocks(*replaced, 0, kNoEnd);
     if (!s.ok()) return s;
-    batch.RemoveFile(id);
+    batch.RemoveFile(*replaced);
   }
   return meta_->Commit(batch, false);
+}
+
+Status Engine::MoveNamesInto(const std::vector<std::pair<std::string, uint64_t>>& entries,
+                             const std::string& from, const std::string& to, bool is_dir,
+                             const Fingerprint& before, const Fingerprint& after, MetaBatch& batch,
+                             std::map<uint64_t, FileRecord>& records) {
+  for (const auto& [p, id] : entries) {
+    const std::string moved = to + p.substr(from.size());
+    batch.Put(moved, id);
+    auto it = records.find(id);
+    if (it == records.end()) {
+      auto rec = meta_->GetFile(id);
+      if (!rec.ok()) return rec.status();
+      if (rec.value()) it = records.emplace(id, *rec.value()).first;
+    }
+    FileRecord* r = it == records.end() ? nullptr : &it->second;
+    // The record keeps its name unless it was this one (another hard link).
+    if (r != nullptr && r->path == p) r->path = moved;
+    // The move changed the file's ctime: our own change, not an outside one.
+    if (!is_dir) AdoptOwnAttributeChange(id, before, after, r);
+  }
+  return Status::Ok();
 }
 
 Status Engine::PathsAt(const std::string& path, bool is_dir,
@@ -1232,27 +1235,12 @@ Status Engine::Exchange(const std::string& a, const std::string& b, bool a_is_di
   for (const auto& [p, id] : at_a) batch.RemovePath(p);
   for (const auto& [p, id] : at_b) batch.RemovePath(p);
   std::map<uint64_t, FileRecord> records;  // each put once, however many names move
-  auto move = [&](const std::vector<std::pair<std::string, uint64_t>>& entries,
-                  const std::string& from, const std::string& to, bool is_dir,
-                  const struct stat& before, const struct stat& after) -> Status {
-    for (const auto& [p, id] : entries) {
-      const std::string moved = to + p.substr(from.size());
-      batch.Put(moved, id);
-      auto it = records.find(id);
-      if (it == records.end()) {
-        auto rec = meta_->GetFile(id);
-        if (!rec.ok()) return rec.status();
-        if (rec.value()) it = records.emplace(id, *rec.value()).first;
-      }
-      FileRecord* r = it == records.end() ? nullptr : &it->second;
-      if (r != nullptr && r->path == p) r->path = moved;
-      // The exchange changed the file's ctime: our own change.
-      if (!is_dir) AdoptOwnAttributeChange(id, FingerprintOf(before), FingerprintOf(after), r);
-    }
-    return Status::Ok();
-  };
-  s = move(at_a, a, b, a_is_dir, a_before, a_after);
-  if (s.ok()) s = move(at_b, b, a, b_is_dir, b_before, b_after);
+  s = MoveNamesInto(at_a, a, b, a_is_dir, FingerprintOf(a_before), FingerprintOf(a_after), batch,
+                    records);
+  if (s.ok()) {
+    s = MoveNamesInto(at_b, b, a, b_is_dir, FingerprintOf(b_before), FingerprintOf(b_after), batch,
+                      records);
+  }
   if (!s.ok()) return s;
   for (const auto& [id, r] : records) batch.Put(r);
   if (batch.empty()) return Status::Ok();

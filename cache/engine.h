@@ -1054,6 +1054,15 @@ class Engine {
   Status PathsAt(const std::string& path, bool is_dir,
                  std::vector<std::pair<std::string, uint64_t>>* out)
       EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
+  // Puts the names `entries` (`from` itself, or the paths below it) at the
+  // same places under `to` into `batch`, and their files' records, read once
+  // into `records` (the caller puts them), naming the new place where they
+  // named the old; a moved file (not a directory's content) adopts `after`
+  // where it looked like `before`. Removing the old names is the caller's.
+  Status MoveNamesInto(const std::vector<std::pair<std::string, uint64_t>>& entries,
+                       const std::string& from, const std::string& to, bool is_dir,
+                       const Fingerprint& before, const Fingerprint& after, MetaBatch& batch,
+                       std::map<uint64_t, FileRecord>& records) EXCLUSIVE_LOCKS_REQUIRED(files_mu_);
   // A change cachefs made to SOURCE's attributes of `file_id` (a rename, an
   // unlink of another name): `after` becomes the fingerprint of its record
   // `r` (if not null) and of its live file where they looked like `before`.

@@ -930,8 +930,7 @@ Result<std::shared_ptr<CachedFile>> Engine::OpenFile(const std::string& path,
       file->conflict_ = (rec.value()->flags & FileRecord::kConflict) != 0;
       // Our own writeback, cut short, changed the same file; another file at
       // the name is not ours to write into.
-      const bool same_file = !compare_ino_ || rec.value()->source_ino == 0 ||
-                             rec.value()->source_ino == file->source_ino_;
+      const bool same_file = SameSourceFile(rec.value()->source_ino, file->source_ino_);
       if (!matches && same_file && (rec.value()->flags & FileRecord::kWritingBack) != 0) {
         // Our own writeback, cut short: SOURCE holds part of our data, the
         // blocks stay dirty and the writer writes them again.

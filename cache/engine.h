@@ -917,6 +917,11 @@ class Engine {
       EXCLUSIVE_LOCKS_REQUIRED(files_mu_) LOCKS_EXCLUDED(mu_) {
     return file.detached_ || DroppedWhileHeld(held);
   }
+  // Whether SOURCE's file with inode `seen` is the one last known as
+  // `known` (0: not known; inodes not compared over a FUSE SOURCE).
+  bool SameSourceFile(uint64_t known, uint64_t seen) const {
+    return !compare_ino_ || known == 0 || known == seen;
+  }
   // Revalidate with files_mu_ held (OpenFile).
   Result<bool> RevalidateLocked(CachedFile& file, const struct stat& st)
       EXCLUSIVE_LOCKS_REQUIRED(files_mu_);

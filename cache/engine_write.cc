@@ -1060,8 +1060,7 @@ Status Engine::WriteBackBatch(uint64_t file_id, const std::vector<uint64_t>& ind
     // file at the name (replaced outside, or renamed over since the record
     // was read) is never written into (until session 8 it was, when the
     // record was flagged).
-    const bool same_file =
-        !compare_ino_ || expected_ino == 0 || expected_ino == static_cast<uint64_t>(st.st_ino);
+    const bool same_file = SameSourceFile(expected_ino, static_cast<uint64_t>(st.st_ino));
     if ((file_rec.flags & FileRecord::kWritingBack) == 0 || !same_file) {
       // Changed outside while we held dirty data (contract 5): not ours to
       // overwrite. Kept, flagged, reported.

@@ -582,7 +582,11 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
     is_dir = S_ISDIR(st.st_mode);
     from = RelPath(fs, from_dir, name);
     to = RelPath(fs, to_dir, newname);
-    const bool has_target = fstatat(to_dir->fd(), newname, &target, AT_SYMLINK_NOFOLLOW) == 0;
+    // The target's attributes only where they are needed (one request to
+    // the slow store): an exchange, or a file renamed over in writeback.
+    const bool look = exchange || (!is_dir && fs.engine()->mode() == CacheMode::kWriteback);
+    const bool has_target =
+        look && fstatat(to_dir->fd(), newname, &target, AT_SYMLINK_NOFOLLOW) == 0;
     exchange_known = exchange && has_target;
     if (from && !is_dir && !exchange && has_target &&
         fs.engine()->mode() == CacheMode::kWriteback) {

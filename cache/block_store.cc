@@ -54,10 +54,11 @@ Status BlockStore::Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf)
   return s;
 }
 
-Status BlockStore::Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf) {
+Status BlockStore::Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf,
+                         StoreWrite how) {
   if (Status s = CheckRange(slot, offset, len); !s.ok()) return s;
   if (len == 0) return Status::Ok();
-  Status s = DoWrite(StoreOffset(slot, offset), len, buf);
+  Status s = DoWrite(StoreOffset(slot, offset), len, buf, how);
   if (!s.ok()) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     return s;

@@ -64,6 +64,20 @@ struct StoreConfig {
 // Alignment of offsets, lengths and buffers with StoreConfig::direct_io.
 inline constexpr uint32_t kDirectIoAlignment = 4096;
 
+// How a Write's data is expected to be used next; a hint, never a change in
+// what Write promises.
+enum class StoreWrite : uint8_t {
+  // Kept where the store keeps recent data (a FileStore: its page cache).
+  kKeep,
+  // A stream of fills nobody is expected to read again soon from RAM (a
+  // large read of SOURCE): a FileStore writes it around the page cache
+  // (O_DIRECT) when the range and buffer are 4 KiB-aligned and the file
+  // system allows it, so a streamed file is not held in RAM twice and not
+  // copied once more (docs/benchmarks.md, "Fills written around the page
+  // cache"). Visible and durable exactly as kKeep.
+  kStream,
+};
+
 // Successful calls and their bytes; `errors` counts calls that passed the
 // argument checks and then failed in the device (a rejected range is the
 // caller's bug and is not counted).
@@ -93,7 +107,8 @@ class BlockStore {
   Status Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf);
   // Writes `len` bytes at `offset` inside `slot`; visible at once, durable
   // after the next Persist(). Same failures as Read, plus ENOSPC from the device.
-  Status Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf);
+  Status Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf,
+               StoreWrite how = StoreWrite::kKeep);
   // Makes every Write that completed before the call durable. Fails with the
   // device's error (EIO), and from then on always (see above).
   Status Persist();
@@ -108,7 +123,7 @@ class BlockStore {
   uint64_t StoreOffset(uint64_t slot, uint32_t offset) const { return slot * block_size_ + offset; }
 
   virtual Status DoRead(uint64_t pos, uint32_t len, void* buf) = 0;
-  virtual Status DoWrite(uint64_t pos, uint32_t len, const void* buf) = 0;
+  virtual Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) = 0;
   virtual Status DoPersist() = 0;
   virtual Status DoDiscard(uint64_t pos, uint64_t len) = 0;
 

@@ -38,6 +38,10 @@ constexpr int kReadaheadThreads = 4;
 // Fetched runs waiting for the installer at most; past it readers install
 // their own (the store cannot keep up, so waiting is the right brake).
 constexpr size_t kMaxQueuedInstalls = 64;
+// Reads of SOURCE this large (readahead, sequential and warming runs, large
+// application reads) are installed around the store's page cache
+// (StoreWrite::kStream); smaller ones, random misses, through it.
+constexpr size_t kStreamFetch = 64 * 1024;
 // While it has work, the installer looks at its queue this often instead of
 // being woken for each job; readers wake it only when kInstallBatch jobs
 // wait, or when it has gone to sleep after kInstallIdlePolls empty looks
@@ -1565,7 +1569,7 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
 
 Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_t epoch,
                                        const char* data, uint32_t first_sub, size_t bytes,
-                                       bool force) {
+                                       bool force, StoreWrite how) {
   const BlockKey key{file.file_id_, index};
   const uint32_t subs = static_cast<uint32_t>((bytes + kSubBlockSize - 1) / kSubBlockSize);
   Evicted evicted;
@@ -1625,7 +1629,7 @@ Engine::InstallOutcome Engine::Install(CachedFile& file, uint64_t index, uint64_
     uint32_t n = 1;
     while (i + n < subs && sub + n < rec.sub_blocks() && !held(sub + n)) ++n;
     const char* src = data + static_cast<size_t>(i) * kSubBlockSize;
-    Status s = store_->Write(*slot, sub * kSubBlockSize, n * kSubBlockSize, src);
+    Status s = store_->Write(*slot, sub * kSubBlockSize, n * kSubBlockSize, src, how);
     if (!s.ok()) {
       LogWarning("caching a block failed (served from SOURCE): " + s.message());
       ok = false;
@@ -1758,6 +1762,7 @@ Result<std::pair<std::shared_ptr<char>, size_t>> Engine::FetchRun(
       std::lock_guard<std::mutex> lock(f->mu);
       f->status = status;
       if (status.ok() && hi > lo) {
+        f->stream = len >= kStreamFetch;
         f->from = static_cast<uint32_t>(lo - start);
         f->bytes = static_cast<uint32_t>(hi - lo);
         f->data = buf;
@@ -1797,17 +1802,19 @@ void Engine::InstallRun(CachedFile& file, const std::vector<std::shared_ptr<Fetc
     if (f->no_install) {
       counters_.bypassed++;
     } else if (f->status.ok() && f->data) {
-      f->outcome = Install(file, f->index, f->epoch, f->data.get() + f->data_off,
-                           f->from / kSubBlockSize, f->bytes, f->warm);
+      f->outcome =
+          Install(file, f->index, f->epoch, f->data.get() + f->data_off, f->from / kSubBlockSize,
+                  f->bytes, f->warm, f->stream ? StoreWrite::kStream : StoreWrite::kKeep);
     }
     {
-      // Read ahead but not cached: kept for the reader, or it would read
-      // the block again (and offer it to the policy again). The fetch's
-      // lock, then the engine's: a reader served from the fetch meanwhile
-      // either set its flags before (nothing or a used block kept) or finds
-      // the kept block after (ReadAt).
+      // Read ahead: kept for the reader, or it would read the block again
+      // (from SOURCE, offering it to the policy again, or from the store).
+      // Not a fill: the cached block's own sub-blocks win there. The
+      // fetch's lock, then the engine's: a reader served from the fetch
+      // meanwhile either set its flags before (nothing or a used block
+      // kept) or finds the kept block after (ReadAt).
       const bool keep = f->readahead && f->status.ok() && f->data && f->bytes > 0 &&
-                        f->outcome != InstallOutcome::kCached;
+                        (f->outcome != InstallOutcome::kCached || !f->fill);
       std::unique_lock<std::mutex> fetch_lock(f->mu, std::defer_lock);
       if (keep) fetch_lock.lock();
       std::lock_guard<std::mutex> lock(mu_);
@@ -1869,6 +1876,10 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
   const uint32_t begin = static_cast<uint32_t>(pos % bs);
   const uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(bs, begin + want));
   for (int attempt = 0; attempt < 3; ++attempt) {
+    if (kept_blocks_.load(std::memory_order_relaxed) > 0 &&
+        ServeKept(file, index, begin, end, out)) {
+      return size_t{end - begin};
+    }
     auto hit = TryHit(file, index, begin, end, out);
     if (!hit.ok()) return hit.status();
     if (hit.value()) return size_t{end - begin};
@@ -1904,10 +1915,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
       }
     }
     if (from_kept) {
-      // Read ahead before, not cached: in memory, a hit (as a fetch done).
-      std::memcpy(out, kept.data.get() + kept.data_off + (begin - kept.from), end - begin);
-      counters_.read_hits++;
-      counters_.bytes_from_cache += end - begin;
+      ServeFromKept(kept, begin, end, out);
       return size_t{end - begin};
     }
     if (other) {
@@ -2229,8 +2237,11 @@ void Engine::RunReadahead(const ReadaheadJob& job) {
 
 void Engine::KeepFetched(CachedFile& file, const Fetch& f, bool used) {
   const uint64_t id = file.file_id_;
-  // Stale (the file changed while it was read), or cached after all.
-  if (f.epoch != file.epoch_.load() || index_->Find({id, f.index})) return;
+  // Stale (the file changed while it was read), or cached by another fetch
+  // or a writer after all (LockBlock waited for this fetch, so only after
+  // this keep: it drops it).
+  const bool cached = f.outcome == InstallOutcome::kCached && !f.fill;
+  if (f.epoch != file.epoch_.load() || (!cached && index_->Find({id, f.index}))) return;
   auto old = kept_.find({id, f.index});
   if (old != kept_.end()) EraseKept(old);
   Kept k;
@@ -2242,6 +2253,7 @@ void Engine::KeepFetched(CachedFile& file, const Fetch& f, bool used) {
   k.bytes = f.bytes;
   k.seq = next_kept_seq_++;
   k.used = used;
+  k.cached = cached;
   kept_.emplace(std::make_pair(id, f.index), std::move(k));
   kept_by_age_[next_kept_seq_ - 1] = {id, f.index};
   kept_file_bytes_[id] += f.bytes;
@@ -2265,10 +2277,10 @@ bool Engine::TakeKept(CachedFile& file, uint64_t index, uint32_t begin, uint32_t
   if (it == kept_.end()) return false;
   Kept& k = it->second;
   // The block cached meanwhile has sub-blocks of its own that win (maybe
-  // dirty); the file changed; or the file as the mount shows it is longer
-  // than SOURCE was.
+  // dirty; a kept copy of what this very fetch cached is those bytes); the
+  // file changed; or the file as the mount shows it is longer than SOURCE was.
   const bool usable = k.owner.lock().get() == &file && k.epoch == file.epoch_.load() &&
-                      !index_->Find({file.file_id_, index}) && k.from <= begin &&
+                      (k.cached || !index_->Find({file.file_id_, index})) && k.from <= begin &&
                       k.from + k.bytes >= end;
   if (!usable) {
     EraseKept(it);
@@ -2278,6 +2290,23 @@ bool Engine::TakeKept(CachedFile& file, uint64_t index, uint32_t begin, uint32_t
   *out = k;
   if (end >= k.from + k.bytes) EraseKept(it);  // taken to its end
   return true;
+}
+
+bool Engine::ServeKept(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out) {
+  Kept kept;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!TakeKept(file, index, begin, end, &kept)) return false;
+  }
+  ServeFromKept(kept, begin, end, out);
+  return true;
+}
+
+void Engine::ServeFromKept(const Kept& kept, uint32_t begin, uint32_t end, char* out) {
+  // Read ahead before: in memory, a hit (as a fetch done).
+  std::memcpy(out, kept.data.get() + kept.data_off + (begin - kept.from), end - begin);
+  counters_.read_hits++;
+  counters_.bytes_from_cache += end - begin;
 }
 
 void Engine::DropKept(uint64_t file_id, uint64_t from_index, uint64_t to_index) {

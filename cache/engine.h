@@ -619,6 +619,9 @@ class Engine {
     // Fetched by Warm: cached whatever the policy's admission says, counted
     // as warmed rather than as a read miss.
     bool warm = false;
+    // Part of a large read of SOURCE (kStreamFetch or more): installed with
+    // StoreWrite::kStream, around the store's page cache.
+    bool stream = false;
     InstallOutcome outcome = InstallOutcome::kSkipped;  // set by InstallRun
     // Guarded by the engine's mu_: a drop (DropBlocksInto) took the block
     // while this holder had it. A writer then commits nothing (WriteBlock),
@@ -636,14 +639,18 @@ class Engine {
     MetaBatch batch;
     std::vector<std::pair<uint64_t, std::shared_ptr<Fetch>>> held;  // (file id, hold)
   };
-  // A block fetched by readahead that the cache did not take: its data, kept
-  // for the sequential reader it was fetched for, who is served from it like
-  // from a fetch in flight instead of reading SOURCE (and asking the policy)
-  // a second time. It serves only the CachedFile it was fetched for
-  // (`owner`: a file closed and opened again starts over at epoch 0) at the
-  // epoch it was fetched in, and only while the block is not cached; a
+  // A block fetched by readahead: its data, kept for the sequential reader
+  // it was fetched for, who is served from it like from a fetch in flight
+  // instead of reading SOURCE (and asking the policy) a second time, or,
+  // when the fetch made a new cached block of it (`cached`), instead of
+  // reading it back from the store (a streamed fill went around the store's
+  // page cache: docs/benchmarks.md). It serves only the CachedFile it was
+  // fetched for (`owner`: a file closed and opened again starts over at
+  // epoch 0) at the epoch it was fetched in, and, unless `cached`, only
+  // while the block is not cached (a cached block's own sub-blocks win: they
+  // may be dirty). Every change of the block's data lets it go first: a
   // writer locking the block (LockBlock), a drop of the block (truncate,
-  // invalidation) and a close of a handle of the file let it go. Bounded: twice
+  // invalidation); so does a close of a handle of the file. Bounded: twice
   // the readahead window per file (the window plus late requests of the
   // stream), kMaxKeptBytes in all, the lowest block or the oldest going first.
   struct Kept {
@@ -653,8 +660,9 @@ class Engine {
     size_t data_off = 0;         // bytes [from, from + bytes) of the block are at data + data_off
     uint32_t from = 0;
     uint32_t bytes = 0;
-    uint64_t seq = 0;   // age, for the global bound
-    bool used = false;  // a reader was served from it (or from its fetch)
+    uint64_t seq = 0;     // age, for the global bound
+    bool used = false;    // a reader was served from it (or from its fetch)
+    bool cached = false;  // its fetch made the block's cached copy: the same bytes
   };
   struct ReadaheadJob {
     std::shared_ptr<CachedFile> file;
@@ -746,9 +754,10 @@ class Engine {
   // Puts `bytes` of fetched data (sub-block aligned, zero-padded to whole
   // sub-blocks) into the cache at sub-block `first_sub` of block `index`:
   // a new slot, or the not yet valid sub-blocks of the block's slot.
-  // With `force`, the block is cached whatever the policy's admission says.
+  // With `force`, the block is cached whatever the policy's admission says;
+  // `how` is passed to the store's writes.
   InstallOutcome Install(CachedFile& file, uint64_t index, uint64_t epoch, const char* data,
-                         uint32_t first_sub, size_t bytes, bool force);
+                         uint32_t first_sub, size_t bytes, bool force, StoreWrite how);
   // Sequential stream detection for a read of [off, off + len): queues
   // readahead past it, and returns whether the read bypasses the cache (a
   // stream longer than sequential_threshold blocks, or a file larger than
@@ -759,13 +768,18 @@ class Engine {
   void RunReadahead(const ReadaheadJob& job);
   // Kept readahead blocks (Kept). KeepFetched keeps the completed readahead
   // fetch `f` of `file` (its buffer, not a copy) unless it is stale or the
-  // block is cached; `used`: a reader was served from it already.
+  // block is cached by another than `f` itself (f.outcome kCached of a new
+  // block); `used`: a reader was served from it already.
   void KeepFetched(CachedFile& file, const Fetch& f, bool used) EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies the kept block `index` of `file` to `*out` when it holds
   // [begin, end) and may serve it; lets it go once served to its end, and
   // at once when it may no longer serve.
   bool TakeKept(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, Kept* out)
       EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // TakeKept under mu_, then the copy to `out` outside it (ServeFromKept).
+  bool ServeKept(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out)
+      LOCKS_EXCLUDED(mu_);
+  void ServeFromKept(const Kept& kept, uint32_t begin, uint32_t end, char* out);
   // Lets go of the kept blocks from_index <= index < to_index of `file_id`.
   void DropKept(uint64_t file_id, uint64_t from_index, uint64_t to_index)
       EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -159,16 +159,24 @@ Result<std::unique_ptr<FileStore>> FileStore::Open(const StoreConfig& cfg, bool 
     close(fd.value());
     return Status::Invalid(What(cfg.path) + " is a character device (DAX?): use store=pmem");
   }
-  return std::unique_ptr<FileStore>(new FileStore(cfg, fd.value()));
+  // Streamed fills: the same file once more, O_DIRECT; where the file
+  // system refuses (EINVAL), streams go through the page cache.
+  int stream_fd =
+      cfg.direct_io ? fd.value() : open(cfg.path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
+  return std::unique_ptr<FileStore>(new FileStore(cfg, fd.value(), stream_fd));
 }
 
-FileStore::FileStore(const StoreConfig& cfg, int fd)
+FileStore::FileStore(const StoreConfig& cfg, int fd, int stream_fd)
     : BlockStore(cfg.block_size, cfg.slot_count),
       path_(cfg.path),
       direct_io_(cfg.direct_io),
-      fd_(fd) {}
+      fd_(fd),
+      stream_fd_(stream_fd) {}
 
-FileStore::~FileStore() { close(fd_); }
+FileStore::~FileStore() {
+  if (stream_fd_ >= 0 && stream_fd_ != fd_) close(stream_fd_);
+  close(fd_);
+}
 
 Status FileStore::CheckAligned(uint64_t pos, uint32_t len, const void* buf) const {
   if (!direct_io_) return Status::Ok();
@@ -200,14 +208,23 @@ Status FileStore::DoRead(uint64_t pos, uint32_t len, void* buf) {
   return Status::Ok();
 }
 
-Status FileStore::DoWrite(uint64_t pos, uint32_t len, const void* buf) {
+Status FileStore::DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) {
   if (Status s = CheckAligned(pos, len, buf); !s.ok()) return s;
+  int fd = fd_;
+  if (how == StoreWrite::kStream && stream_fd_ >= 0 && pos % kDirectIoAlignment == 0 &&
+      len % kDirectIoAlignment == 0 && reinterpret_cast<uintptr_t>(buf) % kDirectIoAlignment == 0) {
+    fd = stream_fd_;
+  }
   const auto* p = static_cast<const char*>(buf);
   uint64_t done = 0;
   while (done < len) {
-    ssize_t n = pwrite(fd_, p + done, len - done, static_cast<off_t>(pos + done));
+    ssize_t n = pwrite(fd, p + done, len - done, static_cast<off_t>(pos + done));
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EINVAL && fd != fd_) {  // a device with larger sectors: the page cache then
+        fd = fd_;
+        continue;
+      }
       return Status::FromErrno(errno, What(path_) + ": write at " + std::to_string(pos + done));
     }
     if (n == 0) {

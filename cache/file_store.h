@@ -21,6 +21,14 @@
 // still needed: the device's volatile write cache and the file system's
 // metadata are flushed only by fdatasync.
 //
+// StoreWrite::kStream without direct_io: the write goes through a second
+// descriptor of the same file opened O_DIRECT (the kernel keeps the two
+// views coherent: a direct write flushes and drops the page-cache pages of
+// its range), so a streamed fill neither takes page-cache memory nor costs a
+// copy into it. Without O_DIRECT support in the file system (tmpfs before
+// Linux 6.6), or for an unaligned range, it is an ordinary pwrite. Reads
+// always go through the page cache.
+//
 // Thread-safety: as BlockStore; pread/pwrite at explicit offsets need no
 // lock.
 #pragma once
@@ -43,15 +51,17 @@ class FileStore final : public BlockStore {
 
   const char* kind() const override { return "file"; }
   bool direct_io() const { return direct_io_; }
+  // Whether StoreWrite::kStream writes around the page cache here.
+  bool streams_direct() const { return stream_fd_ >= 0; }
   // The open store file, for zero-copy paths (splice). Owned by this object:
   // valid until it is destroyed; do not close it or change its offset-free
   // state (flags, size).
   int fd() const { return fd_; }
 
  private:
-  FileStore(const StoreConfig& cfg, int fd);
+  FileStore(const StoreConfig& cfg, int fd, int stream_fd);
   Status DoRead(uint64_t pos, uint32_t len, void* buf) override;
-  Status DoWrite(uint64_t pos, uint32_t len, const void* buf) override;
+  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override;
   Status DoPersist() override;
   Status DoDiscard(uint64_t pos, uint64_t len) override;
   // EINVAL unless pos, len and buf suit O_DIRECT (only checked with direct_io).
@@ -60,6 +70,9 @@ class FileStore final : public BlockStore {
   const std::string path_;
   const bool direct_io_;
   const int fd_;
+  // The store opened O_DIRECT for StoreWrite::kStream (fd_ itself with
+  // direct_io), or -1 where the file system refuses O_DIRECT.
+  const int stream_fd_;
 };
 
 // Opens the store file or device cfg.path read-write with O_CLOEXEC and

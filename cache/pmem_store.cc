@@ -187,7 +187,8 @@ Status PmemStore::DoRead(uint64_t pos, uint32_t len, void* buf) {
   return Status::Ok();
 }
 
-Status PmemStore::DoWrite(uint64_t pos, uint32_t len, const void* buf) {
+Status PmemStore::DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite /*how*/) {
+  // No page cache in between: a stream is written like anything else.
   // At page granularity libpmem2's memcpy msyncs the range on every call
   // unless told not to flush; Persist() msyncs the recorded ranges instead.
   const unsigned flags =

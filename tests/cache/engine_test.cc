@@ -617,13 +617,25 @@ bool WaitKept(Engine& e, uint64_t n) {
   return true;
 }
 
-// Blocks 2..9 of a bypassed stream read ahead and kept, then the file
-// changes through the mount (a write through, a truncate and regrowth) or
-// outside: the reader gets the new bytes, never the kept old ones.
-TEST_F(EngineTest, ReadaheadKeptDataIsNotServedAfterAChange) {
+// Whether the stream whose blocks are read ahead and kept is cached (the
+// kept copies are then the cached blocks' bytes) or bypasses the cache.
+class ReadaheadKeptTest : public EngineTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  void Stream(EngineConfig& c) {
+    c.options.readahead = 8 * kBlock;
+    // Every stream bypasses (read ahead, not cached), or none does.
+    c.options.sequential_threshold = GetParam() ? uint64_t{1} << 30 : 1;
+  }
+};
+INSTANTIATE_TEST_SUITE_P(Streams, ReadaheadKeptTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Cached" : "Bypassed"; });
+
+// Blocks 2..9 of a stream read ahead and kept, then the file changes through
+// the mount (a write through, a truncate and regrowth) or outside: the
+// reader gets the new bytes, never the kept old ones.
+TEST_P(ReadaheadKeptTest, KeptDataIsNotServedAfterAChange) {
   EngineConfig c = Config(64 * kBlock);
-  c.options.readahead = 8 * kBlock;
-  c.options.sequential_threshold = 1;  // every stream bypasses: read ahead, not cached
+  Stream(c);
   auto e = OpenEngine(c);
   ASSERT_NE(e, nullptr);
   enum Change { kWriteThrough, kTruncateAndGrow, kOutside };
@@ -679,6 +691,80 @@ TEST_F(EngineTest, ReadaheadKeptDataIsNotServedAfterAChange) {
   EXPECT_EQ(e->stats().readahead_kept, 0u);
 }
 
+// A BlockStore over another that counts reads and the writes made with
+// each StoreWrite hint.
+class HintCountingStore final : public BlockStore {
+ public:
+  explicit HintCountingStore(std::unique_ptr<BlockStore> inner)
+      : BlockStore(inner->block_size(), inner->slot_count()), inner_(std::move(inner)) {}
+  const char* kind() const override { return inner_->kind(); }
+  std::atomic<uint64_t> reads{0};
+  std::atomic<uint64_t> keep_writes{0};
+  std::atomic<uint64_t> stream_writes{0};
+
+ private:
+  Status DoRead(uint64_t pos, uint32_t len, void* buf) override {
+    reads++;
+    return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+  }
+  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override {
+    (how == StoreWrite::kStream ? stream_writes : keep_writes)++;
+    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
+                         how);
+  }
+  Status DoPersist() override { return inner_->Persist(); }
+  Status DoDiscard(uint64_t pos, uint64_t /*len*/) override {
+    return inner_->Discard(pos / block_size());
+  }
+
+  const std::unique_ptr<BlockStore> inner_;
+};
+
+// Blocks read ahead and cached are written to the store as a stream (around
+// its page cache) and served to their reader from memory, not read back
+// from the store; a random miss is written to be kept.
+TEST_F(EngineTest, ReadaheadBlocksAreStreamedToTheStoreAndServedFromMemory) {
+  EngineConfig c = Config(64 * kBlock);
+  c.options.readahead = 8 * kBlock;
+  HintCountingStore* store = nullptr;
+  c.wrap_store = [&](std::unique_ptr<BlockStore> inner) -> std::unique_ptr<BlockStore> {
+    auto counting = std::make_unique<HintCountingStore>(std::move(inner));
+    store = counting.get();
+    return counting;
+  };
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  ASSERT_NE(store, nullptr);
+  std::string data = Pattern(12 * kBlock, 24);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  ASSERT_EQ(ReadAll(*e, *f.value(), fd, 0, 2 * kBlock), data.substr(0, 2 * kBlock));
+  ASSERT_TRUE(WaitKept(*e, 8));  // blocks 2..9, cached and kept
+  e->WaitForInstalls();
+  EXPECT_EQ(e->stats().blocks_cached, 10u);
+  EXPECT_GE(store->stream_writes.load(), 8u) << "the readahead's installs";
+  const uint64_t reads = store->reads.load();
+  for (uint64_t off = 2 * kBlock; off < 10 * kBlock; off += 2 * kBlock) {
+    ASSERT_EQ(ReadAll(*e, *f.value(), fd, off, 2 * kBlock), data.substr(off, 2 * kBlock));
+  }
+  EXPECT_EQ(store->reads.load(), reads) << "served from the store, not from memory";
+  EXPECT_EQ(e->stats().readahead_dropped, 0u);
+  EXPECT_EQ(e->stats().readahead_kept, 0u) << "each let go once read to its end";
+  // Read again: from the store now.
+  EXPECT_EQ(ReadAll(*e, *f.value(), fd, 2 * kBlock, kBlock), data.substr(2 * kBlock, kBlock));
+  EXPECT_GT(store->reads.load(), reads);
+  ASSERT_TRUE(e->CloseFile(*f.value()).ok());
+  // A 4 KiB random miss is kept in the store's page cache.
+  auto g = e->OpenFile("g", Stat(MakeFile("g", data)));
+  ASSERT_TRUE(g.ok());
+  const uint64_t keep = store->keep_writes.load();
+  ASSERT_EQ(ReadAll(*e, *g.value(), OpenSourceFile("g"), 7 * kBlock, 4096),
+            data.substr(7 * kBlock, 4096));
+  e->WaitForInstalls();
+  EXPECT_EQ(store->keep_writes.load(), keep + 1);
+}
+
 // Kept readahead blocks go once the stream has moved on, and at the last
 // close, counted as dropped unread; each block is still read once.
 TEST_F(EngineTest, ReadaheadKeptBlocksGoWhenTheStreamMovesOn) {
@@ -713,10 +799,9 @@ TEST_F(EngineTest, ReadaheadKeptBlocksGoWhenTheStreamMovesOn) {
 
 // mode=writeback: a cached write into a block being read ahead (the writer
 // waits for the fetch, then lets its kept data go) or kept already.
-TEST_F(EngineTest, ReadaheadKeptDataIsNotServedAfterACachedWrite) {
+TEST_P(ReadaheadKeptTest, KeptDataIsNotServedAfterACachedWrite) {
   EngineConfig c = WritebackConfig();
-  c.options.readahead = 8 * kBlock;
-  c.options.sequential_threshold = 1;
+  Stream(c);
   auto e = OpenEngine(c);
   ASSERT_NE(e, nullptr);
   for (bool wait_kept : {false, true}) {
@@ -1639,9 +1724,10 @@ class GateStore final : public BlockStore {
   Status DoRead(uint64_t pos, uint32_t len, void* buf) override {
     return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
   }
-  Status DoWrite(uint64_t pos, uint32_t len, const void* buf) override {
+  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override {
     gate.Pass();
-    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
+                         how);
   }
   Status DoPersist() override { return inner_->Persist(); }
   Status DoDiscard(uint64_t pos, uint64_t /*len*/) override {
@@ -1977,9 +2063,10 @@ class KillingStore final : public BlockStore {
   Status DoRead(uint64_t pos, uint32_t len, void* buf) override {
     return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
   }
-  Status DoWrite(uint64_t pos, uint32_t len, const void* buf) override {
+  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override {
     if (kill_at_->load() > 0 && kill_at_->fetch_sub(1) == 1) _exit(0);
-    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
+                         how);
   }
   Status DoPersist() override { return inner_->Persist(); }
   Status DoDiscard(uint64_t pos, uint64_t /*len*/) override {

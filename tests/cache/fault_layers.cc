@@ -125,7 +125,7 @@ Status FaultStore::SaveUndo(uint64_t pos, uint64_t len) {
   return Status::Ok();
 }
 
-Status FaultStore::DoWrite(uint64_t pos, uint32_t len, const void* buf) {
+Status FaultStore::DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) {
   PowerSwitch::Guard power(*power_);
   if (!power.on()) return PowerOff();
   // One lock for the saving and the write: a persist that swaps the undo
@@ -133,7 +133,8 @@ Status FaultStore::DoWrite(uint64_t pos, uint32_t len, const void* buf) {
   std::lock_guard<std::mutex> lock(undo_->mu_);
   Status s = SaveUndo(pos, len);
   if (!s.ok()) return s;
-  return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+  return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
+                       how);
 }
 
 Status FaultStore::DoPersist() {

@@ -119,7 +119,7 @@ class FaultStore final : public BlockStore {
 
  private:
   Status DoRead(uint64_t pos, uint32_t len, void* buf) override;
-  Status DoWrite(uint64_t pos, uint32_t len, const void* buf) override;
+  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override;
   Status DoPersist() override;
   Status DoDiscard(uint64_t pos, uint64_t len) override;
   // Saves the pages of [pos, pos + len) not yet saved. REQUIRES undo_->mu_.

@@ -212,6 +212,26 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
  public:
   uint64_t file_id() const { return file_id_; }
 
+  // The kernel's pages of the file across opens (contract 5, close-to-open;
+  // docs/cache-engine.md, "The kernel's pages"). An open may let the kernel
+  // keep them (keep_cache) only when nothing changed the file's data since
+  // the previous open other than writes through the kernel itself: no epoch
+  // bump (every outside change, drop, truncate, conflict resolution and
+  // discard bumps it; the kernel's AUTO_INVAL_DATA misses changes that keep
+  // size and mtime) and no read reply read before a bump and delivered
+  // after it (ReadReplied). The first open of a bound file says no. Call
+  // after Revalidate, once per open.
+  bool KeepPagesAtOpen() {
+    const uint64_t now = epoch_.load();
+    return pages_epoch_.exchange(now) == now;
+  }
+  // The epoch before a read; ReadReplied(that) once its reply reached the
+  // kernel (its pages hold the data then).
+  uint64_t epoch() const { return epoch_.load(); }
+  void ReadReplied(uint64_t epoch_before) {
+    if (epoch_.load() != epoch_before) pages_epoch_.store(kNoPagesEpoch);
+  }
+
  private:
   friend class Engine;
   explicit CachedFile(uint64_t id) : file_id_(id) {}
@@ -227,6 +247,9 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   // always under the engine's files_mu_ (Install checks it, commits and
   // undoes under that lock in one section).
   std::atomic<uint64_t> epoch_{0};
+  // epoch_ at the last open (KeepPagesAtOpen), or kNoPagesEpoch.
+  static constexpr uint64_t kNoPagesEpoch = ~uint64_t{0};
+  std::atomic<uint64_t> pages_epoch_{kNoPagesEpoch};
   // Sequential stream detection for readahead, guarded by mu_: where the
   // last read ended, how many bytes in a row were read sequentially, and the
   // block up to which (exclusive) readahead was queued.

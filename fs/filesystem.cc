@@ -649,10 +649,12 @@ void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached
     int rfd = open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_CLOEXEC);
     if (rfd >= 0) fh->src = std::make_shared<SourceFd>(rfd);
   }
+  // Close-to-open coherence (contract 5): the kernel drops its pages of the
+  // file at open unless the cache knows they are still right (a re-read
+  // then costs no FUSE request at all).
+  fi->keep_cache = cached && cached->KeepPagesAtOpen() ? 1 : 0;
   fh->cached = std::move(cached);
   fi->fh = reinterpret_cast<uint64_t>(fh);
-  // Close-to-open coherence: the kernel drops its pages of the file at open.
-  fi->keep_cache = 0;
   fi->direct_io = 0;
 }
 
@@ -702,10 +704,11 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       if (!s.ok()) CacheWarning("open", s);
     }
   }
-  // Close-to-open (contract 5): keep_cache=0 drops the kernel's pages, and
-  // this drops its attributes, so a file grown in SOURCE is not cut at the
-  // size the kernel remembered. Offset -1 touches attributes only and takes
-  // no inode lock, so it is safe inside open.
+  // Close-to-open (contract 5): keep_cache=0 drops the kernel's pages
+  // (unless they are known to be right: SetOpenReply), and this drops its
+  // attributes, so a file grown in SOURCE is not cut at the size the kernel
+  // remembered (and AUTO_INVAL_DATA compares size and mtime at the next read). Offset -1 touches
+  // attributes only and takes no inode lock, so it is safe inside open.
   if (Fs(req).session() != nullptr) {
     fuse_lowlevel_notify_inval_inode(Fs(req).session(), ino, -1, 0);
   }
@@ -778,11 +781,15 @@ void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fil
         if (!answered.exchange(true)) ReplyErr(req, EIO);
       };
     }
-    auto n = Fs(req).engine()->Read(*fh->cached, fh->src, static_cast<uint64_t>(off), size,
+    // Its own reference: once replied to, the handle may be released.
+    const std::shared_ptr<CachedFile> cached = fh->cached;
+    const uint64_t epoch = cached->epoch();
+    auto n = Fs(req).engine()->Read(*cached, fh->src, static_cast<uint64_t>(off), size,
                                     buf.data(), reply_eio);
     if (answered.exchange(true)) return;  // answered with EIO at the deadline
     if (!n.ok()) return ReplyErr(req, ErrnoOf(n.status()));
     fuse_reply_buf(req, buf.data(), n.value());
+    cached->ReadReplied(epoch);
     return;
   }
   fuse_bufvec buf = FdBufvec(fh->fd, size, off);

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -417,6 +418,83 @@ TEST_F(CacheInvalidation, ChangeWhileUnmountedIsSeenAtTheNextMount) {
   uint64_t slow_bytes = 0;
   EXPECT_TRUE(SameData(ReadThroughCache("f", &slow_bytes), changed));
   EXPECT_GE(slow_bytes, changed.size());
+}
+
+// --- 5b. the kernel's pages across opens -------------------------------------------
+
+class KernelPages : public CacheInvalidation {
+ protected:
+  // Reads the whole of `path` through a fresh descriptor, leaving the
+  // kernel's pages as the open left them.
+  static std::string ReadAsIs(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0) << path << ": " << std::strerror(errno);
+    if (fd < 0) return "";
+    std::string data;
+    char buf[256 << 10];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) data.append(buf, static_cast<size_t>(n));
+    EXPECT_EQ(n, 0) << path << ": " << std::strerror(errno);
+    close(fd);
+    return data;
+  }
+
+  // Pages of `path` in the kernel's cache right after an open of it.
+  static size_t ResidentAfterOpen(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0) << path << ": " << std::strerror(errno);
+    if (fd < 0) return 0;
+    struct stat st;
+    EXPECT_EQ(fstat(fd, &st), 0);
+    const size_t len = static_cast<size_t>(st.st_size);
+    void* map = mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    EXPECT_NE(map, MAP_FAILED) << std::strerror(errno);
+    if (map == MAP_FAILED) return 0;
+    const long page = sysconf(_SC_PAGESIZE);
+    std::vector<unsigned char> in((len + page - 1) / page);
+    EXPECT_EQ(mincore(map, len, in.data()), 0) << std::strerror(errno);
+    munmap(map, len);
+    return static_cast<size_t>(
+        std::count_if(in.begin(), in.end(), [](unsigned char c) { return c & 1; }));
+  }
+};
+
+// An unchanged file keeps the kernel's pages across a close and an open: a
+// re-read costs no FUSE request (without it, every open dropped them).
+TEST_F(KernelPages, AnUnchangedFileKeepsThemAcrossOpens) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
+  const std::string data = WarmUp("f");
+  EXPECT_TRUE(SameData(ReadAsIs(mnt() + "/f"), data));
+  const size_t pages = kFileSize / static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  EXPECT_EQ(ResidentAfterOpen(mnt() + "/f"), pages);
+  EXPECT_TRUE(SameData(ReadAsIs(mnt() + "/f"), data));
+}
+
+// A change in SOURCE that keeps the size and the mtime (only the ctime
+// tells) escapes the kernel's own check (AUTO_INVAL_DATA compares size and
+// mtime): the cache's fingerprint sees it, and the next open drops the
+// pages, whether the open or a stat before it noticed the change.
+TEST_F(KernelPages, AChangeKeepingSizeAndMtimeDropsThemAtTheNextOpen) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
+  const std::string data = WarmUp("f");
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round == 0 ? "noticed by the open" : "noticed by a stat before the open");
+    const std::string old = round == 0 ? data : Pattern(kFileSize, 90);
+    EXPECT_TRUE(SameData(ReadAsIs(mnt() + "/f"), old));  // the pages hold `old`
+    struct stat before;
+    ASSERT_EQ(stat((slow() + "/f").c_str(), &before), 0);
+    const std::string changed = Pattern(kFileSize, round == 0 ? 90 : 91);
+    Rewrite(slow() + "/f", changed);
+    const struct timespec times[2] = {before.st_atim, before.st_mtim};
+    ASSERT_EQ(utimensat(AT_FDCWD, (slow() + "/f").c_str(), times, 0), 0) << std::strerror(errno);
+    if (round == 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // attr_timeout
+      struct stat st;
+      ASSERT_EQ(stat((mnt() + "/f").c_str(), &st), 0);
+    }
+    EXPECT_TRUE(SameData(ReadAsIs(mnt() + "/f"), changed));
+  }
 }
 
 // --- 6. writes through cachefs ------------------------------------------------------

@@ -854,6 +854,48 @@ TEST_F(EngineTest, HungSourceReadFailsAfterTheTimeout) {
   EXPECT_EQ(ReadAll(*e, *f, fd, 0, data.size()), data);
 }
 
+// The kernel may keep its pages of a file at an open only while nothing
+// changed the file's data since the previous open: not at the first open,
+// not after an outside change (even one that keeps size and mtime), a
+// truncate, or a read whose data was read before such a change.
+TEST_F(EngineTest, KeepPagesAtOpenOnlyWhileNothingChanged) {
+  auto e = OpenEngine(Config());
+  std::string data = Pattern(2 * kBlock, 25);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  CachedFile& file = *f.value();
+  EXPECT_FALSE(file.KeepPagesAtOpen()) << "first open";
+  EXPECT_TRUE(file.KeepPagesAtOpen());
+  EXPECT_EQ(ReadAll(*e, file, fd, 0, data.size()), data);
+  EXPECT_TRUE(file.KeepPagesAtOpen()) << "reads change nothing";
+  // Outside: same size, mtime put back; only the ctime tells.
+  const std::string path = source_ + "/f";
+  struct stat before = Stat(fd);
+  std::string w = Pattern(4096, 26);
+  int wfd = open(path.c_str(), O_WRONLY);
+  ASSERT_GE(wfd, 0);
+  ASSERT_EQ(pwrite(wfd, w.data(), w.size(), 0), static_cast<ssize_t>(w.size()));
+  const struct timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(futimens(wfd, times), 0);
+  close(wfd);
+  auto changed = e->Revalidate(file, Stat(fd));
+  ASSERT_TRUE(changed.ok());
+  EXPECT_TRUE(changed.value());
+  EXPECT_FALSE(file.KeepPagesAtOpen()) << "after an outside change";
+  EXPECT_TRUE(file.KeepPagesAtOpen());
+  // A read that began before a truncate and replied after an open that
+  // came after the truncate: its page holds the old version.
+  const uint64_t epoch = file.epoch();
+  ASSERT_EQ(truncate(path.c_str(), kBlock), 0);
+  ASSERT_TRUE(e->AfterTruncate(file, Stat(fd)).ok());
+  EXPECT_FALSE(file.KeepPagesAtOpen()) << "an open after the truncate";
+  file.ReadReplied(epoch);
+  EXPECT_FALSE(file.KeepPagesAtOpen()) << "the open after the late reply";
+  file.ReadReplied(file.epoch());
+  EXPECT_TRUE(file.KeepPagesAtOpen()) << "a read of the current version";
+}
+
 TEST_F(EngineTest, DirectReadServesAndCaches) {
   auto e = OpenEngine(Config());
   std::string data = Pattern(2 * kBlock, 23);

@@ -784,8 +784,8 @@ void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fil
     // Its own reference: once replied to, the handle may be released.
     const std::shared_ptr<CachedFile> cached = fh->cached;
     const uint64_t epoch = cached->epoch();
-    auto n = Fs(req).engine()->Read(*cached, fh->src, static_cast<uint64_t>(off), size,
-                                    buf.data(), reply_eio);
+    auto n = Fs(req).engine()->Read(*cached, fh->src, static_cast<uint64_t>(off), size, buf.data(),
+                                    reply_eio);
     if (answered.exchange(true)) return;  // answered with EIO at the deadline
     if (!n.ok()) return ReplyErr(req, ErrnoOf(n.status()));
     fuse_reply_buf(req, buf.data(), n.value());

@@ -691,33 +691,49 @@ TEST_P(ReadaheadKeptTest, KeptDataIsNotServedAfterAChange) {
   EXPECT_EQ(e->stats().readahead_kept, 0u);
 }
 
-// A BlockStore over another that counts reads and the writes made with
-// each StoreWrite hint.
-class HintCountingStore final : public BlockStore {
+// A BlockStore over another, for tests that watch or stop its calls: every
+// call goes to `inner` after the hook of its kind.
+class ForwardingStore : public BlockStore {
  public:
-  explicit HintCountingStore(std::unique_ptr<BlockStore> inner)
+  explicit ForwardingStore(std::unique_ptr<BlockStore> inner)
       : BlockStore(inner->block_size(), inner->slot_count()), inner_(std::move(inner)) {}
   const char* kind() const override { return inner_->kind(); }
+
+ protected:
+  virtual void BeforeRead() {}
+  virtual void BeforeWrite(StoreWrite /*how*/) {}
+
+ private:
+  Status DoRead(uint64_t pos, uint32_t len, void* buf) final {
+    BeforeRead();
+    return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+  }
+  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) final {
+    BeforeWrite(how);
+    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
+                         how);
+  }
+  Status DoPersist() final { return inner_->Persist(); }
+  Status DoDiscard(uint64_t pos, uint64_t /*len*/) final {
+    return inner_->Discard(pos / block_size());
+  }
+
+  const std::unique_ptr<BlockStore> inner_;
+};
+
+// Counts reads and the writes made with each StoreWrite hint.
+class HintCountingStore final : public ForwardingStore {
+ public:
+  using ForwardingStore::ForwardingStore;
   std::atomic<uint64_t> reads{0};
   std::atomic<uint64_t> keep_writes{0};
   std::atomic<uint64_t> stream_writes{0};
 
  private:
-  Status DoRead(uint64_t pos, uint32_t len, void* buf) override {
-    reads++;
-    return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
-  }
-  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override {
+  void BeforeRead() override { reads++; }
+  void BeforeWrite(StoreWrite how) override {
     (how == StoreWrite::kStream ? stream_writes : keep_writes)++;
-    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
-                         how);
   }
-  Status DoPersist() override { return inner_->Persist(); }
-  Status DoDiscard(uint64_t pos, uint64_t /*len*/) override {
-    return inner_->Discard(pos / block_size());
-  }
-
-  const std::unique_ptr<BlockStore> inner_;
 };
 
 // Blocks read ahead and cached are written to the store as a stream (around
@@ -1755,28 +1771,13 @@ TEST_F(EngineTest, AWriteHeldOffByAnUnlinkGoesToTheOpenFile) {
 
 // A BlockStore over another whose next write, once armed, waits until the
 // test releases it: a writer stopped with its block held, before its commit.
-class GateStore final : public BlockStore {
+class GateStore final : public ForwardingStore {
  public:
-  explicit GateStore(std::unique_ptr<BlockStore> inner)
-      : BlockStore(inner->block_size(), inner->slot_count()), inner_(std::move(inner)) {}
-  const char* kind() const override { return inner_->kind(); }
+  using ForwardingStore::ForwardingStore;
   Gate gate;  // passed by every write
 
  private:
-  Status DoRead(uint64_t pos, uint32_t len, void* buf) override {
-    return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
-  }
-  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override {
-    gate.Pass();
-    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
-                         how);
-  }
-  Status DoPersist() override { return inner_->Persist(); }
-  Status DoDiscard(uint64_t pos, uint64_t /*len*/) override {
-    return inner_->Discard(pos / block_size());
-  }
-
-  const std::unique_ptr<BlockStore> inner_;
+  void BeforeWrite(StoreWrite /*how*/) override { gate.Pass(); }
 };
 
 // A drop of a block a writer holds (between its look at the index and its
@@ -2093,29 +2094,16 @@ TEST_F(EngineTest, WritebackDirtyDataSurvivesKillAndIsWrittenBackAfter) {
 
 // A BlockStore over another that ends the process (as kill -9) at its
 // `kill_at`-th write, counted from when the test arms it.
-class KillingStore final : public BlockStore {
+class KillingStore final : public ForwardingStore {
  public:
   KillingStore(std::unique_ptr<BlockStore> inner, std::atomic<int>* kill_at)
-      : BlockStore(inner->block_size(), inner->slot_count()),
-        inner_(std::move(inner)),
-        kill_at_(kill_at) {}
-  const char* kind() const override { return inner_->kind(); }
+      : ForwardingStore(std::move(inner)), kill_at_(kill_at) {}
 
  private:
-  Status DoRead(uint64_t pos, uint32_t len, void* buf) override {
-    return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
-  }
-  Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override {
+  void BeforeWrite(StoreWrite /*how*/) override {
     if (kill_at_->load() > 0 && kill_at_->fetch_sub(1) == 1) _exit(0);
-    return inner_->Write(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
-                         how);
-  }
-  Status DoPersist() override { return inner_->Persist(); }
-  Status DoDiscard(uint64_t pos, uint64_t /*len*/) override {
-    return inner_->Discard(pos / block_size());
   }
 
-  const std::unique_ptr<BlockStore> inner_;
   std::atomic<int>* const kill_at_;
 };
 

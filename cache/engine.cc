@@ -1461,6 +1461,12 @@ Status Engine::DropBlocksInto(uint64_t file_id, uint64_t from_index, uint64_t to
     // record still points at it.
     freed.push_back(*slot);
   }
+  // Readers find none of these blocks from now on: a read that found one
+  // before may have served bytes older than the epoch it saw, so the
+  // kernel's pages are not to be trusted past this (CachedFile::PagesVersion).
+  if (auto it = open_files_.find(file_id); it != open_files_.end()) {
+    if (auto live = it->second.lock()) live->drops_++;
+  }
   return Status::Ok();
 }
 

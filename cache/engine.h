@@ -215,21 +215,31 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   // The kernel's pages of the file across opens (contract 5, close-to-open;
   // docs/cache-engine.md, "The kernel's pages"). An open may let the kernel
   // keep them (keep_cache) only when nothing changed the file's data since
-  // the previous open other than writes through the kernel itself: no epoch
-  // bump (every outside change, drop, truncate, conflict resolution and
-  // discard bumps it; the kernel's AUTO_INVAL_DATA misses changes that keep
-  // size and mtime) and no read reply read before a bump and delivered
-  // after it (ReadReplied). The first open of a bound file says no. Call
-  // after Revalidate, once per open.
+  // the previous open other than writes through the kernel itself, and that
+  // open is known to have dropped what it had to: the pages version
+  // (epoch_, bumped before every change and drop, plus drops_, bumped once a
+  // drop of cached blocks is done, so a read that found a block before the
+  // drop took it is caught too) did not move; no read reply read before a
+  // move was delivered after it (ReadReplied); and every open that was told
+  // to drop has shown it finished its open (OpenSettled: the kernel drops
+  // the pages in the opener's context after the reply, so a concurrent open
+  // could still find them). The first open of a bound file says no. Call
+  // after Revalidate, once per open; each `false` must be answered by one
+  // OpenSettled once a request on that open's handle arrives (or when it is
+  // released or its open was interrupted).
   bool KeepPagesAtOpen() {
-    const uint64_t now = epoch_.load();
-    return pages_epoch_.exchange(now) == now;
+    const uint64_t now = PagesVersion();
+    const bool same = pages_version_.exchange(now) == now;
+    if (same && unsettled_opens_.load() == 0) return true;
+    unsettled_opens_++;
+    return false;
   }
-  // The epoch before a read; ReadReplied(that) once its reply reached the
-  // kernel (its pages hold the data then).
-  uint64_t epoch() const { return epoch_.load(); }
-  void ReadReplied(uint64_t epoch_before) {
-    if (epoch_.load() != epoch_before) pages_epoch_.store(kNoPagesEpoch);
+  void OpenSettled() { unsettled_opens_--; }
+  // The pages version before a read; ReadReplied(that) once its reply
+  // reached the kernel (its pages hold the data then).
+  uint64_t PagesVersion() const { return epoch_.load() + drops_.load(); }
+  void ReadReplied(uint64_t version_before) {
+    if (PagesVersion() != version_before) pages_version_.store(kNoPagesVersion);
   }
 
  private:
@@ -247,9 +257,14 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   // always under the engine's files_mu_ (Install checks it, commits and
   // undoes under that lock in one section).
   std::atomic<uint64_t> epoch_{0};
-  // epoch_ at the last open (KeepPagesAtOpen), or kNoPagesEpoch.
-  static constexpr uint64_t kNoPagesEpoch = ~uint64_t{0};
-  std::atomic<uint64_t> pages_epoch_{kNoPagesEpoch};
+  // Drops of the file's cached blocks done (DropBlocksInto, under
+  // files_mu_); with epoch_, the pages version.
+  std::atomic<uint64_t> drops_{0};
+  // The pages version at the last open (KeepPagesAtOpen), or kNoPagesVersion.
+  static constexpr uint64_t kNoPagesVersion = ~uint64_t{0};
+  std::atomic<uint64_t> pages_version_{kNoPagesVersion};
+  // Opens told to drop the kernel's pages not yet known to have done it.
+  std::atomic<int> unsettled_opens_{0};
   // Sequential stream detection for readahead, guarded by mu_: where the
   // last read ended, how many bytes in a row were read sequentially, and the
   // block up to which (exclusive) readahead was queued.

@@ -159,10 +159,11 @@ Result<std::unique_ptr<FileStore>> FileStore::Open(const StoreConfig& cfg, bool 
     close(fd.value());
     return Status::Invalid(What(cfg.path) + " is a character device (DAX?): use store=pmem");
   }
-  // Streamed fills: the same file once more, O_DIRECT; where the file
+  // Streamed fills: the same file once more (through /proc, so it is the
+  // same inode whatever happens to the path), O_DIRECT; where the file
   // system refuses (EINVAL), streams go through the page cache.
-  int stream_fd =
-      cfg.direct_io ? fd.value() : open(cfg.path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
+  const std::string again = "/proc/self/fd/" + std::to_string(fd.value());
+  int stream_fd = cfg.direct_io ? fd.value() : open(again.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
   return std::unique_ptr<FileStore>(new FileStore(cfg, fd.value(), stream_fd));
 }
 
@@ -211,8 +212,11 @@ Status FileStore::DoRead(uint64_t pos, uint32_t len, void* buf) {
 Status FileStore::DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) {
   if (Status s = CheckAligned(pos, len, buf); !s.ok()) return s;
   int fd = fd_;
-  if (how == StoreWrite::kStream && stream_fd_ >= 0 && pos % kDirectIoAlignment == 0 &&
-      len % kDirectIoAlignment == 0 && reinterpret_cast<uintptr_t>(buf) % kDirectIoAlignment == 0) {
+  // Whole pages only: a direct write shares no page with a buffered write
+  // of a neighbouring slot (pages are larger than 4 KiB on some machines).
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (how == StoreWrite::kStream && stream_fd_ >= 0 && pos % page == 0 && len % page == 0 &&
+      reinterpret_cast<uintptr_t>(buf) % kDirectIoAlignment == 0) {
     fd = stream_fd_;
   }
   const auto* p = static_cast<const char*>(buf);

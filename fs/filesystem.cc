@@ -35,6 +35,16 @@ struct FileHandle {
   int fd;
   int flags;                           // of the open (O_SYNC, O_DSYNC for cached writes)
   std::shared_ptr<CachedFile> cached;  // null: served straight from SOURCE
+  // The open was told to drop the kernel's pages (keep_cache=0) and has not
+  // yet shown it did: Settle at the first request on the handle, or when it
+  // goes (released, or its open interrupted). CachedFile::KeepPagesAtOpen.
+  std::atomic<bool> unsettled{false};
+  void Settle() {
+    if (unsettled.exchange(false)) cached->OpenSettled();
+  }
+  ~FileHandle() { Settle(); }
+  FileHandle(const FileHandle&) = delete;
+  FileHandle& operator=(const FileHandle&) = delete;
 };
 
 // An open directory being listed.
@@ -652,7 +662,9 @@ void SetOpenReply(fuse_file_info* fi, int fd, std::shared_ptr<CachedFile> cached
   // Close-to-open coherence (contract 5): the kernel drops its pages of the
   // file at open unless the cache knows they are still right (a re-read
   // then costs no FUSE request at all).
-  fi->keep_cache = cached && cached->KeepPagesAtOpen() ? 1 : 0;
+  const bool keep = cached && cached->KeepPagesAtOpen();
+  fi->keep_cache = keep ? 1 : 0;
+  fh->unsettled = cached && !keep;
   fh->cached = std::move(cached);
   fi->fh = reinterpret_cast<uint64_t>(fh);
   fi->direct_io = 0;
@@ -781,15 +793,16 @@ void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fil
         if (!answered.exchange(true)) ReplyErr(req, EIO);
       };
     }
+    fh->Settle();  // the open that made this handle is done
     // Its own reference: once replied to, the handle may be released.
     const std::shared_ptr<CachedFile> cached = fh->cached;
-    const uint64_t epoch = cached->epoch();
+    const uint64_t version = cached->PagesVersion();
     auto n = Fs(req).engine()->Read(*cached, fh->src, static_cast<uint64_t>(off), size, buf.data(),
                                     reply_eio);
     if (answered.exchange(true)) return;  // answered with EIO at the deadline
     if (!n.ok()) return ReplyErr(req, ErrnoOf(n.status()));
     fuse_reply_buf(req, buf.data(), n.value());
-    cached->ReadReplied(epoch);
+    cached->ReadReplied(version);
     return;
   }
   fuse_bufvec buf = FdBufvec(fh->fd, size, off);
@@ -799,6 +812,7 @@ void OpRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fil
 void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
                 fuse_file_info* fi) {
   FileHandle* fh = Fh(fi);
+  fh->Settle();
   Engine* engine = Fs(req).engine();
   Engine::WriteGuard guard(engine);  // the mode stays until the write is done
   const CacheMode mode = engine != nullptr ? guard.mode() : CacheMode::kWritearound;
@@ -874,6 +888,7 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off,
 void OpFlush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
   // close() of a duplicate gives the source its close-time behaviour (NFS
   // flushes and reports write errors here) without closing our handle.
+  Fh(fi)->Settle();
   int fd = dup(Fh(fi)->fd);
   int res = fd == -1 ? -1 : close(fd);
   fuse_reply_err(req, res == -1 ? errno : 0);

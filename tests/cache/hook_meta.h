@@ -54,6 +54,15 @@ class HookMeta final : public MetaStore {
     get_gate.Arm();
   }
   Gate get_gate;
+  // The next ScanBlocks of `file_id` stops before it reads anything, at
+  // `scan_gate` (armed here), until scan_gate.Release().
+  void StopInScan(uint64_t file_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    scan_file_ = file_id;
+    scan_armed_ = true;
+    scan_gate.Arm();
+  }
+  Gate scan_gate;
   // Called with every batch once it is applied (before a stop), on the
   // committing thread.
   void Watch(std::function<void(const MetaBatch&)> fn) {
@@ -117,6 +126,15 @@ class HookMeta final : public MetaStore {
     return inner_->ScanPaths(prefix, fn);
   }
   Status ScanBlocks(uint64_t file_id, const std::function<bool(const BlockRecord&)>& fn) override {
+    bool stop = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (scan_armed_ && scan_file_ == file_id) {
+        scan_armed_ = false;
+        stop = true;
+      }
+    }
+    if (stop) scan_gate.Pass();
     return inner_->ScanBlocks(file_id, fn);
   }
   Status ScanAllBlocks(const std::function<bool(const BlockRecord&)>& fn) override {
@@ -154,6 +172,8 @@ class HookMeta final : public MetaStore {
   std::pair<uint64_t, uint64_t> get_key_;
   int get_skip_ = 0;
   bool get_armed_ = false;
+  uint64_t scan_file_ = 0;
+  bool scan_armed_ = false;
 };
 
 }  // namespace cachefs

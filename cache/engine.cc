@@ -1034,16 +1034,18 @@ Result<bool> Engine::RevalidateLocked(CachedFile& file, const struct stat& st) {
     if (!s.ok()) return s;
     return true;
   }
-  {
-    std::lock_guard<std::mutex> lock(file.mu_);
-    file.fingerprint_ = now;
-    file.source_ino_ = static_cast<uint64_t>(st.st_ino);
-    file.record_stale_ = true;
-    file.epoch_++;
-  }
+  file.epoch_++;  // fetches that read SOURCE before are stale
   counters_.invalidations++;
   Status s = DropBlocks(file.file_id_, 0, kNoEnd);
-  if (!s.ok()) return s;
+  if (!s.ok()) return s;  // the old fingerprint stays: the next look drops again
+  // The new fingerprint only once the old blocks are gone: until then a
+  // concurrent Revalidate (an open) does not take its fast path but waits
+  // here for files_mu_, so an open that starts after the change was seen
+  // reads none of the old blocks (contract 5; until session 9 it could).
+  std::lock_guard<std::mutex> lock(file.mu_);
+  file.fingerprint_ = now;
+  file.source_ino_ = static_cast<uint64_t>(st.st_ino);
+  file.record_stale_ = true;
   return true;
 }
 

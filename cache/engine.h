@@ -228,13 +228,25 @@ class CachedFile : public std::enable_shared_from_this<CachedFile> {
   // OpenSettled once a request on that open's handle arrives (or when it is
   // released or its open was interrupted).
   bool KeepPagesAtOpen() {
+    // Counted before the version is recorded: an open that finds the version
+    // this one records also finds it counted (found by review: counted
+    // after, two opens at once could have the second keep the pages).
+    unsettled_opens_++;
     const uint64_t now = PagesVersion();
     const bool same = pages_version_.exchange(now) == now;
-    if (same && unsettled_opens_.load() == 0) return true;
-    unsettled_opens_++;
+    if (same && unsettled_opens_.load() == 1) {
+      unsettled_opens_--;
+      return true;
+    }
     return false;
   }
-  void OpenSettled() { unsettled_opens_--; }
+  // `used`: a request on the handle showed its open finished. A handle that
+  // goes without one (its open reply failed, or the kernel released it at
+  // once) may not have dropped anything: the version is forgotten.
+  void OpenSettled(bool used) {
+    if (!used) pages_version_.store(kNoPagesVersion);
+    unsettled_opens_--;
+  }
   // The pages version before a read; ReadReplied(that) once its reply
   // reached the kernel (its pages hold the data then).
   uint64_t PagesVersion() const { return epoch_.load() + drops_.load(); }

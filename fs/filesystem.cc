@@ -39,10 +39,10 @@ struct FileHandle {
   // yet shown it did: Settle at the first request on the handle, or when it
   // goes (released, or its open interrupted). CachedFile::KeepPagesAtOpen.
   std::atomic<bool> unsettled{false};
-  void Settle() {
-    if (unsettled.exchange(false)) cached->OpenSettled();
+  void Settle(bool used = true) {
+    if (unsettled.exchange(false)) cached->OpenSettled(used);
   }
-  ~FileHandle() { Settle(); }
+  ~FileHandle() { Settle(/*used=*/false); }
   FileHandle(const FileHandle&) = delete;
   FileHandle& operator=(const FileHandle&) = delete;
 };

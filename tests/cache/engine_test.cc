@@ -884,7 +884,7 @@ TEST_F(EngineTest, KeepPagesAtOpenOnlyWhileNothingChanged) {
   // An open told to drop, which then shows it finished (a request on its handle).
   auto drops = [&](const char* why) {
     EXPECT_FALSE(file.KeepPagesAtOpen()) << why;
-    file.OpenSettled();
+    file.OpenSettled(true);
   };
   drops("first open");
   EXPECT_TRUE(file.KeepPagesAtOpen());
@@ -921,11 +921,71 @@ TEST_F(EngineTest, KeepPagesAtOpenOnlyWhileNothingChanged) {
   ASSERT_TRUE(e->AfterTruncate(file, Stat(fd)).ok());
   EXPECT_FALSE(file.KeepPagesAtOpen()) << "the first open after the change";
   EXPECT_FALSE(file.KeepPagesAtOpen()) << "a second one before the first settled";
-  file.OpenSettled();
+  file.OpenSettled(true);
   EXPECT_FALSE(file.KeepPagesAtOpen()) << "one still unsettled";
-  file.OpenSettled();
-  file.OpenSettled();
+  file.OpenSettled(true);
+  file.OpenSettled(true);
   EXPECT_TRUE(file.KeepPagesAtOpen()) << "all settled";
+  // A handle that went without a request (its open reply failed) may not
+  // have dropped anything.
+  ASSERT_EQ(truncate(path.c_str(), kBlock / 4), 0);
+  ASSERT_TRUE(e->AfterTruncate(file, Stat(fd)).ok());
+  EXPECT_FALSE(file.KeepPagesAtOpen());
+  file.OpenSettled(/*used=*/false);
+  drops("after an open that went unused");
+  EXPECT_TRUE(file.KeepPagesAtOpen());
+}
+
+// Many opens at once right after a change: none keeps the pages before one
+// told to drop them has settled (until review, counting an open only after
+// recording the version let a second open keep them: 2 rounds in 200000).
+TEST_F(EngineTest, ConcurrentOpensAfterAChangeAllDrop) {
+  auto e = OpenEngine(Config());
+  auto fd = MakeFile("f", Pattern(kBlock, 29));
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  CachedFile& file = *f.value();
+  // Two openers meet at each round's start (after its change), open, meet
+  // again, then settle their opens told to drop, and meet a third time.
+  constexpr int kRounds = 200000;
+  std::atomic<int> arrived{0};
+  std::atomic<int> kept{0};
+  auto open_once = [&] {
+    const bool keep = file.KeepPagesAtOpen();
+    if (keep) kept++;
+    return keep;
+  };
+  std::thread other([&] {
+    for (int round = 0; round < kRounds; ++round) {
+      arrived++;
+      while (arrived.load() < 6 * round + 2) {
+      }
+      const bool keep = open_once();
+      arrived++;
+      while (arrived.load() < 6 * round + 4) {
+      }
+      if (!keep) file.OpenSettled(true);
+      arrived++;
+      while (arrived.load() < 6 * round + 6) {
+      }
+    }
+  });
+  for (int round = 0; round < kRounds; ++round) {
+    ASSERT_TRUE(e->AfterWrite(file, 0, 0, Stat(fd)).ok());  // moves the epoch
+    arrived++;
+    while (arrived.load() < 6 * round + 2) {
+    }
+    const bool keep = open_once();
+    arrived++;
+    while (arrived.load() < 6 * round + 4) {
+    }
+    if (!keep) file.OpenSettled(true);
+    arrived++;
+    while (arrived.load() < 6 * round + 6) {
+    }
+  }
+  other.join();
+  EXPECT_EQ(kept.load(), 0);
 }
 
 TEST_F(EngineTest, DirectReadServesAndCaches) {
@@ -1143,11 +1203,14 @@ EngineConfig HookedConfig(EngineConfig c, HookMeta** hook) {
 }
 
 // An outside change seen by a getattr bumps the epoch before its drop takes
-// the blocks: an open in between is told to drop the kernel's pages, but a
-// read right after it may still be served a block of the old version. The
-// drop's end moves the pages version, so that page is dropped at the next
-// open (docs/cache-engine.md, "The kernel's pages"; found by review).
-TEST_F(EngineTest, AReadDuringTheDropOfAChangeIsNotKeptAtTheNextOpen) {
+// the blocks. An open in between waits for the drop (its revalidation does
+// not find the new fingerprint before the old blocks are gone), so it reads
+// the new version; an open that records the pages version in between
+// anyway (one whose revalidation has nothing to wait for) and a read through
+// a handle opened before, served a block of the old version, do not leave
+// that page kept: the drop's end moves the pages version (docs/cache-engine.md,
+// "The kernel's pages"; both found by review).
+TEST_F(EngineTest, AnOpenDuringTheDropOfAChangeSeesTheNewVersion) {
   HookMeta* hook = nullptr;
   auto e = OpenEngine(HookedConfig(Config(512 * kBlock), &hook));
   ASSERT_NE(hook, nullptr);
@@ -1160,7 +1223,7 @@ TEST_F(EngineTest, AReadDuringTheDropOfAChangeIsNotKeptAtTheNextOpen) {
   ASSERT_EQ(ReadAll(*e, file, fd, 0, data.size()), data);
   e->WaitForInstalls();
   EXPECT_FALSE(file.KeepPagesAtOpen());
-  file.OpenSettled();
+  file.OpenSettled(true);
   ASSERT_TRUE(file.KeepPagesAtOpen());
   // Same size, mtime put back: only the ctime tells.
   const std::string path = source_ + "/f";
@@ -1175,19 +1238,27 @@ TEST_F(EngineTest, AReadDuringTheDropOfAChangeIsNotKeptAtTheNextOpen) {
   hook->StopInScan(file.file_id());
   std::thread getattr([&] { EXPECT_TRUE(e->Revalidate(file, Stat(fd)).ok()); });
   ASSERT_TRUE(hook->scan_gate.WaitStopped());
-  // The open: the fingerprint is the new one already.
-  auto unchanged = e->Revalidate(file, Stat(fd));
-  ASSERT_TRUE(unchanged.ok());
+  // An open's revalidation waits for the drop.
+  std::atomic<bool> revalidated{false};
+  std::thread opener([&] {
+    EXPECT_TRUE(e->Revalidate(file, Stat(fd)).ok());
+    revalidated = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(revalidated.load()) << "an open went on while the old blocks were still cached";
+  // The pages version recorded in the window, and a read served there.
   EXPECT_FALSE(file.KeepPagesAtOpen()) << "the epoch moved";
-  file.OpenSettled();
+  file.OpenSettled(true);
   const uint64_t version = file.PagesVersion();
   EXPECT_EQ(ReadAll(*e, file, fd, 0, 4096), data.substr(0, 4096))
       << "the old version, from a block the drop has not taken yet (the window of this test)";
   file.ReadReplied(version);
   hook->scan_gate.Release();
   getattr.join();
+  opener.join();
+  EXPECT_TRUE(revalidated.load());
   EXPECT_FALSE(file.KeepPagesAtOpen()) << "the read may have left a page of the old version";
-  file.OpenSettled();
+  file.OpenSettled(true);
   EXPECT_EQ(ReadAll(*e, file, fd, 0, 4096), w);
 }
 

@@ -41,7 +41,7 @@ constexpr size_t kMaxQueuedInstalls = 64;
 // Reads of SOURCE this large (readahead, sequential and warming runs, large
 // application reads) are installed around the store's page cache
 // (StoreWrite::kStream); smaller ones, random misses, through it.
-constexpr size_t kStreamFetch = 64 * 1024;
+constexpr size_t kStreamFetch = size_t{64} * 1024;
 // While it has work, the installer looks at its queue this often instead of
 // being woken for each job; readers wake it only when kInstallBatch jobs
 // wait, or when it has gone to sleep after kInstallIdlePolls empty looks

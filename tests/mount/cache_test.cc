@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/mount/ctl_util.h"
 #include "tests/mount/mount_fixture.h"
 
 namespace cachefs::testing {
@@ -195,6 +196,25 @@ class CacheFixture : public ::testing::Test {
     return data;
   }
 
+  // Waits until the cache holds `blocks` blocks: installs run after the
+  // reply, on other threads (streamed ones wait for the device), so a kill
+  // -9 right after a read may find some not yet cached, which loses nothing
+  // but those blocks' place in the cache.
+  void WaitCached(uint64_t blocks) {
+    auto deadline = Clock::now() + std::chrono::seconds(10);
+    uint64_t have = 0;
+    while (Clock::now() < deadline) {
+      CtlResult r = RunCtl({"stats", "--json", mnt()});
+      if (r.exit_code == 0) {
+        JsonValue out = ParseOut(r);
+        if (const JsonValue* stats = out.Find("stats")) have = Uint(*stats, "blocks_cached");
+        if (have >= blocks) return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "the cache holds " << have << " blocks, not " << blocks;
+  }
+
   std::string DaemonLog() const {
     struct stat st;
     return stat(log().c_str(), &st) == 0 ? ReadFile(log()) : "";
@@ -272,6 +292,7 @@ TEST_F(CacheWarm, AfterCleanUnmountAndRemount) {
 TEST_F(CacheWarm, AfterKill9OfTheDaemon) {
   ASSERT_TRUE(MountCachefs());
   const std::string data = WarmUp("f");
+  WaitCached(kFileSize / kBlockSize);
   ASSERT_EQ(kill(cachefs_->daemon_pid(), SIGKILL), 0);
   // Clears the stale mount (fusermount3 -u -z) and reaps the daemon.
   int status = cachefs_->Unmount();
@@ -535,6 +556,7 @@ TEST_F(CacheWrites, WriteIntoACachedFileIsReadBackAndReachesTheSlowStore) {
 TEST_F(CacheWrites, OwnWriteKeepsTheRestOfTheFileWarmAcrossKill9) {
   ASSERT_TRUE(MountCachefs());
   std::string data = WarmUp("f");
+  WaitCached(kFileSize / kBlockSize);
   const std::string patch = Pattern(5000, 98);
   const size_t off = 7 * kBlockSize + 100;
   int fd = open((mnt() + "/f").c_str(), O_WRONLY);

@@ -719,8 +719,9 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Close-to-open (contract 5): keep_cache=0 drops the kernel's pages
   // (unless they are known to be right: SetOpenReply), and this drops its
   // attributes, so a file grown in SOURCE is not cut at the size the kernel
-  // remembered (and AUTO_INVAL_DATA compares size and mtime at the next read). Offset -1 touches
-  // attributes only and takes no inode lock, so it is safe inside open.
+  // remembered (and AUTO_INVAL_DATA compares size and mtime at the next
+  // read). Offset -1 touches attributes only and takes no inode lock, so it
+  // is safe inside open.
   if (Fs(req).session() != nullptr) {
     fuse_lowlevel_notify_inval_inode(Fs(req).session(), ino, -1, 0);
   }

@@ -254,6 +254,18 @@ void Freshen(Filesystem& fs, CachedFile& cached, const struct stat& st) {
   if (!changed.ok()) CacheWarning("revalidate", changed.status());
 }
 
+// Before a change of SOURCE's data through the mount that the cache adopts
+// afterwards (truncate, fallocate, copy_file_range: the engine takes
+// SOURCE's look after it for its own): SOURCE's look now, so an outside
+// change made before this one is seen as one, not adopted as part of ours
+// with the blocks it made stale (until session 9 it was, when no getattr or
+// open came between). `fd`: any descriptor of the file (O_PATH will do).
+void FreshenBeforeChange(Filesystem& fs, const std::shared_ptr<CachedFile>& cached, int fd) {
+  if (!cached || fs.engine() == nullptr) return;
+  struct stat st;
+  if (fstat(fd, &st) == 0) Freshen(fs, *cached, st);
+}
+
 // Looks `name` up in `parent` and fills `e` (counting one lookup). Returns an errno.
 int DoLookup(fuse_req_t req, Inode* parent, const char* name, fuse_entry_param* e) {
   Filesystem& fs = Fs(req);
@@ -412,7 +424,8 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int valid, fus
     if (res == -1) return ReplyErr(req, errno);
   }
   if (valid & FUSE_SET_ATTR_SIZE) {
-    Engine::WriteGuard guard(engine);     // no mode switch until the cache took the new size
+    Engine::WriteGuard guard(engine);  // no mode switch until the cache took the new size
+    FreshenBeforeChange(Fs(req), cached, inode->fd());
     Engine::SourceChange change(cached);  // no cached write of the file meanwhile
     if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
     if (int err = WriteBackFirst(Fs(req), cached); err != 0) return ReplyErr(req, err);
@@ -919,6 +932,7 @@ void OpFsync(fuse_req_t req, fuse_ino_t /*ino*/, int datasync, fuse_file_info* f
 void OpFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
   Engine::WriteGuard guard(Fs(req).engine());
+  FreshenBeforeChange(Fs(req), Fh(fi)->cached, Fh(fi)->fd);
   Engine::SourceChange change(Fh(fi)->cached);
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
   if (ImageMode(Fs(req)) && (mode & FALLOC_FL_KEEP_SIZE) == 0) {
@@ -966,6 +980,7 @@ void OpCopyFileRange(fuse_req_t req, fuse_ino_t /*ino_in*/, off_t off_in, fuse_f
                      fuse_ino_t /*ino_out*/, off_t off_out, fuse_file_info* fi_out, size_t len,
                      int flags) {
   Engine::WriteGuard guard(Fs(req).engine());
+  FreshenBeforeChange(Fs(req), Fh(fi_out)->cached, Fh(fi_out)->fd);
   Engine::SourceChange change(Fh(fi_out)->cached);
   if (ReadOnlyMode(Fs(req))) return ReplyErr(req, EROFS);
   if (int err = WriteBackFirst(Fs(req), Fh(fi_in)->cached); err != 0) return ReplyErr(req, err);

@@ -429,6 +429,19 @@ TEST_F(CacheInvalidation, ChangeIsSeenThroughAnOpenHandleWithinAttrTimeout) {
       << " ms";
 }
 
+// An outside change that nothing through the mount has looked at yet (long
+// attribute timeouts), then a truncate through the mount: the cache adopts
+// SOURCE's look after its own change, so it must look before it too, or the
+// changed bytes below the cut stay hidden behind the old cached blocks.
+TEST_F(CacheInvalidation, AnOutsideChangeBeforeATruncateThroughTheMountIsSeen) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=60", "-o", "entry_timeout=60"}));
+  WarmUp("f");
+  const std::string changed = Pattern(kFileSize, 66);  // same size, other bytes
+  Rewrite(slow() + "/f", changed);
+  ASSERT_EQ(truncate((mnt() + "/f").c_str(), kFileSize / 2), 0) << std::strerror(errno);
+  EXPECT_TRUE(SameData(ReadFresh(mnt() + "/f"), changed.substr(0, kFileSize / 2)));
+}
+
 TEST_F(CacheInvalidation, ChangeWhileUnmountedIsSeenAtTheNextMount) {
   ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
   WarmUp("f");

@@ -2250,6 +2250,9 @@ void Engine::KeepFetched(CachedFile& file, const Fetch& f, bool used) {
   // this keep: it drops it).
   const bool cached = f.outcome == InstallOutcome::kCached && !f.fill;
   if (f.epoch != file.epoch_.load() || (!cached && index_->Find({id, f.index}))) return;
+  // A cached block the reader has read past: it found the block in the
+  // cache between the install and this keep, and needs no copy.
+  if (cached && (f.index + 1) * sb_.block_size <= file.stream_end_.load()) return;
   auto old = kept_.find({id, f.index});
   if (old != kept_.end()) EraseKept(old);
   Kept k;

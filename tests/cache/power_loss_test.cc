@@ -162,6 +162,13 @@ class PowerLossTest : public ::testing::Test {
     config.options.writeback_threads = 1;
     return config;
   }
+  // An engine of `config` on the fault layers of `m`, reading and writing
+  // SOURCE through `backing` (a layer over m.backing).
+  static std::unique_ptr<Engine> OpenOver(FaultMachine& m, EngineConfig config, Backing* backing) {
+    m.Hook(&config);
+    config.backing = backing;
+    return Open(config);
+  }
   // The power loss the ordering tests need: every page written to the store
   // survives (kernel writeback got there), RocksDB's files only as far as
   // they were synced.
@@ -230,6 +237,13 @@ class PowerLossTest : public ::testing::Test {
   static void Write(Engine& e, const Opened& o, uint64_t off, const std::string& data) {
     Status s = e.Write(*o.file, o.fd, off, data.data(), data.size(), /*sync=*/false);
     ASSERT_TRUE(s.ok()) << s.message();
+  }  // With FullCacheSetup: g's 7 blocks and f's block 0 (`f0`) written, f
+  // fsynced: every slot of the cache holds dirty data.
+  static void FillWithDirtyAndSync(Engine& e, const Opened& g, const Opened& f,
+                                   const std::string& f0, std::mt19937_64& rng) {
+    for (uint64_t b = 0; b < 7; ++b) Write(e, g, b * kBlock, Random(rng, kBlock));
+    Write(e, f, 0, f0);
+    ASSERT_TRUE(e.Sync(*f.file).ok());
   }
 
   // Cuts the power, lets the engine go (its shutdown fails at its first
@@ -763,17 +777,12 @@ TEST_F(PowerLossTest, AWriteThroughFallbackIsSyncedOnSource) {
   std::mt19937_64 rng(12);
   const EngineConfig config = FullCacheSetup(rng);
   FaultMachine m;
-  EngineConfig c = config;
-  m.Hook(&c);
   HoldWriterBacking hold(&m.backing);  // the writer makes no room meanwhile
-  c.backing = &hold;
-  auto e = Open(c);
+  auto e = OpenOver(m, config, &hold);
   ASSERT_NE(e, nullptr);
   Opened g = OpenFile(*e, "g");
   Opened f = OpenFile(*e, "f");
-  for (uint64_t b = 0; b < 7; ++b) Write(*e, g, b * kBlock, Random(rng, kBlock));
-  Write(*e, f, 0, Random(rng, kBlock));
-  ASSERT_TRUE(e->Sync(*f.file).ok());
+  ASSERT_NO_FATAL_FAILURE(FillWithDirtyAndSync(*e, g, f, Random(rng, kBlock), rng));
   const int syncs_before = hold.syncs.load();
   Write(*e, f, 0, Random(rng, kSubBlockSize));  // no slot: through to SOURCE
   EXPECT_EQ(e->stats().write_through_fallbacks, 1u);
@@ -794,17 +803,12 @@ TEST_F(PowerLossTest, AWriteAfterAWriteThroughNeverLandsOverSyncedData) {
   const std::string y = Random(rng, kSubBlockSize), z = Random(rng, kSubBlockSize);
   {
     FaultMachine m;
-    EngineConfig c = config;
-    m.Hook(&c);
     HoldWriterBacking hold(&m.backing);
-    c.backing = &hold;
-    auto e = Open(c);
+    auto e = OpenOver(m, config, &hold);
     ASSERT_NE(e, nullptr);
     Opened g = OpenFile(*e, "g");
     Opened f = OpenFile(*e, "f");
-    for (uint64_t b = 0; b < 7; ++b) Write(*e, g, b * kBlock, Random(rng, kBlock));
-    Write(*e, f, 0, x);
-    ASSERT_TRUE(e->Sync(*f.file).ok());
+    ASSERT_NO_FATAL_FAILURE(FillWithDirtyAndSync(*e, g, f, x, rng));
     Write(*e, f, 0, y);  // no slot: through to SOURCE
     EXPECT_EQ(e->stats().write_through_fallbacks, 1u);
     Write(*e, f, 0, z);  // not in place over x: a new slot, or through to SOURCE again

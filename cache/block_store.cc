@@ -41,10 +41,10 @@ Status BlockStore::CheckRange(uint64_t slot, uint32_t offset, uint32_t len) cons
   return Status::Ok();
 }
 
-Status BlockStore::Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf) {
+Status BlockStore::Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf, StoreRead how) {
   if (Status s = CheckRange(slot, offset, len); !s.ok()) return s;
   if (len == 0) return Status::Ok();
-  Status s = DoRead(StoreOffset(slot, offset), len, buf);
+  Status s = DoRead(StoreOffset(slot, offset), len, buf, how);
   if (!s.ok()) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     return s;

@@ -78,6 +78,21 @@ enum class StoreWrite : uint8_t {
   kStream,
 };
 
+// How a Read's data was asked for; a hint, never a change in what Read returns.
+enum class StoreRead : uint8_t {
+  // Through where the store keeps recent data (a FileStore: its page cache,
+  // with the kernel's readahead over neighbouring slots).
+  kCached,
+  // A short read that nothing near is expected to follow (a random hit): a
+  // FileStore reads it around the page cache (O_DIRECT) when the range and
+  // buffer are whole pages and the file system allows it. The kernel's
+  // pages of the file hold what was read already; a second copy in the
+  // store's pages would only cost a page-cache insertion per read
+  // (docs/benchmarks.md, session 10). Sees every completed Write as kCached
+  // does: the kernel writes the range's dirty pages out first.
+  kDirect,
+};
+
 // Successful calls and their bytes; `errors` counts calls that passed the
 // argument checks and then failed in the device (a rejected range is the
 // caller's bug and is not counted).
@@ -104,7 +119,8 @@ class BlockStore {
 
   // Reads `len` bytes at `offset` inside `slot`. Fails with EINVAL when the
   // range leaves the slot or the store, EIO when the device fails.
-  Status Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf);
+  Status Read(uint64_t slot, uint32_t offset, uint32_t len, void* buf,
+              StoreRead how = StoreRead::kCached);
   // Writes `len` bytes at `offset` inside `slot`; visible at once, durable
   // after the next Persist(). Same failures as Read, plus ENOSPC from the device.
   Status Write(uint64_t slot, uint32_t offset, uint32_t len, const void* buf,
@@ -122,7 +138,7 @@ class BlockStore {
   // Byte offset of `offset` inside `slot` from the start of the store.
   uint64_t StoreOffset(uint64_t slot, uint32_t offset) const { return slot * block_size_ + offset; }
 
-  virtual Status DoRead(uint64_t pos, uint32_t len, void* buf) = 0;
+  virtual Status DoRead(uint64_t pos, uint32_t len, void* buf, StoreRead how) = 0;
   virtual Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) = 0;
   virtual Status DoPersist() = 0;
   virtual Status DoDiscard(uint64_t pos, uint64_t len) = 0;

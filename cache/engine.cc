@@ -16,6 +16,7 @@
 #include "cache/timeout_backing.h"
 #include "common/crc32c.h"
 #include "common/log.h"
+#include "meta/record_cache.h"
 
 namespace cachefs {
 namespace {
@@ -53,6 +54,9 @@ constexpr int kInstallIdlePolls = 10;
 // Readahead blocks the cache did not take, kept in memory for their readers
 // (Engine::Kept), all files together at most: 64 streams' default windows.
 constexpr uint64_t kMaxKeptBytes = uint64_t{64} << 20;
+// Block records kept in memory for hits (meta/record_cache.h): ~25 MiB at
+// 16 sub-blocks per block; a hit beyond them reads RocksDB.
+constexpr size_t kHotRecords = 65536;
 
 // A buffer aligned for O_DIRECT stores.
 struct AlignedBuffer {
@@ -127,7 +131,8 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   auto meta = config.open_meta ? config.open_meta(dir + "/meta", true)
                                : OpenRocksMetaStore(dir + "/meta", true);
   if (!meta.ok()) return meta.status();
-  e->meta_ = std::move(meta.value());
+  e->meta_ = std::make_unique<RecordCache>(std::move(meta.value()), kHotRecords);
+  if (config.wrap_meta) e->meta_ = config.wrap_meta(std::move(e->meta_));
   auto existing = e->meta_->GetSuperblock();
   if (!existing.ok()) return existing.status().Prefixed("cache '" + dir + "'");
 
@@ -1490,7 +1495,7 @@ Status Engine::DropBlocks(uint64_t file_id, uint64_t from_index, uint64_t to_ind
 }
 
 Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end,
-                            char* out) {
+                            char* out, StoreRead how) {
   BlockKey key{file.file_id_, index};
   uint32_t slot;
   {
@@ -1517,7 +1522,7 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
       // One buffer per thread, kept: a hit allocates nothing.
       thread_local std::unique_ptr<AlignedBuffer> tmp;
       if (!tmp || tmp->size < len) tmp = std::make_unique<AlignedBuffer>(len);
-      Status s = store_->Read(slot, off, len, tmp->data);
+      Status s = store_->Read(slot, off, len, tmp->data, how);
       if (!s.ok()) {
         LogWarning("cache store read failed, reading SOURCE instead: " + s.message());
         usable = false;
@@ -1875,7 +1880,8 @@ void Engine::WaitForInstalls() {
 }
 
 Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out,
-                              bool bypass, bool* missed, const std::function<void()>& reply_eio) {
+                              bool bypass, StoreRead hit_read, bool* missed,
+                              const std::function<void()>& reply_eio) {
   bool ignored = false;
   if (missed == nullptr) missed = &ignored;
   const uint64_t bs = sb_.block_size;
@@ -1888,7 +1894,7 @@ Result<size_t> Engine::ReadAt(CachedFile& file, int fd, uint64_t pos, size_t wan
         ServeKept(file, index, begin, end, out)) {
       return size_t{end - begin};
     }
-    auto hit = TryHit(file, index, begin, end, out);
+    auto hit = TryHit(file, index, begin, end, out, hit_read);
     if (!hit.ok()) return hit.status();
     if (hit.value()) return size_t{end - begin};
 
@@ -2092,7 +2098,13 @@ Result<size_t> Engine::ReadRange(CachedFile& file, const SourceFdRef& fd, uint64
   }
   if (off >= size || len == 0) return size_t{0};
   len = static_cast<size_t>(std::min<uint64_t>(len, size - off));
-  const bool bypass = FollowStream(file, fd, off, len, size);
+  bool continues = false;
+  const bool bypass = FollowStream(file, fd, off, len, size, &continues);
+  // A short read that does not follow the previous one: its hits read the
+  // store around the page cache (StoreRead::kDirect). Streams keep the
+  // store's readahead.
+  const StoreRead hit_read =
+      !continues && len < kStreamFetch ? StoreRead::kDirect : StoreRead::kCached;
   if (kept_blocks_.load(std::memory_order_relaxed) > 0 && off > kLateReadSlack) {
     // The stream has moved past them (allowing for its late requests).
     std::lock_guard<std::mutex> lock(mu_);
@@ -2100,7 +2112,8 @@ Result<size_t> Engine::ReadRange(CachedFile& file, const SourceFdRef& fd, uint64
   }
   size_t done = 0;
   while (done < len) {
-    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done, bypass, missed, reply_eio);
+    auto n = ReadAt(file, fd->get(), off + done, len - done, buf + done, bypass, hit_read, missed,
+                    reply_eio);
     if (!n.ok()) return n.status();
     if (n.value() == 0 && overlay) {
       // Past SOURCE's end but inside the file as written through the mount:
@@ -2122,7 +2135,7 @@ Result<size_t> Engine::ReadRange(CachedFile& file, const SourceFdRef& fd, uint64
 // --- readahead ----------------------------------------------------------------
 
 bool Engine::FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                          uint64_t file_size) {
+                          uint64_t file_size, bool* continues) {
   const uint64_t bs = sb_.block_size;
   const uint64_t limit = tunables_.file_size_limit.load(std::memory_order_relaxed);
   const uint64_t readahead = tunables_.readahead.load(std::memory_order_relaxed);
@@ -2140,7 +2153,9 @@ bool Engine::FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off,
     const uint64_t next_offset = file.next_offset_;
     if (off <= next_offset && off + len > next_offset) {
       file.sequential_bytes_ += len;
+      *continues = true;
     } else if (off + len <= next_offset && next_offset - off <= kLateReadSlack) {
+      *continues = true;
       return too_big || file.bypass_;
     } else {
       file.sequential_bytes_ = 0;

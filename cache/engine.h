@@ -106,10 +106,13 @@ struct EngineConfig {
   bool reformat = false;
   // The slow store; RealBacking() unless a test injects another.
   Backing* backing = nullptr;
-  // Test seams (tests/cache/fault_layers.h), unset in the daemon: opens the
-  // metadata store instead of OpenRocksMetaStore(dir, create), and wraps
-  // the block store once it is open.
+  // Test seams (tests/cache/fault_layers.h, hook_meta.h), unset in the
+  // daemon: opens the metadata store instead of OpenRocksMetaStore(dir,
+  // create); wraps the metadata store as the engine sees it (above its
+  // record cache: the wrapper sees every call); wraps the block store once
+  // it is open.
   std::function<Result<std::unique_ptr<MetaStore>>(const std::string& dir, bool create)> open_meta;
+  std::function<std::unique_ptr<MetaStore>(std::unique_ptr<MetaStore>)> wrap_meta;
   std::function<std::unique_ptr<BlockStore>(std::unique_ptr<BlockStore>)> wrap_store;
 
   // Reads of SOURCE done at most at once on the threads of readers that can
@@ -777,9 +780,10 @@ class Engine {
   // Serves the part of [pos, pos + want) that lies in pos's block, or more
   // when a run of missing blocks was fetched; 0 at end of file. Sets
   // `*missed` (if given) unless all of it was served from the cache at once.
-  // With `reply_eio`, SOURCE is read on this thread (see Read).
+  // With `reply_eio`, SOURCE is read on this thread (see Read). Hits read
+  // the store as `hit_read` says.
   Result<size_t> ReadAt(CachedFile& file, int fd, uint64_t pos, size_t want, char* out, bool bypass,
-                        bool* missed, const std::function<void()>& reply_eio);
+                        StoreRead hit_read, bool* missed, const std::function<void()>& reply_eio);
   // Serves [begin, end) of block `index` sub-block by sub-block: the
   // cache's valid sub-blocks (dirty ones included), SOURCE's bytes for the
   // others, zeros past SOURCE's end where the mount shows the file longer.
@@ -787,7 +791,8 @@ class Engine {
                            char* out);
   // Tries the cache; true when `out` was filled from it. A block without
   // every sub-block of the range is a miss (the fetch fills it in).
-  Result<bool> TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out);
+  Result<bool> TryHit(CachedFile& file, uint64_t index, uint32_t begin, uint32_t end, char* out,
+                      StoreRead how = StoreRead::kCached);
   // Reads bytes [from, to) of `file` from SOURCE for the fetches `run` (of
   // consecutive blocks, the first holding `from`), completes the fetches and
   // installs what was read in the cache (InstallRun), by the installer
@@ -811,9 +816,11 @@ class Engine {
   // Sequential stream detection for a read of [off, off + len): queues
   // readahead past it, and returns whether the read bypasses the cache (a
   // stream longer than sequential_threshold blocks, or a file larger than
-  // file_size_limit): its misses are then served but not cached.
+  // file_size_limit): its misses are then served but not cached. Sets
+  // `*continues` when the read continues the file's previous one (or is a
+  // late request of its stream).
   bool FollowStream(CachedFile& file, const SourceFdRef& fd, uint64_t off, size_t len,
-                    uint64_t file_size);
+                    uint64_t file_size, bool* continues);
   void ReadaheadLoop();
   void RunReadahead(const ReadaheadJob& job);
   // Kept readahead blocks (Kept). KeepFetched keeps the completed readahead

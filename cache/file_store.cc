@@ -159,23 +159,23 @@ Result<std::unique_ptr<FileStore>> FileStore::Open(const StoreConfig& cfg, bool 
     close(fd.value());
     return Status::Invalid(What(cfg.path) + " is a character device (DAX?): use store=pmem");
   }
-  // Streamed fills: the same file once more (through /proc, so it is the
-  // same inode whatever happens to the path), O_DIRECT; where the file
-  // system refuses (EINVAL), streams go through the page cache.
+  // Streamed fills and random hits: the same file once more (through
+  // /proc, so it is the same inode whatever happens to the path), O_DIRECT;
+  // where the file system refuses (EINVAL), they go through the page cache.
   const std::string again = "/proc/self/fd/" + std::to_string(fd.value());
-  int stream_fd = cfg.direct_io ? fd.value() : open(again.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
-  return std::unique_ptr<FileStore>(new FileStore(cfg, fd.value(), stream_fd));
+  int direct_fd = cfg.direct_io ? fd.value() : open(again.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
+  return std::unique_ptr<FileStore>(new FileStore(cfg, fd.value(), direct_fd));
 }
 
-FileStore::FileStore(const StoreConfig& cfg, int fd, int stream_fd)
+FileStore::FileStore(const StoreConfig& cfg, int fd, int direct_fd)
     : BlockStore(cfg.block_size, cfg.slot_count),
       path_(cfg.path),
       direct_io_(cfg.direct_io),
       fd_(fd),
-      stream_fd_(stream_fd) {}
+      direct_fd_(direct_fd) {}
 
 FileStore::~FileStore() {
-  if (stream_fd_ >= 0 && stream_fd_ != fd_) close(stream_fd_);
+  if (direct_fd_ >= 0 && direct_fd_ != fd_) close(direct_fd_);
   close(fd_);
 }
 
@@ -190,14 +190,31 @@ Status FileStore::CheckAligned(uint64_t pos, uint32_t len, const void* buf) cons
   return Status::Ok();
 }
 
-Status FileStore::DoRead(uint64_t pos, uint32_t len, void* buf) {
+// Whole pages only: a direct read or write shares no page with a buffered
+// write of a neighbouring slot (pages are larger than 4 KiB on some machines).
+bool FileStore::DirectFits(uint64_t pos, uint32_t len, const void* buf) const {
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  return direct_fd_ >= 0 && pos % page == 0 && len % page == 0 &&
+         reinterpret_cast<uintptr_t>(buf) % kDirectIoAlignment == 0;
+}
+
+Status FileStore::DoRead(uint64_t pos, uint32_t len, void* buf, StoreRead how) {
   if (Status s = CheckAligned(pos, len, buf); !s.ok()) return s;
+  const int fd = how == StoreRead::kDirect && DirectFits(pos, len, buf) ? direct_fd_ : fd_;
+  return ReadFrom(fd, pos, len, buf);
+}
+
+Status FileStore::ReadFrom(int fd, uint64_t pos, uint32_t len, void* buf) {
   auto* p = static_cast<char*>(buf);
   uint64_t done = 0;
   while (done < len) {
-    ssize_t n = pread(fd_, p + done, len - done, static_cast<off_t>(pos + done));
+    ssize_t n = pread(fd, p + done, len - done, static_cast<off_t>(pos + done));
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EINVAL && fd != fd_) {  // a device with larger sectors: the page cache then
+        fd = fd_;
+        continue;
+      }
       return Status::FromErrno(errno, What(path_) + ": read at " + std::to_string(pos + done));
     }
     if (n == 0) {
@@ -211,14 +228,7 @@ Status FileStore::DoRead(uint64_t pos, uint32_t len, void* buf) {
 
 Status FileStore::DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) {
   if (Status s = CheckAligned(pos, len, buf); !s.ok()) return s;
-  int fd = fd_;
-  // Whole pages only: a direct write shares no page with a buffered write
-  // of a neighbouring slot (pages are larger than 4 KiB on some machines).
-  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  if (how == StoreWrite::kStream && stream_fd_ >= 0 && pos % page == 0 && len % page == 0 &&
-      reinterpret_cast<uintptr_t>(buf) % kDirectIoAlignment == 0) {
-    fd = stream_fd_;
-  }
+  int fd = how == StoreWrite::kStream && DirectFits(pos, len, buf) ? direct_fd_ : fd_;
   const auto* p = static_cast<const char*>(buf);
   uint64_t done = 0;
   while (done < len) {

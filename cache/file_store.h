@@ -26,8 +26,11 @@
 // views coherent: a direct write flushes and drops the page-cache pages of
 // its range), so a streamed fill neither takes page-cache memory nor costs a
 // copy into it. Without O_DIRECT support in the file system (tmpfs before
-// Linux 6.6), or for an unaligned range, it is an ordinary pwrite. Reads
-// always go through the page cache.
+// Linux 6.6), or for an unaligned range, it is an ordinary pwrite.
+// StoreRead::kDirect reads through the same descriptor, on the same
+// conditions; other reads go through the page cache. A direct read of a
+// range with pages not yet written out makes the kernel write them first,
+// so it sees every completed Write.
 //
 // Thread-safety: as BlockStore; pread/pwrite at explicit offsets need no
 // lock.
@@ -51,28 +54,36 @@ class FileStore final : public BlockStore {
 
   const char* kind() const override { return "file"; }
   bool direct_io() const { return direct_io_; }
-  // Whether StoreWrite::kStream writes around the page cache here.
-  bool streams_direct() const { return stream_fd_ >= 0; }
+  // Whether StoreWrite::kStream and StoreRead::kDirect go around the page
+  // cache here.
+  bool streams_direct() const { return direct_fd_ >= 0; }
   // The open store file, for zero-copy paths (splice). Owned by this object:
   // valid until it is destroyed; do not close it or change its offset-free
   // state (flags, size).
   int fd() const { return fd_; }
 
  private:
-  FileStore(const StoreConfig& cfg, int fd, int stream_fd);
-  Status DoRead(uint64_t pos, uint32_t len, void* buf) override;
+  FileStore(const StoreConfig& cfg, int fd, int direct_fd);
+  Status DoRead(uint64_t pos, uint32_t len, void* buf, StoreRead how) override;
   Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override;
   Status DoPersist() override;
   Status DoDiscard(uint64_t pos, uint64_t len) override;
   // EINVAL unless pos, len and buf suit O_DIRECT (only checked with direct_io).
   Status CheckAligned(uint64_t pos, uint32_t len, const void* buf) const;
+  // Whether a hinted read or write of [pos, pos + len) from `buf` may use
+  // direct_fd_: whole pages and an aligned buffer.
+  bool DirectFits(uint64_t pos, uint32_t len, const void* buf) const;
+  // pread of all of [pos, pos + len) from `fd`, falling back to fd_ when
+  // the kernel refuses the direct descriptor (EINVAL).
+  Status ReadFrom(int fd, uint64_t pos, uint32_t len, void* buf);
 
   const std::string path_;
   const bool direct_io_;
   const int fd_;
-  // The store opened O_DIRECT for StoreWrite::kStream (fd_ itself with
-  // direct_io), or -1 where the file system refuses O_DIRECT.
-  const int stream_fd_;
+  // The store opened O_DIRECT for StoreWrite::kStream and
+  // StoreRead::kDirect (fd_ itself with direct_io), or -1 where the file
+  // system refuses O_DIRECT.
+  const int direct_fd_;
 };
 
 // Opens the store file or device cfg.path read-write with O_CLOEXEC and

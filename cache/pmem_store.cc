@@ -182,7 +182,7 @@ const char* PmemStore::SlotData(uint64_t slot) const {
   return base_ + StoreOffset(slot, 0);
 }
 
-Status PmemStore::DoRead(uint64_t pos, uint32_t len, void* buf) {
+Status PmemStore::DoRead(uint64_t pos, uint32_t len, void* buf, StoreRead /*how*/) {
   std::memcpy(buf, base_ + pos, len);
   return Status::Ok();
 }

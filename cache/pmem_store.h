@@ -88,7 +88,7 @@ class PmemStore final : public BlockStore {
   };
 
   PmemStore(const StoreConfig& cfg, pmem2_map* map);
-  Status DoRead(uint64_t pos, uint32_t len, void* buf) override;
+  Status DoRead(uint64_t pos, uint32_t len, void* buf, StoreRead how) override;
   Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override;
   Status DoPersist() override;
   Status DoDiscard(uint64_t pos, uint64_t len) override;

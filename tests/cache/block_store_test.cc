@@ -240,6 +240,12 @@ TYPED_TEST(BlockStoreTest, PartialWritesAtOddOffsets) {
   std::vector<uint8_t> part(333);
   ASSERT_TRUE(this->store_->Read(3, 4095, 333, part.data()).ok());
   EXPECT_EQ(0, std::memcmp(part.data(), model.data() + 4095, 333));
+  // A direct read (a hint) returns the same bytes, aligned or not.
+  std::vector<uint8_t> direct(b);
+  ASSERT_TRUE(this->store_->Read(3, 0, b, direct.data(), StoreRead::kDirect).ok());
+  EXPECT_EQ(direct, model);
+  ASSERT_TRUE(this->store_->Read(3, 4095, 333, part.data(), StoreRead::kDirect).ok());
+  EXPECT_EQ(0, std::memcmp(part.data(), model.data() + 4095, 333));
   // Persisted and reopened, the pieces are still there.
   ASSERT_TRUE(this->store_->Persist().ok());
   ASSERT_TRUE(this->OpenStore(/*create=*/false));
@@ -444,7 +450,7 @@ class FailingStore final : public BlockStore {
   int persist_calls = 0;
 
  private:
-  Status DoRead(uint64_t, uint32_t, void*) override { return Outcome(); }
+  Status DoRead(uint64_t, uint32_t, void*, StoreRead) override { return Outcome(); }
   Status DoWrite(uint64_t, uint32_t, const void*, StoreWrite) override { return Outcome(); }
   Status DoPersist() override {
     ++persist_calls;
@@ -597,6 +603,51 @@ TEST(FileStoreTest, StreamedWritesGoAroundThePageCache) {
   EXPECT_TRUE(got == streamed);
   ASSERT_TRUE(r.value()->Read(0, 0, kLen, got.data()).ok());
   EXPECT_TRUE(got == over);
+  r.value().reset();
+  unlink(cfg.path.c_str());
+}
+
+// StoreRead::kDirect reads around the page cache and still sees every
+// completed write: one kept in the page cache and not yet written out (the
+// kernel writes it first), and one streamed. It leaves no pages behind; an
+// unaligned direct read goes through the page cache, as correct.
+TEST(FileStoreTest, DirectReadsSeeEveryWriteAndLeaveNoPages) {
+  StoreConfig cfg;
+  cfg.path = UniquePath(TempDir(), "direct_read");
+  cfg.block_size = 65536;
+  cfg.slot_count = 4;
+  Result<std::unique_ptr<FileStore>> r = FileStore::Open(cfg, /*create=*/true);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  FileStore& store = *r.value();
+  if (!store.streams_direct()) {
+    r.value().reset();
+    unlink(cfg.path.c_str());
+    GTEST_SKIP() << TempDir() << " does not support O_DIRECT";
+  }
+  constexpr size_t kLen = 65536;
+  std::unique_ptr<uint8_t, decltype(&std::free)> mem(
+      static_cast<uint8_t*>(std::aligned_alloc(kDirectIoAlignment, kLen + 4096)), &std::free);
+  ASSERT_NE(mem, nullptr);
+  // Kept, dirty in the page cache: a direct read of a part of it.
+  std::vector<uint8_t> kept = Fill(0, kLen, 5);
+  ASSERT_TRUE(store.Write(0, 0, kLen, kept.data(), StoreWrite::kKeep).ok());
+  ASSERT_TRUE(store.Read(0, 8192, 4096, mem.get(), StoreRead::kDirect).ok());
+  EXPECT_EQ(0, std::memcmp(mem.get(), kept.data() + 8192, 4096));
+  // Streamed: read direct, nothing of the slot comes into the page cache.
+  std::vector<uint8_t> streamed = Fill(1, kLen, 6);
+  std::memcpy(mem.get(), streamed.data(), kLen);
+  ASSERT_TRUE(store.Write(1, 0, kLen, mem.get(), StoreWrite::kStream).ok());
+  std::memset(mem.get(), 0, kLen);
+  ASSERT_TRUE(store.Read(1, 4096, 4096, mem.get(), StoreRead::kDirect).ok());
+  EXPECT_EQ(0, std::memcmp(mem.get(), streamed.data() + 4096, 4096));
+  EXPECT_EQ(ResidentPages(cfg.path, kLen, kLen), 0u);
+  // The same read through the page cache brings its page in: the check
+  // above can see a page that is there.
+  ASSERT_TRUE(store.Read(1, 4096, 4096, mem.get(), StoreRead::kCached).ok());
+  EXPECT_GE(ResidentPages(cfg.path, kLen, kLen), 1u);
+  // An unaligned buffer: through the page cache, the same bytes.
+  ASSERT_TRUE(store.Read(1, 0, 8192, mem.get() + 1, StoreRead::kDirect).ok());
+  EXPECT_EQ(0, std::memcmp(mem.get() + 1, streamed.data(), 8192));
   r.value().reset();
   unlink(cfg.path.c_str());
 }

@@ -700,13 +700,14 @@ class ForwardingStore : public BlockStore {
   const char* kind() const override { return inner_->kind(); }
 
  protected:
-  virtual void BeforeRead() {}
+  virtual void BeforeRead(StoreRead /*how*/) {}
   virtual void BeforeWrite(StoreWrite /*how*/) {}
 
  private:
-  Status DoRead(uint64_t pos, uint32_t len, void* buf) final {
-    BeforeRead();
-    return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+  Status DoRead(uint64_t pos, uint32_t len, void* buf, StoreRead how) final {
+    BeforeRead(how);
+    return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf,
+                        how);
   }
   Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) final {
     BeforeWrite(how);
@@ -721,16 +722,20 @@ class ForwardingStore : public BlockStore {
   const std::unique_ptr<BlockStore> inner_;
 };
 
-// Counts reads and the writes made with each StoreWrite hint.
+// Counts the reads and writes made with each StoreRead and StoreWrite hint.
 class HintCountingStore final : public ForwardingStore {
  public:
   using ForwardingStore::ForwardingStore;
   std::atomic<uint64_t> reads{0};
+  std::atomic<uint64_t> direct_reads{0};
   std::atomic<uint64_t> keep_writes{0};
   std::atomic<uint64_t> stream_writes{0};
 
  private:
-  void BeforeRead() override { reads++; }
+  void BeforeRead(StoreRead how) override {
+    reads++;
+    if (how == StoreRead::kDirect) direct_reads++;
+  }
   void BeforeWrite(StoreWrite how) override {
     (how == StoreWrite::kStream ? stream_writes : keep_writes)++;
   }
@@ -779,6 +784,52 @@ TEST_F(EngineTest, ReadaheadBlocksAreStreamedToTheStoreAndServedFromMemory) {
             data.substr(7 * kBlock, 4096));
   e->WaitForInstalls();
   EXPECT_EQ(store->keep_writes.load(), keep + 1);
+}
+
+// A short hit that does not continue the file's previous read (a random
+// read) reads the store around its page cache; a read that continues the
+// previous one, and a large one, read through it (the store's readahead
+// serves a stream).
+TEST_F(EngineTest, RandomHitsReadTheStoreDirectAndStreamsThroughItsPageCache) {
+  EngineConfig c = Config(64 * kBlock);
+  c.options.readahead = 0;
+  HintCountingStore* store = nullptr;
+  c.wrap_store = [&](std::unique_ptr<BlockStore> inner) -> std::unique_ptr<BlockStore> {
+    auto counting = std::make_unique<HintCountingStore>(std::move(inner));
+    store = counting.get();
+    return counting;
+  };
+  auto e = OpenEngine(c);
+  ASSERT_NE(e, nullptr);
+  ASSERT_NE(store, nullptr);
+  const std::string data = Pattern(40 * kBlock, 29);
+  auto fd = MakeFile("f", data);
+  auto f = e->OpenFile("f", Stat(fd));
+  ASSERT_TRUE(f.ok());
+  CachedFile& file = *f.value();
+  for (uint64_t b = 0; b < 40; ++b) {
+    ASSERT_EQ(ReadAll(*e, file, fd, b * kBlock, kBlock), data.substr(b * kBlock, kBlock));
+  }
+  ASSERT_EQ(e->stats().blocks_cached, 40u);
+  EXPECT_EQ(store->direct_reads.load(), 0u) << "misses read nothing from the store";
+  // Random 4 KiB hits: direct. (A read less than 1 MiB behind the last one
+  // would be a late request of its stream.)
+  const uint64_t random[] = {3 * kBlock + 8192, 30 * kBlock, 12 * kBlock + 4096,
+                             36 * kBlock + 61440};
+  uint64_t reads = store->reads.load();
+  for (uint64_t off : random) {
+    ASSERT_EQ(ReadAll(*e, file, fd, off, 4096), data.substr(off, 4096));
+  }
+  EXPECT_EQ(store->reads.load(), reads + 4) << "all hits";
+  EXPECT_EQ(store->direct_reads.load(), 4u);
+  // The next 4 KiB continues the last one: through the page cache.
+  ASSERT_EQ(ReadAll(*e, file, fd, 37 * kBlock, 4096), data.substr(37 * kBlock, 4096));
+  EXPECT_EQ(store->reads.load(), reads + 5);
+  EXPECT_EQ(store->direct_reads.load(), 4u);
+  // 64 KiB somewhere else: through the page cache too.
+  ASSERT_EQ(ReadAll(*e, file, fd, 1 * kBlock, kBlock), data.substr(kBlock, kBlock));
+  EXPECT_EQ(store->reads.load(), reads + 6);
+  EXPECT_EQ(store->direct_reads.load(), 4u);
 }
 
 // Kept readahead blocks go once the stream has moved on, and at the last
@@ -1184,12 +1235,10 @@ TEST_F(EngineTest, OverwriteCarriesValidSubBlocksButNotACorruptOne) {
 
 // An engine whose metadata goes through a HookMeta (set in *hook).
 EngineConfig HookedConfig(EngineConfig c, HookMeta** hook) {
-  c.open_meta = [hook](const std::string& dir, bool create) -> Result<std::unique_ptr<MetaStore>> {
-    auto r = OpenRocksMetaStore(dir, create);
-    if (!r.ok()) return r.status();
-    auto h = std::make_unique<HookMeta>(std::move(r.value()));
+  c.wrap_meta = [hook](std::unique_ptr<MetaStore> inner) -> std::unique_ptr<MetaStore> {
+    auto h = std::make_unique<HookMeta>(std::move(inner));
     *hook = h.get();
-    return std::unique_ptr<MetaStore>(std::move(h));
+    return h;
   };
   return c;
 }

@@ -105,10 +105,10 @@ void FaultStore::SetPersistHook(std::function<void()> hook) {
   hook_ = std::move(hook);
 }
 
-Status FaultStore::DoRead(uint64_t pos, uint32_t len, void* buf) {
+Status FaultStore::DoRead(uint64_t pos, uint32_t len, void* buf, StoreRead how) {
   PowerSwitch::Guard power(*power_);
   if (!power.on()) return PowerOff();
-  return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf);
+  return inner_->Read(pos / block_size(), static_cast<uint32_t>(pos % block_size()), len, buf, how);
 }
 
 Status FaultStore::SaveUndo(uint64_t pos, uint64_t len) {

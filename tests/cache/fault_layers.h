@@ -118,7 +118,7 @@ class FaultStore final : public BlockStore {
   void SetPersistHook(std::function<void()> hook);
 
  private:
-  Status DoRead(uint64_t pos, uint32_t len, void* buf) override;
+  Status DoRead(uint64_t pos, uint32_t len, void* buf, StoreRead how) override;
   Status DoWrite(uint64_t pos, uint32_t len, const void* buf, StoreWrite how) override;
   Status DoPersist() override;
   Status DoDiscard(uint64_t pos, uint64_t len) override;

@@ -18,14 +18,15 @@
 #include <mutex>
 #include <utility>
 
+#include "meta/forwarding_meta_store.h"
 #include "meta/meta_store.h"
 #include "tests/cache/gate.h"
 
 namespace cachefs {
 
-class HookMeta final : public MetaStore {
+class HookMeta final : public ForwardingMetaStore {
  public:
-  explicit HookMeta(std::unique_ptr<MetaStore> inner) : inner_(std::move(inner)) {}
+  explicit HookMeta(std::unique_ptr<MetaStore> inner) : ForwardingMetaStore(std::move(inner)) {}
 
   // The next commit for which `match` is true stops after it is applied, at
   // `gate` (armed here), until gate.Release(). REQUIRES: no stop pending.
@@ -80,7 +81,7 @@ class HookMeta final : public MetaStore {
       }
     }
     if (stop_before) before_gate.Pass();
-    Status s = inner_->Commit(batch, sync);
+    Status s = inner().Commit(batch, sync);
     bool stop = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -94,17 +95,8 @@ class HookMeta final : public MetaStore {
     return s;
   }
 
-  Result<std::optional<Superblock>> GetSuperblock() override { return inner_->GetSuperblock(); }
-  Result<std::optional<MountState>> GetMountState() override { return inner_->GetMountState(); }
-  Result<std::optional<PersistentCounters>> GetCounters() override { return inner_->GetCounters(); }
-  Result<std::optional<FileRecord>> GetFile(uint64_t file_id) override {
-    return inner_->GetFile(file_id);
-  }
-  Result<std::optional<uint64_t>> LookupPath(const std::string& path) override {
-    return inner_->LookupPath(path);
-  }
   Result<std::optional<BlockRecord>> GetBlock(uint64_t file_id, uint64_t index) override {
-    auto r = inner_->GetBlock(file_id, index);
+    auto r = inner().GetBlock(file_id, index);
     bool stop = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -117,14 +109,6 @@ class HookMeta final : public MetaStore {
     if (stop) get_gate.Pass();
     return r;
   }
-  Result<uint64_t> GetDurableEpoch() override { return inner_->GetDurableEpoch(); }
-  Status ScanFiles(const std::function<bool(const FileRecord&)>& fn) override {
-    return inner_->ScanFiles(fn);
-  }
-  Status ScanPaths(const std::string& prefix,
-                   const std::function<bool(const std::string&, uint64_t)>& fn) override {
-    return inner_->ScanPaths(prefix, fn);
-  }
   Status ScanBlocks(uint64_t file_id, const std::function<bool(const BlockRecord&)>& fn) override {
     bool stop = false;
     {
@@ -135,17 +119,8 @@ class HookMeta final : public MetaStore {
       }
     }
     if (stop) scan_gate.Pass();
-    return inner_->ScanBlocks(file_id, fn);
+    return inner().ScanBlocks(file_id, fn);
   }
-  Status ScanAllBlocks(const std::function<bool(const BlockRecord&)>& fn) override {
-    return inner_->ScanAllBlocks(fn);
-  }
-  Status ScanDirty(const std::function<bool(const DirtyRecord&)>& fn) override {
-    return inner_->ScanDirty(fn);
-  }
-  Result<uint64_t> MaxFileId() override { return inner_->MaxFileId(); }
-  Result<uint64_t> MaxDirtySeq() override { return inner_->MaxDirtySeq(); }
-  Status SyncWal() override { return inner_->SyncWal(); }
 
   // Matchers for StopAfter and Watch.
   static bool PutsBlock(const MetaBatch& b, uint64_t file_id, uint64_t index) {
@@ -164,7 +139,6 @@ class HookMeta final : public MetaStore {
   }
 
  private:
-  std::unique_ptr<MetaStore> inner_;
   std::mutex mu_;
   std::function<bool(const MetaBatch&)> match_;
   std::function<bool(const MetaBatch&)> before_match_;

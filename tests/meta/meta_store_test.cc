@@ -1,6 +1,6 @@
-// One typed suite over every MetaStore (RocksDB in a temp directory, memory),
-// then what only the RocksDB store promises: reopen, the directory lock,
-// kill -9 survival and group commit.
+// One typed suite over every MetaStore (RocksDB in a temp directory, memory,
+// the record cache), then what only the RocksDB store promises: reopen, the
+// directory lock, kill -9 survival and group commit.
 #include "meta/meta_store.h"
 
 #include <fcntl.h>
@@ -22,6 +22,7 @@
 
 #include "meta/encoding.h"
 #include "meta/mem_meta_store.h"
+#include "meta/record_cache.h"
 #include "meta/rocks_meta_store.h"
 
 extern char** environ;  // NOLINT: POSIX
@@ -60,6 +61,14 @@ struct RocksFactory {
 
 struct MemFactory {
   std::unique_ptr<MetaStore> Open() { return NewMemMetaStore(); }
+};
+
+// The record cache over memory, small enough that the suite's blocks
+// overflow it.
+struct RecordCacheFactory {
+  std::unique_ptr<MetaStore> Open() {
+    return std::make_unique<RecordCache>(NewMemMetaStore(), /*capacity=*/128);
+  }
 };
 
 template <typename Factory>
@@ -101,10 +110,11 @@ class MetaStoreTest : public testing::Test {
 struct StoreNames {
   template <typename T>
   static std::string GetName(int) {
-    return std::is_same_v<T, RocksFactory> ? "Rocks" : "Mem";
+    if (std::is_same_v<T, RocksFactory>) return "Rocks";
+    return std::is_same_v<T, MemFactory> ? "Mem" : "RecordCache";
   }
 };
-using StoreTypes = testing::Types<RocksFactory, MemFactory>;
+using StoreTypes = testing::Types<RocksFactory, MemFactory, RecordCacheFactory>;
 TYPED_TEST_SUITE(MetaStoreTest, StoreTypes, StoreNames);
 
 FileRecord File(uint64_t id, std::string path) {

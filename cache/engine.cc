@@ -54,9 +54,10 @@ constexpr int kInstallIdlePolls = 10;
 // Readahead blocks the cache did not take, kept in memory for their readers
 // (Engine::Kept), all files together at most: 64 streams' default windows.
 constexpr uint64_t kMaxKeptBytes = uint64_t{64} << 20;
-// Block records kept in memory for hits (meta/record_cache.h): ~25 MiB at
-// 16 sub-blocks per block; a hit beyond them reads RocksDB.
-constexpr size_t kHotRecords = 65536;
+// Memory for the block records kept for hits (meta/record_cache.h): 58,254
+// records at 64 KiB blocks, more at smaller ones, fewer at larger; a hit
+// beyond them reads RocksDB.
+constexpr size_t kHotRecordBytes = size_t{32} << 20;
 
 // A buffer aligned for O_DIRECT stores.
 struct AlignedBuffer {
@@ -131,8 +132,7 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   auto meta = config.open_meta ? config.open_meta(dir + "/meta", true)
                                : OpenRocksMetaStore(dir + "/meta", true);
   if (!meta.ok()) return meta.status();
-  e->meta_ = std::make_unique<RecordCache>(std::move(meta.value()), kHotRecords);
-  if (config.wrap_meta) e->meta_ = config.wrap_meta(std::move(e->meta_));
+  e->meta_ = std::move(meta.value());
   auto existing = e->meta_->GetSuperblock();
   if (!existing.ok()) return existing.status().Prefixed("cache '" + dir + "'");
 
@@ -238,6 +238,10 @@ Result<std::unique_ptr<Engine>> Engine::Open(const EngineConfig& config) {
   batch.Put(sb);
   Status s = e->meta_->Commit(batch, true);
   if (!s.ok()) return s;
+  e->meta_ = std::make_unique<RecordCache>(
+      std::move(e->meta_),
+      kHotRecordBytes / RecordCache::RecordBytes(sb.block_size / kSubBlockSize));
+  if (config.wrap_meta) e->meta_ = config.wrap_meta(std::move(e->meta_));
   e->mode_ = e->sb_.mode;
   e->SetTunables(o);
   s = e->Recover();
@@ -1514,8 +1518,15 @@ Result<bool> Engine::TryHit(CachedFile& file, uint64_t index, uint32_t begin, ui
   if (rec.ok() && rec.value() && rec.value()->slot == slot) {
     const BlockRecord& r = *rec.value();
     usable = true;
-    for (uint32_t i = first; i < last && usable; ++i) usable = r.IsValid(i);
+    bool dirty = false;
+    for (uint32_t i = first; i < last && usable; ++i) {
+      usable = r.IsValid(i);
+      dirty = dirty || r.IsDirty(i);
+    }
     partial = !usable;
+    // Data written through the mount is likely still in the store's page
+    // cache, maybe not yet written out: a direct read would wait for that.
+    if (dirty) how = StoreRead::kCached;
     if (usable) {
       uint32_t off = first * kSubBlockSize;
       uint32_t len = (last - first) * kSubBlockSize;

@@ -34,7 +34,7 @@ Result<std::optional<BlockRecord>> RecordCache::GetBlock(uint64_t file_id, uint6
     if (it != shard.map.end()) {
       shard.lru.splice(shard.lru.begin(), shard.lru, it->second);
       shard.hits++;
-      return std::optional<BlockRecord>(*it->second);
+      return std::optional<BlockRecord>(it->second->second);
     }
     changes = shard.changes;
   }
@@ -45,11 +45,10 @@ Result<std::optional<BlockRecord>> RecordCache::GetBlock(uint64_t file_id, uint6
   // may be what it replaces. Another reader may have cached the key meanwhile.
   if (shard.changes != changes || shard.committing != 0 || shard.map.count(key) != 0) return r;
   if (shard.lru.size() >= per_shard_) {
-    const BlockRecord& oldest = shard.lru.back();
-    shard.map.erase(Key{oldest.file_id, oldest.index});
+    shard.map.erase(shard.lru.back().first);
     shard.lru.pop_back();
   }
-  shard.lru.push_front(*r.value());
+  shard.lru.emplace_front(key, *r.value());
   shard.map.emplace(key, shard.lru.begin());
   return r;
 }

@@ -15,8 +15,8 @@
 // the inner store holds at that moment, cached or not: a reader that sees
 // a batch applied before Commit returned sees it in every later call.
 //
-// Memory: at most `capacity` records, each about 400 bytes at 16 sub-blocks
-// per block; nothing per cached block beyond them.
+// Memory: `capacity` records (rounded up to a multiple of the shard count),
+// each about RecordBytes(sub-blocks per block); nothing per cached block.
 //
 // Thread-safety: all methods may be called concurrently; records are kept in
 // shards with a lock each.
@@ -44,21 +44,32 @@ class RecordCache final : public ForwardingMetaStore {
   Result<std::optional<BlockRecord>> GetBlock(uint64_t file_id, uint64_t index) override;
   Status Commit(const MetaBatch& batch, bool sync) override;
 
+  // Memory one record of a block of `sub_blocks` sub-blocks takes here at
+  // most (its rollback versions' CRCs included), for sizing `capacity`.
+  static size_t RecordBytes(uint32_t sub_blocks) {
+    return kRecordOverhead + size_t{sub_blocks} * kBytesPerSubBlock;
+  }
+
   // Records held now, and GetBlock calls answered from them (for tests).
   size_t size();
   uint64_t hits();
 
  private:
-  static constexpr size_t kShards = 64;       // one bit each in Commit's mask
+  static constexpr size_t kShards = 64;  // one bit each in Commit's mask
+  // The list and map nodes, the record and its vectors' heap blocks; per
+  // sub-block a CRC for the record and each of its two rollback versions.
+  static constexpr size_t kRecordOverhead = 384;
+  static constexpr size_t kBytesPerSubBlock = 12;
   using Key = std::pair<uint64_t, uint64_t>;  // file id, index
+  using Entry = std::pair<Key, BlockRecord>;
   struct KeyHash {
     size_t operator()(const Key& k) const;
   };
   struct Shard {
     std::mutex mu;
     // Most recently read first.
-    std::list<BlockRecord> lru GUARDED_BY(mu);
-    std::unordered_map<Key, std::list<BlockRecord>::iterator, KeyHash> map GUARDED_BY(mu);
+    std::list<Entry> lru GUARDED_BY(mu);
+    std::unordered_map<Key, std::list<Entry>::iterator, KeyHash> map GUARDED_BY(mu);
     // Bumped at the start and the end of every commit that touches a record
     // of this shard: a read of the inner store that saw it move keeps its
     // record to itself.

@@ -832,6 +832,37 @@ TEST_F(EngineTest, RandomHitsReadTheStoreDirectAndStreamsThroughItsPageCache) {
   EXPECT_EQ(store->direct_reads.load(), 4u);
 }
 
+// A random hit of dirty data (written through the mount, likely still in
+// the store's page cache and maybe not written out) reads through the page
+// cache: a direct read would first wait for the kernel to write it out.
+TEST_F(EngineTest, RandomHitsOfDirtyDataReadThroughThePageCache) {
+  EngineConfig c = WritebackConfig();
+  c.options.cache_size = SizeOrPercent{false, 0, 64 * kBlock};
+  HintCountingStore* store = nullptr;
+  c.wrap_store = [&](std::unique_ptr<BlockStore> inner) -> std::unique_ptr<BlockStore> {
+    auto counting = std::make_unique<HintCountingStore>(std::move(inner));
+    store = counting.get();
+    return counting;
+  };
+  OneFile one = OpenOneFile(c, 31, 40 * kBlock);
+  ASSERT_NE(one.f, nullptr);
+  ASSERT_NE(store, nullptr);
+  Engine& e = *one.e;
+  for (uint64_t b = 0; b < 40; ++b) {
+    ASSERT_EQ(ReadAll(e, *one.f, one.fd, b * kBlock, kBlock), one.data.substr(b * kBlock, kBlock));
+  }
+  ASSERT_EQ(e.stats().blocks_cached, 40u);
+  const std::string w = Pattern(4096, 32);
+  ASSERT_TRUE(e.Write(*one.f, one.fd, 30 * kBlock + 8192, w.data(), w.size(), false).ok());
+  const uint64_t reads = store->reads.load();
+  const uint64_t direct = store->direct_reads.load();
+  ASSERT_EQ(ReadAll(e, *one.f, one.fd, 3 * kBlock, 4096), one.data.substr(3 * kBlock, 4096));
+  EXPECT_EQ(store->direct_reads.load(), direct + 1) << "a clean random hit";
+  ASSERT_EQ(ReadAll(e, *one.f, one.fd, 30 * kBlock + 8192, 4096), w);
+  EXPECT_EQ(store->reads.load(), reads + 2);
+  EXPECT_EQ(store->direct_reads.load(), direct + 1) << "the dirty hit read direct";
+}
+
 // Kept readahead blocks go once the stream has moved on, and at the last
 // close, counted as dropped unread; each block is still read once.
 TEST_F(EngineTest, ReadaheadKeptBlocksGoWhenTheStreamMovesOn) {

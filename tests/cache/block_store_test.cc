@@ -554,104 +554,100 @@ size_t ResidentPages(const std::string& path, uint64_t off, size_t len) {
 // descriptor) and stays coherent with the buffered one: a streamed write
 // over pages the page cache holds replaces them, reads see it at once, and
 // an unaligned stream is written through the page cache.
-TEST(FileStoreTest, StreamedWritesGoAroundThePageCache) {
-  StoreConfig cfg;
-  cfg.path = UniquePath(TempDir(), "stream");
-  cfg.block_size = 65536;
-  cfg.slot_count = 4;
-  Result<std::unique_ptr<FileStore>> r = FileStore::Open(cfg, /*create=*/true);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  FileStore& store = *r.value();
-  if (!store.streams_direct()) {
-    r.value().reset();
-    unlink(cfg.path.c_str());
-    GTEST_SKIP() << TempDir() << " does not support O_DIRECT";
+// A file store of 4 slots of 64 KiB with its O_DIRECT descriptor (the test
+// is skipped where the file system has none), and a 4 KiB-aligned buffer of
+// a slot and a page.
+class FileStoreDirectTest : public ::testing::Test {
+ protected:
+  static constexpr size_t kLen = 65536;
+  void SetUp() override {
+    cfg_.path = UniquePath(TempDir(), "direct");
+    cfg_.block_size = kLen;
+    cfg_.slot_count = 4;
+    Result<std::unique_ptr<FileStore>> r = FileStore::Open(cfg_, /*create=*/true);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    store_ = std::move(r.value());
+    if (!store_->streams_direct()) GTEST_SKIP() << TempDir() << " does not support O_DIRECT";
+    mem_.reset(static_cast<uint8_t*>(std::aligned_alloc(kDirectIoAlignment, kLen + 4096)));
+    ASSERT_NE(mem_, nullptr);
   }
-  constexpr size_t kLen = 65536;
-  std::unique_ptr<uint8_t, decltype(&std::free)> mem(
-      static_cast<uint8_t*>(std::aligned_alloc(kDirectIoAlignment, kLen + 4096)), &std::free);
-  ASSERT_NE(mem, nullptr);
+  void TearDown() override {
+    store_.reset();
+    unlink(cfg_.path.c_str());
+  }
+  StoreConfig cfg_;
+  std::unique_ptr<FileStore> store_;
+  std::unique_ptr<uint8_t, decltype(&std::free)> mem_{nullptr, &std::free};
+};
+
+TEST_F(FileStoreDirectTest, StreamedWritesGoAroundThePageCache) {
+  FileStore& store = *store_;
+  const StoreConfig& cfg = cfg_;
+  uint8_t* const mem = mem_.get();
   std::vector<uint8_t> got(kLen);
   // Kept: in the page cache.
   std::vector<uint8_t> kept = Fill(0, kLen, 1);
-  std::memcpy(mem.get(), kept.data(), kLen);
-  ASSERT_TRUE(store.Write(0, 0, kLen, mem.get(), StoreWrite::kKeep).ok());
+  std::memcpy(mem, kept.data(), kLen);
+  ASSERT_TRUE(store.Write(0, 0, kLen, mem, StoreWrite::kKeep).ok());
   EXPECT_EQ(ResidentPages(cfg.path, 0, kLen), kLen / 4096);
   // Streamed into another slot: not in the page cache, read back right.
   std::vector<uint8_t> streamed = Fill(1, kLen, 2);
-  std::memcpy(mem.get(), streamed.data(), kLen);
-  ASSERT_TRUE(store.Write(1, 0, kLen, mem.get(), StoreWrite::kStream).ok());
+  std::memcpy(mem, streamed.data(), kLen);
+  ASSERT_TRUE(store.Write(1, 0, kLen, mem, StoreWrite::kStream).ok());
   EXPECT_EQ(ResidentPages(cfg.path, kLen, kLen), 0u);
   ASSERT_TRUE(store.Read(1, 0, kLen, got.data()).ok());
   EXPECT_TRUE(got == streamed);
   // Streamed over the kept (dirty, cached) pages of slot 0: the new bytes win.
   std::vector<uint8_t> over = Fill(0, kLen, 3);
-  std::memcpy(mem.get(), over.data(), kLen);
-  ASSERT_TRUE(store.Write(0, 0, kLen, mem.get(), StoreWrite::kStream).ok());
+  std::memcpy(mem, over.data(), kLen);
+  ASSERT_TRUE(store.Write(0, 0, kLen, mem, StoreWrite::kStream).ok());
   ASSERT_TRUE(store.Read(0, 0, kLen, got.data()).ok());
   EXPECT_TRUE(got == over);
   // Unaligned buffer: written through the page cache, as correct.
   std::vector<uint8_t> odd = Fill(2, 8192, 4);
-  std::memcpy(mem.get() + 1, odd.data(), odd.size());
-  ASSERT_TRUE(store.Write(2, 4096, 8192, mem.get() + 1, StoreWrite::kStream).ok());
+  std::memcpy(mem + 1, odd.data(), odd.size());
+  ASSERT_TRUE(store.Write(2, 4096, 8192, mem + 1, StoreWrite::kStream).ok());
   ASSERT_TRUE(store.Read(2, 4096, 8192, got.data()).ok());
   EXPECT_EQ(0, std::memcmp(got.data(), odd.data(), odd.size()));
   // Durable like any write: persisted, reopened, still there.
   ASSERT_TRUE(store.Persist().ok());
-  r.value().reset();
-  r = FileStore::Open(cfg, /*create=*/false);
+  store_.reset();
+  Result<std::unique_ptr<FileStore>> r = FileStore::Open(cfg, /*create=*/false);
   ASSERT_TRUE(r.ok()) << r.status().message();
   ASSERT_TRUE(r.value()->Read(1, 0, kLen, got.data()).ok());
   EXPECT_TRUE(got == streamed);
   ASSERT_TRUE(r.value()->Read(0, 0, kLen, got.data()).ok());
   EXPECT_TRUE(got == over);
-  r.value().reset();
-  unlink(cfg.path.c_str());
 }
 
 // StoreRead::kDirect reads around the page cache and still sees every
 // completed write: one kept in the page cache and not yet written out (the
 // kernel writes it first), and one streamed. It leaves no pages behind; an
 // unaligned direct read goes through the page cache, as correct.
-TEST(FileStoreTest, DirectReadsSeeEveryWriteAndLeaveNoPages) {
-  StoreConfig cfg;
-  cfg.path = UniquePath(TempDir(), "direct_read");
-  cfg.block_size = 65536;
-  cfg.slot_count = 4;
-  Result<std::unique_ptr<FileStore>> r = FileStore::Open(cfg, /*create=*/true);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  FileStore& store = *r.value();
-  if (!store.streams_direct()) {
-    r.value().reset();
-    unlink(cfg.path.c_str());
-    GTEST_SKIP() << TempDir() << " does not support O_DIRECT";
-  }
-  constexpr size_t kLen = 65536;
-  std::unique_ptr<uint8_t, decltype(&std::free)> mem(
-      static_cast<uint8_t*>(std::aligned_alloc(kDirectIoAlignment, kLen + 4096)), &std::free);
-  ASSERT_NE(mem, nullptr);
+TEST_F(FileStoreDirectTest, DirectReadsSeeEveryWriteAndLeaveNoPages) {
+  FileStore& store = *store_;
+  const StoreConfig& cfg = cfg_;
+  uint8_t* const mem = mem_.get();
   // Kept, dirty in the page cache: a direct read of a part of it.
   std::vector<uint8_t> kept = Fill(0, kLen, 5);
   ASSERT_TRUE(store.Write(0, 0, kLen, kept.data(), StoreWrite::kKeep).ok());
-  ASSERT_TRUE(store.Read(0, 8192, 4096, mem.get(), StoreRead::kDirect).ok());
-  EXPECT_EQ(0, std::memcmp(mem.get(), kept.data() + 8192, 4096));
+  ASSERT_TRUE(store.Read(0, 8192, 4096, mem, StoreRead::kDirect).ok());
+  EXPECT_EQ(0, std::memcmp(mem, kept.data() + 8192, 4096));
   // Streamed: read direct, nothing of the slot comes into the page cache.
   std::vector<uint8_t> streamed = Fill(1, kLen, 6);
-  std::memcpy(mem.get(), streamed.data(), kLen);
-  ASSERT_TRUE(store.Write(1, 0, kLen, mem.get(), StoreWrite::kStream).ok());
-  std::memset(mem.get(), 0, kLen);
-  ASSERT_TRUE(store.Read(1, 4096, 4096, mem.get(), StoreRead::kDirect).ok());
-  EXPECT_EQ(0, std::memcmp(mem.get(), streamed.data() + 4096, 4096));
+  std::memcpy(mem, streamed.data(), kLen);
+  ASSERT_TRUE(store.Write(1, 0, kLen, mem, StoreWrite::kStream).ok());
+  std::memset(mem, 0, kLen);
+  ASSERT_TRUE(store.Read(1, 4096, 4096, mem, StoreRead::kDirect).ok());
+  EXPECT_EQ(0, std::memcmp(mem, streamed.data() + 4096, 4096));
   EXPECT_EQ(ResidentPages(cfg.path, kLen, kLen), 0u);
   // The same read through the page cache brings its page in: the check
   // above can see a page that is there.
-  ASSERT_TRUE(store.Read(1, 4096, 4096, mem.get(), StoreRead::kCached).ok());
+  ASSERT_TRUE(store.Read(1, 4096, 4096, mem, StoreRead::kCached).ok());
   EXPECT_GE(ResidentPages(cfg.path, kLen, kLen), 1u);
   // An unaligned buffer: through the page cache, the same bytes.
-  ASSERT_TRUE(store.Read(1, 0, 8192, mem.get() + 1, StoreRead::kDirect).ok());
-  EXPECT_EQ(0, std::memcmp(mem.get() + 1, streamed.data(), 8192));
-  r.value().reset();
-  unlink(cfg.path.c_str());
+  ASSERT_TRUE(store.Read(1, 0, 8192, mem + 1, StoreRead::kDirect).ok());
+  EXPECT_EQ(0, std::memcmp(mem + 1, streamed.data(), 8192));
 }
 
 class PmemStoreTest : public ::testing::Test {

@@ -1,5 +1,7 @@
 #include "cache/block_index.h"
 
+#include "common/hash.h"
+
 namespace cachefs {
 
 BlockIndex::BlockIndex(uint32_t slot_count) : owners_(slot_count), used_(slot_count, false) {
@@ -10,14 +12,7 @@ BlockIndex::BlockIndex(uint32_t slot_count) : owners_(slot_count), used_(slot_co
 }
 
 size_t BlockIndex::Bucket(const BlockKey& key) const {
-  // A 64-bit mix (splitmix64 finaliser) of both halves of the key.
-  uint64_t h = key.file_id * 0x9E3779B97F4A7C15ull ^ key.index;
-  h ^= h >> 30;
-  h *= 0xBF58476D1CE4E5B9ull;
-  h ^= h >> 27;
-  h *= 0x94D049BB133111EBull;
-  h ^= h >> 31;
-  return static_cast<size_t>(h) & mask_;
+  return static_cast<size_t>(MixPair(key.file_id, key.index)) & mask_;
 }
 
 std::optional<uint32_t> BlockIndex::Find(const BlockKey& key) const {

@@ -2,20 +2,15 @@
 
 #include <variant>
 
+#include "common/hash.h"
+
 namespace cachefs {
 
 RecordCache::RecordCache(std::unique_ptr<MetaStore> inner, size_t capacity)
     : ForwardingMetaStore(std::move(inner)), per_shard_((capacity + kShards - 1) / kShards) {}
 
 size_t RecordCache::KeyHash::operator()(const Key& k) const {
-  // A 64-bit mix (splitmix64 finaliser) of both halves of the key.
-  uint64_t h = k.first * 0x9E3779B97F4A7C15ull ^ k.second;
-  h ^= h >> 30;
-  h *= 0xBF58476D1CE4E5B9ull;
-  h ^= h >> 27;
-  h *= 0x94D049BB133111EBull;
-  h ^= h >> 31;
-  return static_cast<size_t>(h);
+  return static_cast<size_t>(MixPair(k.first, k.second));
 }
 
 size_t RecordCache::ShardIndex(const Key& key) {

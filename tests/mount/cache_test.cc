@@ -531,6 +531,45 @@ TEST_F(KernelPages, AChangeKeepingSizeAndMtimeDropsThemAtTheNextOpen) {
   }
 }
 
+// Random 4 KiB hits read the store around its page cache: the mount's own
+// pages hold what was read, and the store keeps no second copy (nor
+// readahead around it). Each read here goes to the daemon (the mount's pages
+// dropped, FADV_RANDOM: no readahead), starts past the previous one's end
+// (not a stream) and is a hit (slowfs serves nothing).
+TEST_F(KernelPages, RandomHitsLeaveNoPagesOfTheStore) {
+  ASSERT_TRUE(MountCachefs({"-o", "attr_timeout=1"}));
+  const std::string data = WarmUp("f");
+  WaitCached(kFileSize / kBlockSize);
+  const auto drop = [](const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+    EXPECT_EQ(fdatasync(fd), 0) << std::strerror(errno);
+    EXPECT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    close(fd);
+  };
+  drop(store());
+  drop(mnt() + "/f");
+  const size_t before = ResidentAfterOpen(store());
+  int fd = open((mnt() + "/f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM), 0);
+  const uint64_t slow_before = SlowReadBytes();
+  size_t reads = 0;
+  std::string got(4096, '\0');
+  for (size_t off = 0; off + 4096 <= kFileSize; off += kBlockSize + 8192) {
+    ASSERT_EQ(pread(fd, got.data(), got.size(), static_cast<off_t>(off)), 4096)
+        << std::strerror(errno);
+    EXPECT_TRUE(SameData(got, data.substr(off, 4096))) << "at " << off;
+    reads++;
+  }
+  close(fd);
+  EXPECT_EQ(SlowReadBytes(), slow_before) << "not all hits";
+  ASSERT_GE(reads, 32u);
+  const size_t after = ResidentAfterOpen(store());
+  EXPECT_LT(after, before + reads / 4)
+      << reads << " random hits brought " << after - before << " pages of the store in";
+}
+
 // --- 6. writes through cachefs ------------------------------------------------------
 
 class CacheWrites : public CacheFixture {};

@@ -73,8 +73,9 @@ Status RecordCache::Commit(const MetaBatch& batch, bool sync) {
       shard.map.erase(it);
     }
   }
-  // Until the inner store has the batch (or failed to take it), its shards
-  // answer from the inner store only.
+  // Until the inner store has the batch (or failed to take it), its records
+  // are out of memory and nothing is added to their shards: reads of them
+  // go to the inner store.
   Status s = inner().Commit(batch, sync);
   for (size_t i = 0; i < kShards; ++i) {
     if ((shards & (uint64_t{1} << i)) == 0) continue;

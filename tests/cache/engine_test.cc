@@ -970,12 +970,12 @@ void OverwriteKeepingSizeAndMtime(const std::string& path, const std::string& w)
 // not after an outside change (even one that keeps size and mtime), a
 // truncate, or a read whose data was read before such a change.
 TEST_F(EngineTest, KeepPagesAtOpenOnlyWhileNothingChanged) {
-  auto e = OpenEngine(Config());
-  std::string data = Pattern(2 * kBlock, 25);
-  auto fd = MakeFile("f", data);
-  auto f = e->OpenFile("f", Stat(fd));
-  ASSERT_TRUE(f.ok());
-  CachedFile& file = *f.value();
+  OneFile one = OpenOneFile(Config(), 25, 2 * kBlock);
+  ASSERT_NE(one.f, nullptr);
+  Engine* e = one.e.get();
+  const std::string& data = one.data;
+  const SourceFdRef& fd = one.fd;
+  CachedFile& file = *one.f;
   // An open told to drop, which then shows it finished (a request on its handle).
   auto drops = [&](const char* why) {
     EXPECT_FALSE(file.KeepPagesAtOpen()) << why;
@@ -1027,11 +1027,11 @@ TEST_F(EngineTest, KeepPagesAtOpenOnlyWhileNothingChanged) {
 // told to drop them has settled (until review, counting an open only after
 // recording the version let a second open keep them: 3-22 rounds in 200000).
 TEST_F(EngineTest, ConcurrentOpensAfterAChangeAllDrop) {
-  auto e = OpenEngine(Config());
-  auto fd = MakeFile("f", Pattern(kBlock, 29));
-  auto f = e->OpenFile("f", Stat(fd));
-  ASSERT_TRUE(f.ok());
-  CachedFile& file = *f.value();
+  OneFile one = OpenOneFile(Config(), 29);
+  ASSERT_NE(one.f, nullptr);
+  Engine* e = one.e.get();
+  const SourceFdRef& fd = one.fd;
+  CachedFile& file = *one.f;
   // Two openers meet at each round's start (after its change), open, meet
   // again, then settle their opens told to drop, and meet a third time.
   constexpr int kRounds = 200000;
